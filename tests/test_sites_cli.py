@@ -1,0 +1,44 @@
+"""``attnviz sites``: names, kinds, aliases and captured shapes."""
+
+from __future__ import annotations
+
+import json
+
+from attnviz.cli import main
+
+
+def test_sites_json_for_a_timm_model(capsys):
+    assert main(["sites", "skresnet18", "--input-size", "64", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["input_size"] == [3, 64, 64]
+    rows = {r["alias"]: r for r in out["sites"]}
+    assert len(rows) == 8
+    assert rows["SK_3_1"]["name"] == "layer2.0.conv1"
+    assert rows["SK_3_1"]["kind"] == "sk"
+    assert rows["SK_3_1"]["shape"] == [1, 2, 128]
+    assert rows["SK_5_2"]["dims"] == ["batch", "branch", "channel"]
+
+
+def test_sites_table_for_a_nonlocal_model(capsys):
+    assert main(["sites", "timm:resnet18", "--input-size", "64", "64"]) == 2
+    assert "has no attention module" in capsys.readouterr().err
+    assert main(["sites", "timm:gcresnet33ts", "--input-size", "64", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "10 attention sites" in out
+    assert "GC_2_1" in out and "stages.0.0.attn" in out and "1x16x16" in out
+
+
+def test_sites_of_a_bundled_model(capsys):
+    assert main(["sites", "nl_tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    kinds = {r["kind"] for r in out["sites"]}
+    assert kinds == {"nonlocal"}
+    (row,) = out["sites"]
+    n = row["shape"][1]
+    assert row["shape"] == [1, n, n] and n >= 256
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["sites", "no_such_model_xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_model_xyz" in err and "Traceback" not in err
