@@ -1,10 +1,14 @@
 """attnviz: see and measure what the attention modules of convolutional networks do.
 
 Data flows one way: ``capture`` (hooks, cache) -> ``analysis`` (result objects) -> ``plot``
-(matplotlib figures).
+(matplotlib figures). The capture core is imported eagerly; analyses, models, data and plots
+are re-exported lazily (PEP 562), so ``import attnviz`` stays cheap.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .capture import (
     AttentionCache,
@@ -19,7 +23,42 @@ from .errors import AttnvizError, NoAttentionSitesError
 
 __version__ = "0.1.0"
 
-__all__ = [
+_LAZY: dict[str, str] = {
+    # analyses
+    "scale_sweep": "attnviz.analysis",
+    "ScaleSweepResult": "attnviz.analysis",
+    "query_independence": "attnviz.analysis",
+    "QueryIndependenceResult": "attnviz.analysis",
+    "query_maps": "attnviz.analysis",
+    "QueryMapsResult": "attnviz.analysis",
+    "excitation_profile": "attnviz.analysis",
+    "ExcitationResult": "attnviz.analysis",
+    "attention_vs_attribution": "attnviz.analysis",
+    "AttributionComparison": "attnviz.analysis",
+    # models and data
+    "load_model": "attnviz.models",
+    "PreprocessConfig": "attnviz.models",
+    "ShapesDataset": "attnviz.data",
+    "write_image_folder": "attnviz.data",
+    # reference blocks
+    "create_attn": "attnviz.blocks",
+    "SEBlock": "attnviz.blocks",
+    "SKConv": "attnviz.blocks",
+    "CBAM": "attnviz.blocks",
+    "NonLocalBlock": "attnviz.blocks",
+    "GCBlock": "attnviz.blocks",
+    "SelfAttention2d": "attnviz.blocks",
+    "DualAttention": "attnviz.blocks",
+    "PositionAttention": "attnviz.blocks",
+    "ChannelAttention": "attnviz.blocks",
+    "SCSE": "attnviz.blocks",
+    "BAM": "attnviz.blocks",
+    "ResidualAttention": "attnviz.blocks",
+    "SpatialTransformer": "attnviz.blocks",
+}
+_SUBMODULES = ("analysis", "blocks", "data", "models", "plot", "widgets")
+
+__all__ = [  # the eager names, then the lazy re-exports of _LAZY
     "AttentionCache",
     "AttnvizError",
     "Computed",
@@ -30,4 +69,79 @@ __all__ = [
     "capture",
     "find_sites",
     "register_adapter",
+    "AttributionComparison",
+    "BAM",
+    "CBAM",
+    "ChannelAttention",
+    "DualAttention",
+    "ExcitationResult",
+    "GCBlock",
+    "NonLocalBlock",
+    "PositionAttention",
+    "PreprocessConfig",
+    "QueryIndependenceResult",
+    "QueryMapsResult",
+    "ResidualAttention",
+    "SCSE",
+    "SEBlock",
+    "SKConv",
+    "ScaleSweepResult",
+    "SelfAttention2d",
+    "ShapesDataset",
+    "SpatialTransformer",
+    "attention_vs_attribution",
+    "create_attn",
+    "excitation_profile",
+    "load_model",
+    "query_independence",
+    "query_maps",
+    "scale_sweep",
+    "write_image_folder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"attnviz.{name}")
+    raise AttributeError(f"module 'attnviz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .analysis import (
+        AttributionComparison,
+        ExcitationResult,
+        QueryIndependenceResult,
+        QueryMapsResult,
+        ScaleSweepResult,
+        attention_vs_attribution,
+        excitation_profile,
+        query_independence,
+        query_maps,
+        scale_sweep,
+    )
+    from .blocks import (
+        BAM,
+        CBAM,
+        SCSE,
+        ChannelAttention,
+        DualAttention,
+        GCBlock,
+        NonLocalBlock,
+        PositionAttention,
+        ResidualAttention,
+        SEBlock,
+        SelfAttention2d,
+        SKConv,
+        SpatialTransformer,
+        create_attn,
+    )
+    from .data import ShapesDataset, write_image_folder
+    from .models import PreprocessConfig, load_model

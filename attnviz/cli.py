@@ -15,7 +15,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnviz.commands.sites",
     "attnviz.commands.demo",
     "attnviz.commands.sweep",
+    "attnviz.commands.queries",
     "attnviz.commands.excitation",
+    "attnviz.data.shapes",
+    "attnviz.models.train",
 )
 
 

@@ -1,6 +1,14 @@
 """Capture: find attention sites in a model and record their tensors safely."""
 
-from .core import AttentionCache, Capture, capture, find_sites, is_query_kind, register_query_kind
+from .core import (
+    AttentionCache,
+    Capture,
+    capture,
+    find_sites,
+    is_query_kind,
+    query_kinds,
+    register_query_kind,
+)
 from .kinds import KINDS, Kind, get_kind, register_kind
 from .reductions import REDUCTIONS
 from .registry import (
@@ -30,6 +38,7 @@ __all__ = [
     "find_sites",
     "get_kind",
     "is_query_kind",
+    "query_kinds",
     "register_adapter",
     "register_kind",
     "register_query_kind",

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NoAttentionSitesError
-from .kinds import KINDS, get_kind
+from .kinds import get_kind
 from .reductions import Reduction, resolve_reduction
 from .registry import Adapter, adapter_for, qualified_name, registered_adapters
 from .site import Site, assign_aliases
@@ -77,8 +77,7 @@ def select_sites(
     if kinds is not None:
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         for k in kinds:
-            if k not in KINDS:
-                raise ValueError(f"unknown attention kind {k!r}; valid kinds: {sorted(KINDS)}")
+            get_kind(k)  # unknown kinds raise ValueError listing the valid ones
         present = sorted({s.kind for s, _, _ in found})
         found = [f for f in found if f[0].kind in kinds]
         if not found:
@@ -354,7 +353,19 @@ def register_query_kind(kind: str) -> None:
 
 
 def is_query_kind(kind: str) -> bool:
+    """True for (B, Nq, Nk) per-query kinds (nonlocal, and those added by register_query_kind)."""
+    from .registry import _ensure_builtin_adapters
+
+    _ensure_builtin_adapters()
     return kind in _QUERY_KINDS
+
+
+def query_kinds() -> tuple[str, ...]:
+    """All per-query kinds, built-in adapters' kinds included."""
+    from .registry import _ensure_builtin_adapters
+
+    _ensure_builtin_adapters()
+    return tuple(sorted(_QUERY_KINDS))
 
 
 def _query_grid(inputs: tuple) -> tuple[int, int]:

@@ -14,17 +14,17 @@ from torch import Tensor
 Canonicalize = Callable[[Tensor], Tensor]
 
 
-def _per_channel(t: Tensor) -> Tensor:
+def per_channel(t: Tensor) -> Tensor:
     """(B, C, 1, 1), (B, 1, C) or (B, C) -> (B, C)."""
     return t.reshape(t.shape[0], -1)
 
 
-def _branches(t: Tensor) -> Tensor:
+def branches(t: Tensor) -> Tensor:
     """(B, M, C, 1, 1) or (B, M, C) -> (B, M, C)."""
     return t.reshape(t.shape[0], t.shape[1], -1)
 
 
-def _spatial(t: Tensor) -> Tensor:
+def spatial_map(t: Tensor) -> Tensor:
     """(B, 1, H, W) or (B, H, W) -> (B, H, W)."""
     if t.dim() == 4:
         if t.shape[1] != 1:
@@ -33,7 +33,7 @@ def _spatial(t: Tensor) -> Tensor:
     return t
 
 
-def _identity(t: Tensor) -> Tensor:
+def as_is(t: Tensor) -> Tensor:
     return t
 
 
@@ -59,6 +59,10 @@ def register_kind(kind: Kind) -> Kind:
 
 
 def get_kind(name: str) -> Kind:
+    if name not in KINDS:
+        from .registry import _ensure_builtin_adapters  # built-in adapters register more kinds
+
+        _ensure_builtin_adapters()
     try:
         return KINDS[name]
     except KeyError:
@@ -66,23 +70,23 @@ def get_kind(name: str) -> Kind:
 
 
 for _kind in (
-    Kind("se", "SE", ("batch", "channel"), _per_channel, "squeeze-and-excitation gate"),
+    Kind("se", "SE", ("batch", "channel"), per_channel, "squeeze-and-excitation gate"),
     Kind(
         "sk",
         "SK",
         ("batch", "branch", "channel"),
-        _branches,
+        branches,
         "selective-kernel branch weights, softmax over branches; branch 0 = smallest field",
         is_distribution=False,
     ),
-    Kind("eca", "ECA", ("batch", "channel"), _per_channel, "efficient channel attention gate"),
-    Kind("cbam_channel", "CBAMC", ("batch", "channel"), _per_channel, "CBAM channel gate"),
-    Kind("cbam_spatial", "CBAMS", ("batch", "height", "width"), _spatial, "CBAM spatial gate"),
+    Kind("eca", "ECA", ("batch", "channel"), per_channel, "efficient channel attention gate"),
+    Kind("cbam_channel", "CBAMC", ("batch", "channel"), per_channel, "CBAM channel gate"),
+    Kind("cbam_spatial", "CBAMS", ("batch", "height", "width"), spatial_map, "CBAM spatial gate"),
     Kind(
         "gc",
         "GC",
         ("batch", "height", "width"),
-        _spatial,
+        spatial_map,
         "global-context attention, softmax over all H*W positions",
         is_distribution=True,
     ),
@@ -90,7 +94,7 @@ for _kind in (
         "nonlocal",
         "NL",
         ("batch", "query", "key"),
-        _identity,
+        as_is,
         "non-local attention, one row per query position",
         is_distribution=True,
     ),

@@ -8,8 +8,10 @@ import sys
 
 import torch
 
+from ..analysis._eval_mode import eval_mode
 from ..capture import capture, find_sites
 from ..errors import AttnvizError
+from ._common import resolve_spec
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -29,24 +31,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _resolve_spec(model: str) -> str:
-    if ":" in model:
-        return model
-    from ..models import TINY_MODELS
-
-    return model if model in TINY_MODELS else f"timm:{model}"
-
-
 def site_table(model: torch.nn.Module, input_size: tuple[int, int, int]) -> list[dict]:
     """One row per site: name, kind, alias, module type and the shape captured for one image."""
     sites = find_sites(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model) as cache, torch.no_grad():
-            model(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), capture(model) as cache, torch.no_grad():
+        model(torch.zeros(1, *input_size))
     rows = []
     for s in sites:
         shape = list(cache[s.name].shape) if s.name in cache else None
@@ -67,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     try:
-        model, pre = load_model(_resolve_spec(args.model), weights=args.weights)
+        model, pre = load_model(resolve_spec(args.model), weights=args.weights)
         size = tuple(pre.input_size)
         if args.input_size:
             size = (size[0], *args.input_size)

@@ -13,26 +13,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..core import register_query_kind
-from ..kinds import Kind, register_kind
+from ..kinds import Kind, as_is, per_channel, register_kind, spatial_map
 from ..registry import register_adapter
-
-
-def _per_channel(t: Tensor) -> Tensor:
-    """(B, C, 1, 1) or (B, C) -> (B, C)."""
-    return t.reshape(t.shape[0], -1)
-
-
-def _spatial(t: Tensor) -> Tensor:
-    """(B, 1, H, W) -> (B, H, W)."""
-    if t.dim() == 4:
-        if t.shape[1] != 1:
-            raise ValueError(f"spatial attention must have one channel, got {tuple(t.shape)}")
-        return t[:, 0]
-    return t
-
-
-def _as_is(t: Tensor) -> Tensor:
-    return t
 
 
 def _full_map(t: Tensor) -> Tensor:
@@ -47,7 +29,7 @@ NEW_KINDS: tuple[Kind, ...] = (
         "self_attention",
         "SA",
         ("batch", "query", "key"),
-        _as_is,
+        as_is,
         "SAGAN self-attention, softmax over key positions, one row per query position",
         is_distribution=True,
     ),
@@ -55,7 +37,7 @@ NEW_KINDS: tuple[Kind, ...] = (
         "danet_position",
         "PAM",
         ("batch", "query", "key"),
-        _as_is,
+        as_is,
         "DANet position attention, softmax over key positions, one row per query position",
         is_distribution=True,
     ),
@@ -63,30 +45,30 @@ NEW_KINDS: tuple[Kind, ...] = (
         "danet_channel",
         "CAM",
         ("batch", "channel", "source_channel"),
-        _as_is,
+        as_is,
         "DANet channel attention, one row per output channel, softmax over source channels",
         is_distribution=True,
     ),
-    Kind("cse", "CSE", ("batch", "channel"), _per_channel, "scSE channel gate (cSE), sigmoid"),
+    Kind("cse", "CSE", ("batch", "channel"), per_channel, "scSE channel gate (cSE), sigmoid"),
     Kind(
         "sse",
         "SSE",
         ("batch", "height", "width"),
-        _spatial,
+        spatial_map,
         "scSE spatial gate (sSE), sigmoid of a 1x1 conv",
     ),
     Kind(
         "bam_channel",
         "BAMC",
         ("batch", "channel"),
-        _per_channel,
+        per_channel,
         "BAM channel branch M_c before the sigmoid (logits)",
     ),
     Kind(
         "bam_spatial",
         "BAMS",
         ("batch", "height", "width"),
-        _spatial,
+        spatial_map,
         "BAM spatial branch M_s before the sigmoid (logits)",
     ),
     Kind(
@@ -107,14 +89,14 @@ NEW_KINDS: tuple[Kind, ...] = (
         "stn_theta",
         "STN",
         ("batch", "row", "column"),
-        _as_is,
+        as_is,
         "spatial-transformer affine matrix theta (target -> source, normalised coordinates)",
     ),
     Kind(
         "stn_grid",
         "STNG",
         ("batch", "height", "width", "xy"),
-        _as_is,
+        as_is,
         "spatial-transformer sampling grid: source (x, y) in [-1, 1] per output pixel",
     ),
 )

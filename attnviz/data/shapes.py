@@ -1,0 +1,364 @@
+"""A generated multi-scale shape-and-texture classification dataset.
+
+Every sample is drawn from its own random generator seeded by ``(seed, index)``, so a dataset
+is deterministic for a seed, any sample can be drawn on its own, and the dataset with
+``n_per_class=k`` is a prefix of the one with a larger ``n_per_class`` (labels cycle through
+the classes: sample i has label ``i % num_classes``).
+
+Each image holds one object (10 classes: filled shapes, outlines and two textured shapes) whose
+size, the side of the square it is inscribed in over the image side, is uniform in
+``scale_range`` (default 0.15-0.75, a 5x span), placed near the centre on a textured background
+with colour jitter. Shapes are drawn 2x supersampled and box-filtered (anti-aliased).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+_SS = 2  # supersampling factor for anti-aliased drawing
+
+
+@dataclass(frozen=True)
+class ShapeRecord:
+    """What was drawn in one sample. ``box`` = (x0, y0, x1, y1) in pixels, x1/y1 exclusive."""
+
+    index: int
+    label: int
+    class_name: str
+    scale: float
+    box: tuple[int, int, int, int]
+
+
+# --------------------------------------------------------------------------- object masks
+# Each painter draws onto an "L" image (255 = object) the object centred at (cx, cy) and
+# inscribed in a circle of radius r, rotated by theta; ``rng`` gives shape-specific draws.
+
+Painter = Callable[[ImageDraw.ImageDraw, float, float, float, float], None]
+
+
+def _polygon(cx: float, cy: float, pts: list[tuple[float, float]], theta: float) -> list:
+    c, s = math.cos(theta), math.sin(theta)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+def _regular(n: int, r: float, offset: float = -math.pi / 2) -> list[tuple[float, float]]:
+    return [
+        (r * math.cos(offset + 2 * math.pi * k / n), r * math.sin(offset + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
+
+
+def _disc(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+
+
+def _ring(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    _disc(d, cx, cy, r, theta)
+    ri = 0.55 * r
+    d.ellipse((cx - ri, cy - ri, cx + ri, cy + ri), fill=0)
+
+
+def _square(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    d.polygon(_polygon(cx, cy, _regular(4, r, math.pi / 4), theta), fill=255)
+
+
+def _frame(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    _square(d, cx, cy, r, theta)
+    d.polygon(_polygon(cx, cy, _regular(4, 0.5 * r, math.pi / 4), theta), fill=0)
+
+
+def _triangle(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    d.polygon(_polygon(cx, cy, _regular(3, r), theta), fill=255)
+
+
+def _cross(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    a, b = 0.9 * r, 0.3 * r
+    for pts in ([(-a, -b), (a, -b), (a, b), (-a, b)], [(-b, -a), (b, -a), (b, a), (-b, a)]):
+        d.polygon(_polygon(cx, cy, pts, theta), fill=255)
+
+
+def _star(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    outer, inner = _regular(5, r), _regular(5, 0.42 * r, -math.pi / 2 + math.pi / 5)
+    pts = [p for pair in zip(outer, inner) for p in pair]
+    d.polygon(_polygon(cx, cy, pts, theta), fill=255)
+
+
+def _crescent(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, theta: float) -> None:
+    _disc(d, cx, cy, r, theta)
+    ox, oy = cx + 0.45 * r * math.cos(theta), cy + 0.45 * r * math.sin(theta)
+    ri = 0.8 * r
+    d.ellipse((ox - ri, oy - ri, ox + ri, oy + ri), fill=0)
+
+
+# Textured classes: a shape mask and a two-colour pattern inside it.
+def _stripes(n: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+    u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
+    period = 2 * r / 3.0  # three stripe pairs across the object
+    return (np.floor(u / (period / 2)) % 2).astype(np.float32)
+
+
+def _checker(n: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+    c, s = math.cos(theta), math.sin(theta)
+    u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
+    cell = 2 * r / 3.0
+    return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _ShapeClass:
+    name: str
+    painter: Painter
+    pattern: Callable[[int, float, float, float, float], np.ndarray] | None = None
+
+
+SHAPE_CLASSES: tuple[_ShapeClass, ...] = (
+    _ShapeClass("disc", _disc),
+    _ShapeClass("ring", _ring),
+    _ShapeClass("square", _square),
+    _ShapeClass("frame", _frame),
+    _ShapeClass("triangle", _triangle),
+    _ShapeClass("cross", _cross),
+    _ShapeClass("star", _star),
+    _ShapeClass("crescent", _crescent),
+    _ShapeClass("striped_square", _square, _stripes),
+    _ShapeClass("checkered_disc", _disc, _checker),
+)
+
+
+# --------------------------------------------------------------------------- colours
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - math.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def _contrasting_value(rng: np.random.Generator, v_ref: float) -> float:
+    gap = rng.uniform(0.3, 0.5)
+    up, down = v_ref + gap, v_ref - gap
+    if up <= 1.0 and (down < 0.0 or rng.random() < 0.5):
+        return up
+    return max(down, 0.0) if down >= 0.0 else min(up, 1.0)
+
+
+def _background(rng: np.random.Generator, n: int) -> tuple[np.ndarray, float]:
+    """A textured background (n, n, 3) in [0, 1] and its mean value."""
+    v = rng.uniform(0.2, 0.8)
+    base = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.6), v)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    ang = rng.uniform(0, 2 * math.pi)
+    lum = rng.uniform(-0.12, 0.12) * ((xx - 0.5) * math.cos(ang) + (yy - 0.5) * math.sin(ang))
+    kind = rng.integers(3)
+    amp = rng.uniform(0.04, 0.12)
+    if kind == 0:  # smooth blotches
+        k = int(rng.integers(3, 9))
+        small = Image.fromarray(rng.uniform(-1, 1, (k, k)).astype(np.float32), mode="F")
+        lum = lum + amp * np.asarray(small.resize((n, n), Image.BILINEAR))
+    elif kind == 1:  # waves
+        f = rng.uniform(2, 8)
+        a2 = rng.uniform(0, 2 * math.pi)
+        lum = lum + amp * np.sin(2 * math.pi * f * (xx * math.cos(a2) + yy * math.sin(a2)))
+    else:  # speckle
+        lum = lum + amp * rng.uniform(-1, 1, (n, n))
+    img = base[None, None, :] + lum[..., None]
+    return img.astype(np.float32), v
+
+
+# --------------------------------------------------------------------------- dataset
+class ShapesDataset(Dataset):
+    """Generated multi-scale classification dataset of shapes and textures.
+
+    ``n_per_class`` samples of each of the ``len(classes)`` classes, ``size`` x ``size`` RGB
+    (64-96 px), deterministic for ``seed``. ``__getitem__`` returns ``(PIL.Image, label)`` or
+    ``(transform(image), label)``; :meth:`render` gives the uint8 array, :meth:`mask` the
+    object's coverage in [0, 1]; ``records`` lists label, class name, scale and box per sample.
+    """
+
+    classes: list[str] = [c.name for c in SHAPE_CLASSES]
+
+    def __init__(
+        self,
+        n_per_class: int,
+        *,
+        size: int = 64,
+        seed: int = 0,
+        scale_range: tuple[float, float] = (0.15, 0.75),
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
+        if not 64 <= size <= 96:
+            raise ValueError(f"size must be within 64..96 px, got {size}")
+        lo, hi = scale_range
+        if not 0.0 < lo <= hi <= 0.9:
+            raise ValueError(f"scale_range must satisfy 0 < lo <= hi <= 0.9, got {scale_range}")
+        self.n_per_class = n_per_class
+        self.size = size
+        self.seed = seed
+        self.scale_range = (float(lo), float(hi))
+        self.transform = transform
+        self.classes = [c.name for c in SHAPE_CLASSES]
+        self._records: list[ShapeRecord] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self.n_per_class * self.num_classes
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments that define the samples (for manifests)."""
+        return {
+            "n_per_class": self.n_per_class,
+            "size": self.size,
+            "seed": self.seed,
+            "scale_range": list(self.scale_range),
+        }
+
+    def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray, ShapeRecord]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        rng = np.random.default_rng([self.seed, index])
+        n = self.size
+        label = index % self.num_classes
+        cls = SHAPE_CLASSES[label]
+        scale = float(rng.uniform(*self.scale_range))
+        side = scale * n
+        max_off = min(0.15 * n, (n - side) / 2)
+        cx = n / 2 + rng.uniform(-max_off, max_off)
+        cy = n / 2 + rng.uniform(-max_off, max_off)
+        theta = float(rng.uniform(0, 2 * math.pi))
+
+        big = n * _SS
+        canvas = Image.new("L", (big, big), 0)
+        cls.painter(ImageDraw.Draw(canvas), cx * _SS, cy * _SS, side * _SS / 2, theta)
+        alpha = np.asarray(canvas.reduce(_SS), dtype=np.float32) / 255.0
+
+        bg, v_bg = _background(rng, n)
+        v_obj = _contrasting_value(rng, v_bg)
+        colour = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 1.0), v_obj)
+        fill = np.broadcast_to(colour, (n, n, 3)).astype(np.float32)
+        if cls.pattern is not None:
+            v2 = float(np.clip(v_obj + (-0.4 if v_obj > 0.5 else 0.4), 0, 1))
+            colour2 = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 1.0), v2)
+            pat = cls.pattern(n, cx, cy, side / 2, float(rng.uniform(0, math.pi)))[..., None]
+            fill = fill * (1 - pat) + colour2 * pat
+        img = bg * (1 - alpha[..., None]) + fill * alpha[..., None]
+        # colour jitter: brightness, contrast, pixel noise
+        img = img * rng.uniform(0.85, 1.15)
+        mean = img.mean()
+        img = (img - mean) * rng.uniform(0.8, 1.2) + mean
+        img = img + rng.normal(0, 0.02, img.shape)
+        arr = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+        ys, xs = np.nonzero(alpha > 0.5)
+        if len(xs):
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        else:  # pragma: no cover - objects are at least ~10 px
+            box = (int(cx), int(cy), int(cx) + 1, int(cy) + 1)
+        record = ShapeRecord(index, label, cls.name, scale, box)
+        return arr, alpha, record
+
+    def render(self, index: int) -> np.ndarray:
+        """Sample ``index`` as a uint8 array (size, size, 3)."""
+        return self._draw(index)[0]
+
+    def mask(self, index: int) -> np.ndarray:
+        """Coverage of the object in sample ``index``, float32 (size, size) in [0, 1]."""
+        return self._draw(index)[1]
+
+    def record(self, index: int) -> ShapeRecord:
+        """Label, class name, scale and box of sample ``index``."""
+        if self._records is not None:
+            return self._records[index]
+        return self._draw(index)[2]
+
+    @property
+    def records(self) -> list[ShapeRecord]:
+        """One :class:`ShapeRecord` per sample (drawn once, on first access)."""
+        if self._records is None:
+            self._records = [self._draw(i)[2] for i in range(len(self))]
+        return self._records
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if index < 0:
+            index += len(self)
+        img = Image.fromarray(self.render(index), mode="RGB")
+        label = index % self.num_classes
+        return (self.transform(img) if self.transform is not None else img), label
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All samples as (uint8 (N, size, size, 3), int64 (N,)) arrays."""
+        images = np.stack([self.render(i) for i in range(len(self))])
+        labels = np.arange(len(self), dtype=np.int64) % self.num_classes
+        return images, labels
+
+
+def write_image_folder(dataset: ShapesDataset, root: str | Path) -> Path:
+    """Write ``dataset`` as PNGs in one subfolder per class plus ``records.csv``; return root.
+
+    Files are ``root/<class_name>/<index:06d>.png``; ``records.csv`` has columns
+    path, index, label, class_name, scale, x0, y0, x1, y1.
+    """
+    root = Path(root)
+    for name in dataset.classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(len(dataset)):
+        arr, _, rec = dataset._draw(i)
+        rel = Path(rec.class_name) / f"{i:06d}.png"
+        Image.fromarray(arr, mode="RGB").save(root / rel)
+        d = asdict(rec)
+        x0, y0, x1, y1 = d.pop("box")
+        rows.append({"path": rel.as_posix(), **d, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
+    fields = ["path", "index", "label", "class_name", "scale", "x0", "y0", "x1", "y1"]
+    with open(root / "records.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def make_shapes_cli(args: argparse.Namespace) -> int:
+    """``attnviz data make-shapes DIR --n-per-class N [--size 64] [--seed 0]``."""
+    ds = ShapesDataset(
+        args.n_per_class, size=args.size, seed=args.seed, scale_range=tuple(args.scale_range)
+    )
+    root = write_image_folder(ds, args.dir)
+    print(f"wrote {len(ds)} images ({ds.num_classes} classes) and records.csv to {root}")
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command (sub-command ``make-shapes``) to an argparse CLI."""
+    data = subparsers.add_parser("data", help="generated datasets")
+    sub = data.add_subparsers(dest="data_command", required=True)
+    p = sub.add_parser(
+        "make-shapes",
+        help="write the generated multi-scale shapes dataset as an ImageFolder",
+        description=make_shapes_cli.__doc__,
+    )
+    p.add_argument("dir", help="output directory (class subfolders + records.csv)")
+    p.add_argument("--n-per-class", type=int, required=True, help="images per class")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (64..96)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        default=(0.15, 0.75),
+        metavar=("LO", "HI"),
+        help="object side / image side range",
+    )
+    p.set_defaults(func=make_shapes_cli)

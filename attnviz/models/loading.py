@@ -1,0 +1,384 @@
+"""Load a model and its preprocessing: bundled tiny models, timm, torchvision, user code.
+
+``load_model(spec)`` understands
+
+* a bundled name (``"sk_tiny"``): :mod:`attnviz.models.tiny` + ``assets/models/<name>.safetensors``
+  (sha256 checked against ``assets/models/manifest.json``);
+* ``"timm:<name>"``: :func:`timm.create_model`, preprocessing from
+  :func:`timm.data.resolve_data_config`;
+* ``"torchvision:<name>"``: :func:`torchvision.models.get_model`;
+* ``"python:package.module:factory"``: ``factory()`` (or ``factory(num_classes=...)``).
+
+Local weights (``weights=``) are read from ``.safetensors`` or, for ``.pth`` / ``.pt`` / ``.bin``
+pickles, with ``torch.load(weights_only=True)`` only: a pickle that would run code is refused.
+``pretrained=True`` goes through timm's (or torchvision's) real download path; offline, set
+``HF_HUB_OFFLINE=1`` before starting Python to fail at once, and pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AttnvizError
+from .tiny import TINY_MODELS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+
+
+class WeightsError(AttnvizError, ValueError):
+    """A weights file cannot be read safely or does not fit the model."""
+
+
+class PretrainedUnavailableError(AttnvizError, RuntimeError):
+    """Pretrained weights could not be fetched (no hub access)."""
+
+
+@dataclass
+class PreprocessConfig:
+    """How images must be prepared for a model.
+
+    ``input_size`` (C, H, W); ``mean``/``std`` per channel on [0, 1] pixel values;
+    ``interpolation`` ("bilinear" / "bicubic") for the resize; ``crop_pct`` the centre crop
+    fraction (resize the shorter side to H / crop_pct, crop H x W). ``source`` records where the
+    model came from (``spec``, ``weights`` path, ``weights_sha256``).
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resize_size(self) -> int:
+        """Side to which the shorter image side is resized before the centre crop."""
+        return int(round(self.input_size[-1] / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- assets
+def assets_dir() -> Path:
+    """``assets/models`` at the repository root (the parent of the ``attnviz`` package).
+
+    ``ATTNVIZ_ASSETS`` (a directory holding ``models/``) overrides it.
+    """
+    env = os.environ.get("ATTNVIZ_ASSETS")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "assets"
+    return root / "models"
+
+
+def read_manifest(directory: str | Path | None = None) -> dict[str, Any]:
+    """The bundled models' manifest: ``{"models": {name: entry, ...}}``."""
+    path = Path(directory or assets_dir()) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no model manifest at {path}")
+    return json.loads(path.read_text())
+
+
+def bundled_models() -> list[str]:
+    """Names of the bundled (trained, shipped) tiny models."""
+    try:
+        return sorted(read_manifest()["models"])
+    except FileNotFoundError:
+        return []
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- weights
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``weights_only=True`` pickle (never full pickle).
+
+    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``, EMA) are
+    unwrapped and a ``module.`` prefix (DataParallel) is stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"refusing to load {path}: it is a pickle that needs more than tensors to load "
+            "(it could run arbitrary code), and attnviz only loads pickles with "
+            "torch.load(weights_only=True). Convert it to .safetensors in a trusted "
+            "environment (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) "
+            f"or save a plain state_dict. Details: {str(exc).splitlines()[0]}"
+        ) from None
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``state`` strictly into ``model``, trying timm's checkpoint filter on a mismatch."""
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except RuntimeError as first:
+        filter_fn = getattr(
+            importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None
+        )
+        if filter_fn is not None:
+            try:
+                model.load_state_dict(filter_fn(state, model), strict=True)
+                return
+            except Exception:
+                pass
+        msg = str(first).split("\n\t", 1)[-1][:800]
+        raise WeightsError(f"weights in {path} do not fit {type(model).__name__}: {msg}") from None
+
+
+# --------------------------------------------------------------------------- loaders
+def _load_bundled(
+    name: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, PreprocessConfig]:
+    entry = read_manifest().get("models", {}).get(name) if weights is None else None
+    if weights is None and entry is None:
+        raise FileNotFoundError(
+            f"tiny model {name!r} has no bundled checkpoint in {assets_dir()}; train it with "
+            f"`python -m attnviz.models.train {name}` or pass weights=PATH"
+        )
+    n_out = num_classes or (entry or {}).get("config", {}).get("num_classes", 10)
+    model = TINY_MODELS[name](num_classes=n_out)
+    if weights is None:
+        path = assets_dir() / entry["file"]
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise WeightsError(
+                f"{path} has sha256 {digest}, the manifest says {entry['sha256']}: the file was "
+                f"changed; retrain with `{entry.get('command', 'python -m attnviz.models.train')}`"
+            )
+        pre = entry["preprocessing"]
+        cfg = PreprocessConfig(
+            input_size=tuple(pre["input_size"]),
+            mean=tuple(pre["mean"]),
+            std=tuple(pre["std"]),
+            interpolation=pre["interpolation"],
+            crop_pct=pre["crop_pct"],
+        )
+    else:
+        path, digest = Path(weights), sha256_file(weights)
+        from .train import IMAGE_SIZE, MEAN, STD
+
+        cfg = PreprocessConfig((3, IMAGE_SIZE, IMAGE_SIZE), MEAN, STD, "bilinear", 1.0)
+    state = load_weights_file(path)
+    if (
+        num_classes is not None
+        and entry is not None
+        and num_classes != entry["config"]["num_classes"]
+    ):
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise WeightsError(f"weights in {path} do not fit {name}")
+    else:
+        apply_weights(model, state, path)
+    cfg.source = {"spec": name, "weights": str(path), "weights_sha256": digest}
+    return model, cfg
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (a quick TCP probe), or None if it can.
+
+    Without ``HF_HUB_OFFLINE`` huggingface_hub retries for about a minute before giving up;
+    this probe lets an offline machine fail at once instead.
+    """
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return None  # behind a proxy: let huggingface_hub try
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{endpoint} is unreachable ({exc})"
+
+
+def _pretrained_failure(spec: str, exc: BaseException) -> PretrainedUnavailableError:
+    return PretrainedUnavailableError(
+        f"could not fetch pretrained weights for {spec!r} (no hub access: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        "Pass a local file instead: load_model(spec, weights='path/to/weights.safetensors') "
+        "(.safetensors, or a .pth/.pt state dict), or on the command line --weights PATH."
+    )
+
+
+def _load_timm(
+    name: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, PreprocessConfig]:
+    import timm
+    from timm.data import resolve_data_config
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if pretrained and weights is None:
+        if not _offline():
+            reason = _hub_unreachable()
+            if reason is not None:
+                raise _pretrained_failure(
+                    f"timm:{name}",
+                    RuntimeError(f"{reason}; with HF_HUB_OFFLINE=1 the local HF cache is used"),
+                )
+        try:
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as exc:
+            raise _pretrained_failure(f"timm:{name}", exc) from exc
+        source: dict[str, Any] = {"weights": f"hf-hub/timm:{name}", "weights_sha256": None}
+    else:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        source = {"weights": None, "weights_sha256": None}
+        if weights is not None:
+            apply_weights(model, load_weights_file(weights), weights)
+            source = {"weights": str(weights), "weights_sha256": sha256_file(weights)}
+    dc = resolve_data_config({}, model=model)
+    cfg = PreprocessConfig(
+        input_size=tuple(dc["input_size"]),
+        mean=tuple(dc["mean"]),
+        std=tuple(dc["std"]),
+        interpolation=dc.get("interpolation", "bilinear"),
+        crop_pct=float(dc.get("crop_pct", 0.875)),
+        source={"spec": f"timm:{name}", **source},
+    )
+    return model, cfg
+
+
+def _load_torchvision(
+    name: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, PreprocessConfig]:
+    import torchvision
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    cfg = PreprocessConfig(source={"spec": f"torchvision:{name}", "weights": None})
+    if pretrained and weights is None:
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        if _offline() and not cached.exists():
+            raise _pretrained_failure(f"torchvision:{name}", RuntimeError("HF_HUB_OFFLINE is set"))
+        try:
+            model = torchvision.models.get_model(name, weights=enum, **kwargs)
+        except Exception as exc:
+            raise _pretrained_failure(f"torchvision:{name}", exc) from exc
+        t = enum.transforms()
+        crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+        cfg = PreprocessConfig(
+            input_size=(3, crop, crop),
+            mean=tuple(t.mean),
+            std=tuple(t.std),
+            interpolation=t.interpolation.value,
+            crop_pct=crop / resize,
+            source={"spec": f"torchvision:{name}", "weights": enum.url, "weights_sha256": None},
+        )
+    else:
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        if weights is not None:
+            apply_weights(model, load_weights_file(weights), weights)
+            cfg.source.update(weights=str(weights), weights_sha256=sha256_file(weights))
+    return model, cfg
+
+
+def _load_python(
+    target: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, PreprocessConfig]:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"python spec must be 'python:package.module:factory', got {target!r}")
+    factory = importlib.import_module(module_name)
+    for part in attr.split("."):
+        factory = getattr(factory, part)
+    model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    cfg = PreprocessConfig()
+    pcfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(pcfg, Mapping) and "mean" in pcfg:  # a timm model built by user code
+        from timm.data import resolve_data_config
+
+        dc = resolve_data_config({}, model=model)
+        cfg = PreprocessConfig(
+            tuple(dc["input_size"]), tuple(dc["mean"]), tuple(dc["std"]),
+            dc.get("interpolation", "bilinear"), float(dc.get("crop_pct", 0.875)),
+        )  # fmt: skip
+    cfg.source = {"spec": f"python:{target}", "weights": None, "weights_sha256": None}
+    if weights is not None:
+        apply_weights(model, load_weights_file(weights), weights)
+        cfg.source.update(weights=str(weights), weights_sha256=sha256_file(weights))
+    return model, cfg
+
+
+Loader = Callable[
+    [str, "str | Path | None", bool, "int | None"], tuple[nn.Module, PreprocessConfig]
+]
+
+LOADERS: dict[str, Loader] = {
+    "timm": _load_timm,
+    "torchvision": _load_torchvision,
+    "python": _load_python,
+}
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, PreprocessConfig]:
+    """Build the model named by ``spec``, load its weights, return it in eval mode with its
+    :class:`PreprocessConfig` (see the module docstring for the specs)."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in LOADERS:
+        model, cfg = LOADERS[prefix](rest, weights, pretrained, num_classes)
+    elif spec in TINY_MODELS:
+        model, cfg = _load_bundled(spec, weights, pretrained, num_classes)
+    else:
+        raise ValueError(
+            f"unknown model spec {spec!r}: use a bundled name ({', '.join(sorted(TINY_MODELS))}), "
+            "'timm:<name>', 'torchvision:<name>' or 'python:package.module:factory'"
+        )
+    cfg.source.setdefault("spec", spec)
+    return model.eval(), cfg

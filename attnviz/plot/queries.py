@@ -1,0 +1,201 @@
+"""Figures of Non-local query maps and GCNet's query-independence statistics.
+
+* :func:`plot_query_grid`: GCNet Fig. 2 style grid: one row per image, one column per query
+  point (marked with a white star), the query's attention map blended over the image
+  (:func:`attnviz.plot.overlay.overlay`);
+* :func:`statistics_table` / :func:`plot_statistics_table`: GCNet Table 1 as a DataFrame and
+  as a figure, one row per site (or per model / Non-local instantiation), optionally with the
+  paper's row;
+* :func:`plot_query_distances`: seaborn heatmap of the pairwise distances between the query
+  maps of one image.
+
+Nothing here runs a model: inputs are :class:`~attnviz.analysis.query_maps.QueryMapsResult`
+and :class:`~attnviz.analysis.query_independence.QueryIndependenceResult` objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..capture import is_query_kind
+from .overlay import overlay
+
+if TYPE_CHECKING:
+    from ..analysis.query_independence import QueryIndependenceResult
+    from ..analysis.query_maps import QueryMapsResult
+
+TABLE_METRICS = ("cos_input", "cos_output", "cos_att", "jsd_att")
+METRIC_LABELS = {
+    "cos_input": "cos input",
+    "cos_output": "cos output",
+    "cos_att": "cos att",
+    "jsd_att": "JSD att",
+    "entropy": "GC entropy",
+    "entropy_norm": "GC entropy / ln N",
+}
+MARKER = dict(marker="*", markersize=12, color="white", markeredgecolor="black", linestyle="none")
+
+
+def plot_query_grid(
+    results: QueryMapsResult | Sequence[QueryMapsResult],
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    panel_size: float = 2.0,
+    titles: Sequence[str] | None = None,
+) -> Figure:
+    """Rows: images; columns: query points. Each panel is ``overlay(image, map)`` with the
+    query pixel marked (``ax.lines[0]`` holds its (x, y)); GC results fill one column."""
+    results = [results] if not isinstance(results, Sequence) else list(results)
+    if not results:
+        raise ValueError("no query maps to plot")
+    ncols = max(r.n_queries for r in results)
+    nrows = len(results)
+    fig = Figure(figsize=(panel_size * ncols + 0.4, panel_size * nrows + 0.4))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for r, res in enumerate(results):
+        for q in range(ncols):
+            ax = axes[r, q]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if q >= res.n_queries:
+                ax.set_axis_off()
+                continue
+            ax.imshow(overlay(res.image, res.maps[q], alpha=alpha, colormap=colormap))
+            if len(res.query_pixels):
+                py, px = res.query_pixels[q]
+                ax.plot([px], [py], **MARKER)
+                cy, cx = res.query_cells[q]
+                ax.set_title(f"query ({cy}, {cx})", fontsize=8)
+            else:
+                ax.set_title(f"{res.site.get('alias')} context", fontsize=8)
+            if q == 0:
+                label = titles[r] if titles is not None else res.site.get("alias", "")
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("Non-local attention maps of different query points (GCNet Fig. 2 style)")
+    fig.tight_layout()
+    return fig
+
+
+def statistics_table(
+    results: QueryIndependenceResult | Sequence[QueryIndependenceResult],
+    *,
+    paper: bool = True,
+    metrics: Sequence[str] = TABLE_METRICS,
+) -> pd.DataFrame:
+    """GCNet Table 1 as a DataFrame: one row per (model, Non-local site), columns
+    ``<metric>`` (mean over images) and ``<metric>_std``; ``paper=True`` appends the paper's
+    row(s) (``model`` = "GCNet paper"). GC sites are left out (see ``to_frame`` for them)."""
+    from ..analysis.query_independence import PAPER_TABLE1
+
+    results = [results] if not isinstance(results, Sequence) else list(results)
+    rows = []
+    for res in results:
+        frame = res.to_frame()
+        for _, row in frame[frame["kind"].map(is_query_kind)].iterrows():
+            out = {
+                "model": row["model"],
+                "site": row["site"],
+                "instantiation": row["instantiation"],
+                "n_images": int(row["n_images"]),
+            }
+            for m in metrics:
+                out[m] = row.get(f"{m}_mean", math.nan)
+                out[f"{m}_std"] = row.get(f"{m}_std", math.nan)
+            rows.append(out)
+    if paper:
+        for _, prow in PAPER_TABLE1.iterrows():
+            out = {
+                "model": "GCNet paper",
+                "site": prow["source"],
+                "instantiation": prow["instantiation"],
+                "n_images": None,
+            }
+            for m in metrics:
+                out[m] = prow.get(m, math.nan)
+                out[f"{m}_std"] = math.nan
+            rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def plot_statistics_table(
+    results: QueryIndependenceResult | Sequence[QueryIndependenceResult] | pd.DataFrame,
+    *,
+    paper: bool = True,
+    digits: int = 3,
+    metrics: Sequence[str] = TABLE_METRICS,
+) -> Figure:
+    """The :func:`statistics_table` drawn as a matplotlib table ("mean ± std" cells, n/a
+    where a metric does not apply). ``fig.axes[0].tables[0]`` holds the cells."""
+    table = (
+        results
+        if isinstance(results, pd.DataFrame)
+        else statistics_table(results, paper=paper, metrics=metrics)
+    )
+    header = ["model", "site", "instantiation"] + [METRIC_LABELS[m] for m in metrics]
+    cells = []
+    for _, row in table.iterrows():
+        cells.append(
+            [str(row["model"]), str(row["site"]), str(row["instantiation"])]
+            + [_fmt(row[m], row.get(f"{m}_std"), digits) for m in metrics]
+        )
+    fig = Figure(figsize=(2.0 + 1.6 * len(header), 0.6 + 0.35 * (len(cells) + 1)))
+    ax = fig.add_subplot(111)
+    ax.set_axis_off()
+    tab = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    tab.auto_set_column_width(list(range(len(header))))
+    ax.set_title("Query independence (avg. distance over pairs; GCNet Table 1)", fontsize=9)
+    return fig
+
+
+def plot_query_distances(
+    result: QueryMapsResult, *, metric: str = "cosine", annot: bool = True
+) -> Figure:
+    """Seaborn heatmap of the (Q, Q) distances between one image's query maps
+    (:meth:`QueryMapsResult.pairwise_distances`); tick labels are the query cells."""
+    import seaborn as sns
+
+    d = result.pairwise_distances(metric)
+    labels = [f"({int(y)},{int(x)})" for y, x in result.query_cells] or ["context"]
+    fig = Figure(figsize=(1.0 + 0.7 * len(labels), 0.6 + 0.6 * len(labels)))
+    ax = fig.add_subplot(111)
+    sns.heatmap(
+        d,
+        ax=ax,
+        annot=annot,
+        fmt=".3f",
+        cmap="viridis",
+        vmin=0.0,
+        xticklabels=labels,
+        yticklabels=labels,
+        square=True,
+        cbar_kws={"label": "(1 - cos) / 2" if metric == "cosine" else "JSD (nats)"},
+    )
+    ax.set_xlabel("query cell (y, x)")
+    ax.set_ylabel("query cell (y, x)")
+    ax.set_title(f"{result.site.get('alias')}: distances between query maps", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = [
+    "plot_query_distances",
+    "plot_query_grid",
+    "plot_statistics_table",
+    "statistics_table",
+]

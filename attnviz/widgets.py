@@ -1,0 +1,260 @@
+"""Jupyter widgets: :class:`QueryInspector` for Non-local per-query attention maps.
+
+The inspector runs the model once on the image and keeps the full attention of one site
+(N x Nk, e.g. 256 x 256 for the bundled nl_tiny). Choosing a query cell (sliders, or a click on
+the image when the notebook uses an interactive matplotlib backend such as ipympl) calls
+:meth:`QueryInspector.update`, a plain method that recomputes
+
+* the query's map over the keys, blended over the image (``attnviz.plot.overlay``),
+* its top-k keys (cells with the largest weights),
+* its distance to the mean map over all queries: (1 - cos) / 2 (GCNet Table 1) and, when
+  rows are distributions, the Jensen-Shannon divergence (nats).
+
+Without ipywidgets the inspector falls back to a static GCNet Fig. 2 style grid of a few
+evenly spaced queries (``inspector.figure``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from .analysis._eval_mode import eval_mode
+from .analysis.query_maps import (
+    QueryMapsResult,
+    cell_centre,
+    grid_queries,
+    jsd_of,
+    pick_site,
+    prepare_image,
+    site_record,
+)
+from .capture import capture, query_kinds
+from .plot.overlay import overlay, upsample
+from .plot.queries import MARKER, plot_query_grid
+
+
+@dataclass
+class QueryState:
+    """What the inspector shows for one query cell."""
+
+    cell: tuple[int, int]
+    grid_map: np.ndarray  # (kh, kw)
+    map: np.ndarray  # (H, W), upsampled to the image
+    top_keys: list[tuple[tuple[int, int], float]]  # ((ky, kx), weight), largest first
+    cos_to_mean: float  # (1 - cos(w_i, mean_j w_j)) / 2
+    jsd_to_mean: float  # JSD(w_i, mean_j w_j) in nats, NaN if rows are not distributions
+
+
+class QueryInspector:
+    """Interactive per-query attention maps of one Non-local site for one image.
+
+    ``QueryInspector(model, image, site=None, top_k=5, preprocess=None)``; display it in a
+    notebook (``inspector`` as the cell's last expression, or ``inspector.widget``). Use
+    :meth:`update` to choose a query from code. ``site``: name or alias (default: the first
+    Non-local site).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image: Any,
+        site: str | None = None,
+        *,
+        top_k: int = 5,
+        preprocess: Any = None,
+        alpha: float = 0.5,
+        colormap: str = "jet",
+    ) -> None:
+        site_obj, _, _ = pick_site(model, site, kinds=query_kinds())
+        self.site = site_record(site_obj)
+        self.top_k = top_k
+        self.alpha = alpha
+        self.colormap = colormap
+        x, self.image = prepare_image(image, preprocess)
+        with eval_mode(model), capture(model, sites=[site_obj.name]) as cache, torch.no_grad():
+            model(x[None])
+        self.attention = cache[site_obj.name][0].double().numpy()  # (N, Nk)
+        meta = cache.meta[site_obj.name]
+        self.query_grid = tuple(int(v) for v in meta["query_grid"])
+        kg = meta.get("key_grid") or self.query_grid
+        self.key_grid = (int(kg[0]), int(kg[1]))
+        self.size = self.image.shape[:2]
+        a = self.attention
+        self.is_distribution = bool((a >= 0).all()) and bool(
+            np.allclose(a.sum(axis=1), 1.0, atol=1e-4)
+        )
+        self.mean_map = a.mean(axis=0)
+        self.state: QueryState | None = None
+        self.widget = None
+        self._ax_map = None
+        self._cid = None
+        self.figure: Figure | None = None
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:
+            self._build_static()
+        else:
+            self._build_widget()
+        self.update(self.query_grid[0] // 2, self.query_grid[1] // 2)
+
+    # -- the callback ------------------------------------------------------------------------------
+    def query_state(self, y: int, x: int) -> QueryState:
+        """Map, top-k keys and distance to the mean map of query cell (y, x)."""
+        gh, gw = self.query_grid
+        if not (0 <= y < gh and 0 <= x < gw):
+            raise ValueError(f"query cell (y={y}, x={x}) is outside the {gh}x{gw} query grid")
+        row = self.attention[y * gw + x]
+        kh, kw = self.key_grid
+        order = np.argsort(-row, kind="stable")[: self.top_k]
+        top = [((int(k // kw), int(k % kw)), float(row[k])) for k in order]
+        nr, nm = np.linalg.norm(row), np.linalg.norm(self.mean_map)
+        cos = float(row @ self.mean_map / (nr * nm)) if nr > 0 and nm > 0 else 0.0
+        jsd = math.nan
+        if self.is_distribution:
+            jsd = jsd_of(row, self.mean_map)
+        grid_map = row.reshape(kh, kw)
+        return QueryState(
+            cell=(int(y), int(x)),
+            grid_map=grid_map,
+            map=upsample(grid_map, self.size),
+            top_keys=top,
+            cos_to_mean=(1.0 - cos) / 2.0,
+            jsd_to_mean=jsd,
+        )
+
+    def update(self, y: int, x: int) -> QueryState:
+        """Choose query cell (y, x): recompute and redraw (the widgets' callback)."""
+        self.state = self.query_state(int(y), int(x))
+        if self.widget is not None:
+            self._redraw()
+        return self.state
+
+    def on_click(self, event: Any) -> None:
+        """Matplotlib ``button_press_event`` handler: the clicked pixel picks the query cell."""
+        if event is None or event.xdata is None or event.ydata is None:
+            return
+        if getattr(event, "inaxes", None) is not self._ax_map:
+            return
+        h, w = self.size
+        gh, gw = self.query_grid
+        py, px = float(event.ydata), float(event.xdata)
+        cy = min(max(int((py + 0.5) * gh / h), 0), gh - 1)
+        cx = min(max(int((px + 0.5) * gw / w), 0), gw - 1)
+        self._set_sliders(cy, cx)
+        self.update(cy, cx)
+
+    # -- views -----------------------------------------------------------------------------------
+    def _build_static(self) -> None:
+        gh, gw = self.query_grid
+        cells = grid_queries(self.query_grid, 4)
+        kh, kw = self.key_grid
+        rows = [self.attention[y * gw + x].reshape(kh, kw).astype(np.float32) for y, x in cells]
+        res = QueryMapsResult(
+            image=self.image,
+            maps=np.stack([upsample(r, self.size) for r in rows]),
+            grid_maps=np.stack(rows),
+            query_cells=np.asarray(cells, dtype=np.int64),
+            query_pixels=np.asarray(
+                [cell_centre(c, (gh, gw), self.size) for c in cells], dtype=np.float64
+            ),
+            site=self.site,
+            is_distribution=self.is_distribution,
+        )
+        self.static_result = res
+        self.figure = plot_query_grid(res, alpha=self.alpha, colormap=self.colormap)
+
+    def _build_widget(self) -> None:
+        import ipywidgets as w
+
+        gh, gw = self.query_grid
+        self.slider_y = w.IntSlider(value=gh // 2, min=0, max=gh - 1, description="query y")
+        self.slider_x = w.IntSlider(value=gw // 2, min=0, max=gw - 1, description="query x")
+        self.output = w.Output()
+        self.info = w.HTML()
+        self._syncing = False
+
+        def changed(_change: Any) -> None:
+            if not self._syncing:
+                self.update(self.slider_y.value, self.slider_x.value)
+
+        self.slider_y.observe(changed, names="value")
+        self.slider_x.observe(changed, names="value")
+        import matplotlib
+
+        # clicks need an interactive canvas (``%matplotlib widget``, ipympl); otherwise the
+        # figure is redrawn as a static image inside ``self.output`` and sliders choose
+        self._interactive = "ipympl" in matplotlib.get_backend().lower() or (
+            "widget" in matplotlib.get_backend().lower()
+        )
+        if self._interactive:  # pragma: no cover - needs ipympl in a live kernel
+            import matplotlib.pyplot as plt
+
+            self.figure = plt.figure(figsize=(6.5, 3.2))
+            self._cid = self.figure.canvas.mpl_connect("button_press_event", self.on_click)
+        else:
+            self.figure = Figure(figsize=(6.5, 3.2))
+        self._ax_map, self._ax_mean = self.figure.subplots(1, 2)
+        self.widget = w.VBox([w.HBox([self.slider_y, self.slider_x]), self.output, self.info])
+
+    def _set_sliders(self, y: int, x: int) -> None:
+        if self.widget is None:
+            return
+        self._syncing = True
+        try:
+            self.slider_y.value, self.slider_x.value = y, x
+        finally:
+            self._syncing = False
+
+    def _redraw(self) -> None:
+        st = self.state
+        assert st is not None and self.figure is not None
+        for ax in (self._ax_map, self._ax_mean):
+            ax.clear()
+            ax.set_xticks([])
+            ax.set_yticks([])
+        self._ax_map.imshow(overlay(self.image, st.map, self.alpha, self.colormap))
+        py, px = cell_centre(st.cell, self.query_grid, self.size)
+        self._ax_map.plot([px], [py], **MARKER)
+        self._ax_map.set_title(f"{self.site['alias']} query {st.cell}", fontsize=9)
+        mean_up = upsample(self.mean_map.reshape(self.key_grid), self.size)
+        self._ax_mean.imshow(overlay(self.image, mean_up, self.alpha, self.colormap))
+        self._ax_mean.set_title("mean map over all queries", fontsize=9)
+        keys = ", ".join(f"({ky},{kx}): {v:.3f}" for (ky, kx), v in st.top_keys)
+        jsd = (
+            "n/a (rows are not distributions)"
+            if math.isnan(st.jsd_to_mean)
+            else f"{st.jsd_to_mean:.4f}"
+        )
+        self.info.value = (
+            f"<b>query</b> {st.cell} &nbsp; <b>top-{self.top_k} keys</b> {keys}<br>"
+            f"<b>distance to mean map</b>: (1 - cos)/2 = {st.cos_to_mean:.4f}, JSD = {jsd}"
+        )
+        if self._interactive:  # pragma: no cover - needs ipympl in a live kernel
+            self.figure.canvas.draw_idle()
+            return
+        self.output.clear_output(wait=True)
+        with self.output:
+            from IPython.display import display
+
+            display(self.figure)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        if self.widget is not None:
+            if self._interactive:  # pragma: no cover - needs ipympl in a live kernel
+                with self.output:
+                    display(self.figure.canvas)
+            display(self.widget)
+        else:
+            display(self.figure)
+
+
+__all__ = ["QueryInspector", "QueryState"]

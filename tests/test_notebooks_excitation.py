@@ -1,0 +1,56 @@
+"""The excitation and CBAM-vs-Grad-CAM notebooks run top to bottom and draw their figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _run(name: str) -> nbformat.NotebookNode:
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(
+        book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    return book
+
+
+def _images(book: nbformat.NotebookNode) -> int:
+    return sum(
+        "image/png" in out.get("data", {})
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+
+
+def _errors(book: nbformat.NotebookNode) -> list[str]:
+    return [
+        out.get("ename", "")
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+
+
+@pytest.mark.slow
+def test_se_excitation_notebook():
+    book = _run("se_excitation.ipynb")
+    assert not _errors(book)
+    assert _images(book) == 3  # Fig. 6, Fig. 7, specificity vs depth
+    text = "".join(out.get("text", "") for cell in book.cells for out in cell.get("outputs", []))
+    assert "50 images;" in text and "specificity" in text
+
+
+@pytest.mark.slow
+def test_cbam_vs_gradcam_notebook():
+    book = _run("cbam_vs_gradcam.ipynb")
+    assert not _errors(book)
+    assert _images(book) == 3  # CBAM overlays, agreement bars, GC overlays
+    text = "".join(out.get("text", "") for cell in book.cells for out in cell.get("outputs", []))
+    assert "Grad-CAM layer: layer4 | target: label" in text
