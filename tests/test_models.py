@@ -21,6 +21,9 @@ BUNDLED = (
     "nl_tiny_gaussian",
     "nl_tiny_dot",
     "nl_tiny_concat",
+    "sa_tiny",
+    "danet_tiny",
+    "mix_tiny",
 )
 MAX_BYTES = 5 * 1024 * 1024
 

@@ -158,4 +158,4 @@ def create_tiny(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     return factory(num_classes=num_classes, **kwargs)
 
 
-from . import tiny_more  # noqa: E402, F401  (registers sa_tiny, danet_tiny)
+from . import tiny_more  # noqa: E402, F401  (registers sa_tiny, danet_tiny, mix_tiny)
