@@ -40,6 +40,8 @@ _LAZY: dict[str, str] = {
     "PreprocessConfig": "attnviz.models",
     "ShapesDataset": "attnviz.data",
     "write_image_folder": "attnviz.data",
+    "image_source": "attnviz.data",
+    "load_image": "attnviz.data",
     # reference blocks
     "create_attn": "attnviz.blocks",
     "SEBlock": "attnviz.blocks",
@@ -97,6 +99,8 @@ __all__ = [  # the eager names, then the lazy re-exports of _LAZY
     "query_maps",
     "scale_sweep",
     "write_image_folder",
+    "image_source",
+    "load_image",
 ]
 
 
@@ -143,5 +147,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         SpatialTransformer,
         create_attn,
     )
-    from .data import ShapesDataset, write_image_folder
+    from .data import ShapesDataset, image_source, load_image, write_image_folder
     from .models import PreprocessConfig, load_model

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnviz.analysis.scale_sweep import _make_source, scale_sweep
+from attnviz.analysis.scale_sweep import scale_sweep
 from attnviz.data import ShapesDataset
+from attnviz.data.sources import image_source
 from attnviz.data.views import scale_views, view_spec
 from attnviz.models.tiny import create_tiny
 
@@ -61,13 +62,13 @@ def write_images(root: Path, n: int, side: int) -> Path:
 def plain_pipeline(model, images, config, batch_size: int) -> int:
     """Decode, views, one forward per batch: the sweep's pipeline with no capture/sums."""
     spec = view_spec(config)
-    source = _make_source(images, None)
+    source = image_source(images, None, id_style="relative")
     n = 0
     with torch.no_grad():
         for start in range(0, len(source), batch_size):
             views = []
             for i in range(start, min(start + batch_size, len(source))):
-                img, _, _ = source.get(i)
+                img, _, _ = source.load(i)
                 if img is not None:
                     views.append(scale_views(img, spec, SCALES))
             x = torch.stack(views, dim=1)

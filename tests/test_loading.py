@@ -24,10 +24,7 @@ from attnviz.models.loading import assets_dir
 
 
 def _first_bundled() -> str:
-    try:
-        models = read_manifest()["models"]
-    except FileNotFoundError:
-        pytest.skip("no bundled models yet")
+    models = read_manifest()["models"]  # bundled with the repository: must exist
     return "se_tiny" if "se_tiny" in models else sorted(models)[0]
 
 
@@ -141,18 +138,23 @@ def test_torchvision_and_python_specs(tmp_path, monkeypatch) -> None:
 
 
 def test_pretrained_offline_fails_fast_with_hint(tmp_path) -> None:
+    """With HF_HUB_OFFLINE set, pretrained=True fails with a hint and never touches the network."""
     code = textwrap.dedent(
         """
-        import time
+        import socket
+        attempts = []
+
+        def refuse(self, address):
+            attempts.append(address)
+            raise OSError("network disabled by the test")
+
+        socket.socket.connect = refuse
+        socket.create_connection = lambda address, *a, **k: refuse(None, address)
         from attnviz.models import load_model, PretrainedUnavailableError
-        t = time.perf_counter()
-        load_model("timm:resnet18")  # imports timm, builds the model: the cost without a hub
-        base = time.perf_counter() - t
-        t = time.perf_counter()
         try:
             load_model("timm:resnet18", pretrained=True)
         except PretrainedUnavailableError as exc:
-            print("REFUSED", round(time.perf_counter() - t - base, 1), exc)
+            print("REFUSED", len(attempts), exc)
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -160,6 +162,5 @@ def test_pretrained_offline_fails_fast_with_hint(tmp_path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert "REFUSED" in out.stdout, out.stderr[-2000:]
-    seconds = float(out.stdout.split()[1])
-    assert seconds < 10, out.stdout  # no network retries: HF_HUB_OFFLINE is honoured
+    assert out.stdout.split()[1] == "0", out.stdout  # no connection attempted, no retries
     assert "weights=" in out.stdout

@@ -21,8 +21,7 @@ def _missing(names: list[str]) -> list[str]:
 @pytest.mark.slow
 def test_nonlocal_queries_notebook():
     missing = _missing(["nl_tiny", "nl_tiny_gaussian", "nl_tiny_dot", "nl_tiny_concat"])
-    if missing:
-        pytest.skip(f"bundled checkpoints not present yet: {missing}")
+    assert not missing, f"bundled checkpoints missing: {missing}"
     book = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         book,

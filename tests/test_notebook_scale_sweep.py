@@ -16,8 +16,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "scale_sweep.ipyn
 def test_scale_sweep_notebook(tmp_path):
     from attnviz.models import bundled_models
 
-    if "sk_tiny" not in bundled_models():
-        pytest.skip("bundled sk_tiny checkpoint not present yet")
+    assert "sk_tiny" in bundled_models(), "bundled sk_tiny checkpoint missing"
     book = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

@@ -128,8 +128,7 @@ def test_several_models_give_one_table_beside_the_paper(tmp_path, image_dir):
     from attnviz.models import bundled_models
 
     missing = {"nl_tiny", "nl_tiny_dot"} - set(bundled_models())
-    if missing:
-        pytest.skip(f"bundled checkpoints not present yet: {sorted(missing)}")
+    assert not missing, f"bundled checkpoints missing: {sorted(missing)}"
     out = tmp_path / "multi"
     rc = main(
         [

@@ -229,8 +229,7 @@ def test_reference_block_all_instantiations(mode, sub_sample):
     block = NonLocalBlock(6, mode=mode, sub_sample=sub_sample)
     nn.init.normal_(block.W_z[1].weight, 0.0, 1.0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), block).eval()
-    if not attnviz.find_sites(model):
-        pytest.skip("capture adapter for attnviz.blocks.NonLocalBlock not registered yet")
+    assert attnviz.find_sites(model), "NonLocalBlock must be a capture site"
     x = torch.randn(2, 3, 6, 6)
     res = query_independence(model, x, batch_size=2, progress=False)
     assert res.sites[0]["n_keys"] == (9 if sub_sample else 36)

@@ -29,7 +29,7 @@ value a class-blind site would reach with these class sizes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from ..capture import Site, capture, find_sites
+from ..data.sources import PreprocessConfigError, image_source, iter_batches
 from ..errors import NoAttentionSitesError
 from ..results import load_result_dir, save_result_dir, versions
 from ._eval_mode import eval_mode
@@ -70,34 +70,37 @@ class ImageStream:
     total: int | None
 
 
-def _transform(preprocess: Any, model: nn.Module) -> Callable[[Image.Image], tuple[Tensor, Any]]:
-    """PIL image -> (normalised tensor, display uint8 image) from a callable or a config."""
+def _resolve_preprocess(preprocess: Any, model: nn.Module) -> Any:
+    """A callable PIL image -> tensor or a config: ``preprocess``, else the timm model's."""
+    if preprocess is not None:
+        return preprocess
+    if getattr(model, "pretrained_cfg", None) is None:
+        raise PreprocessConfigError(
+            "images given as files or PIL images need preprocess=: a PreprocessConfig "
+            "(from attnviz.models.load_model), a timm data-config dict, or a callable "
+            "PIL image -> (3, H, W) tensor"
+        )
+    from timm.data import resolve_model_data_config
+
+    return resolve_model_data_config(model)
+
+
+def _transform(preprocess: Any, image: Image.Image) -> Tensor:
+    """PIL image -> normalised tensor, by a callable or a config."""
+    if callable(preprocess) and not isinstance(preprocess, dict):
+        return preprocess(image)
     from ..data.views import base_view, normalise
 
-    if preprocess is None:
-        cfg = getattr(model, "pretrained_cfg", None)
-        if cfg is None:
-            raise ValueError(
-                "images given as files or PIL images need preprocess=: a PreprocessConfig "
-                "(from attnviz.models.load_model), a timm data-config dict, or a callable "
-                "PIL image -> (3, H, W) tensor"
-            )
-        from timm.data import resolve_model_data_config
+    return normalise(base_view(image, preprocess), preprocess)
 
-        preprocess = resolve_model_data_config(model)
-    if callable(preprocess) and not isinstance(preprocess, dict):
-        fn = preprocess
 
-        def run(img: Image.Image) -> tuple[Tensor, Any]:
-            return fn(img), None
+def _display(image: Image.Image | Tensor, x: Tensor, preprocess: Any) -> np.ndarray:
+    """What the model saw as HxWx3 uint8: the config's view of a PIL image, else ``x`` scaled."""
+    if isinstance(image, Image.Image) and preprocess is not None and not callable(preprocess):
+        from ..data.views import base_view
 
-        return run
-
-    def run_config(img: Image.Image) -> tuple[Tensor, Any]:
-        view = base_view(img, preprocess)
-        return normalise(view, preprocess), np.asarray(view, dtype=np.uint8)
-
-    return run_config
+        return np.asarray(base_view(image, preprocess), dtype=np.uint8)
+    return display_from_tensor(x)
 
 
 def display_from_tensor(x: Tensor) -> np.ndarray:
@@ -106,14 +109,6 @@ def display_from_tensor(x: Tensor) -> np.ndarray:
     lo, hi = float(a.min()), float(a.max())
     a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     return np.round(a * 255).astype(np.uint8)
-
-
-def _label_of(y: Any) -> int:
-    if y is None:
-        return -1
-    if isinstance(y, Tensor):
-        return int(y.item())
-    return int(y)
 
 
 def iter_image_batches(
@@ -128,141 +123,51 @@ def iter_image_batches(
 ) -> ImageStream:
     """Batches from a folder, a list of paths, a (N, 3, H, W) tensor, a Dataset or a DataLoader.
 
-    Folders are listed by :func:`attnviz.data.images.list_images` (class subfolders give
-    labels); files are decoded by ``load_image``, and unusable files are skipped with a reason.
-    Dataset items are ``(image, label)`` or ``image``, images PIL or tensors. ``labels``
-    overrides the labels of the source. ``limit`` keeps the first N images.
+    Non-tensor inputs are read by :func:`attnviz.data.sources.image_source` (ids: full paths
+    or item positions); unusable files are skipped with a reason. Dataset items are
+    ``(image, label)`` or ``image``, images PIL (preprocessed) or prepared tensors. ``labels``
+    overrides the labels of the source. ``limit`` keeps the first N usable images.
     """
-    from ..data.images import list_images, load_image
-
     skipped: list[tuple[str, str]] = []
-    class_names: list[str] = []
     given = None if labels is None else [int(v) for v in labels]
-
-    if isinstance(images, (str, os.PathLike)):
-        paths, dir_labels, class_names = list_images(images)
-        if not paths:
-            raise ValueError(f"no image files in {str(images)!r}")
-        items: Any = list(zip(paths, dir_labels or [-1] * len(paths)))
-        kind = "paths"
-    elif isinstance(images, Tensor):
+    if isinstance(images, Tensor):
         if images.dim() != 4:
             raise ValueError(f"an image tensor must be (N, 3, H, W), got {tuple(images.shape)}")
-        items, kind = images, "tensor"
-    elif isinstance(images, DataLoader):
-        items, kind = images, "loader"
-        class_names = list(getattr(images.dataset, "classes", []) or [])
-    elif isinstance(images, Dataset):
-        items, kind = images, "dataset"
-        class_names = list(getattr(images, "classes", []) or [])
-    elif isinstance(images, Sequence):
-        if not images:
-            raise ValueError("no images given")
-        items, kind = [(p, -1) for p in images], "paths"
-    else:
-        raise TypeError(
-            f"images must be a folder, a list of paths, a (N, 3, H, W) tensor, a Dataset or a "
-            f"DataLoader, not {type(images).__name__}"
-        )
-    try:
-        total: int | None = len(items)
-    except TypeError:
-        total = None
-    if limit is not None and total is not None:
-        total = min(total, limit)
-    if given is not None and total is not None and len(given) < total:
-        raise ValueError(f"labels has {len(given)} entries for {total} images")
-    transform: list[Callable[[Image.Image], tuple[Tensor, Any]]] = []
+        total = len(images) if limit is None else min(len(images), limit)
+        if given is not None and len(given) < total:
+            raise ValueError(f"labels has {len(given)} entries for {total} images")
 
-    def to_tensor(img: Image.Image) -> tuple[Tensor, Any]:
-        if not transform:  # built on the first PIL image, so tensor sources need no config
-            transform.append(_transform(preprocess, model))
-        return transform[0](img)
+        def tensor_batches() -> Iterator[ImageBatch]:
+            for start in range(0, total, batch_size):
+                x = images[start : start + batch_size].float()
+                stop = start + x.shape[0]
+                ys = [given[i] if given else -1 for i in range(start, stop)]
+                d = [display_from_tensor(t) for t in x] if keep_display else None
+                yield ImageBatch(x, ys, [str(i) for i in range(start, stop)], d)
 
-    def convert(img: Any) -> tuple[Tensor, np.ndarray | None]:
-        if isinstance(img, Tensor):
-            return img.float(), (display_from_tensor(img) if keep_display else None)
-        if isinstance(img, Image.Image):
-            t, disp = to_tensor(img.convert("RGB"))
-            if keep_display and disp is None:
-                disp = display_from_tensor(t)
-            return t, disp
-        raise TypeError(f"dataset items must be PIL images or tensors, got {type(img).__name__}")
+        return ImageStream(tensor_batches(), [], skipped, total)
+
+    source = image_source(images, given, id_style="path")
+    total = len(source) if limit is None else min(len(source), limit)
+    resolved: list[Any] = []
+
+    def to_tensor(img: Image.Image) -> Tensor:
+        if not resolved:  # resolved on the first PIL image, so tensor sources need no config
+            resolved.append(_resolve_preprocess(preprocess, model))
+        return _transform(resolved[0], img)
 
     def gen() -> Iterator[ImageBatch]:
-        xs: list[Tensor] = []
-        ys: list[int] = []
-        ids: list[str] = []
-        disp: list[np.ndarray] = []
-        n = 0
-
-        def flush() -> ImageBatch:
-            batch = ImageBatch(torch.stack(xs), list(ys), list(ids), list(disp) or None)
-            xs.clear(), ys.clear(), ids.clear(), disp.clear()
-            return batch
-
-        if kind == "tensor":
-            for start in range(0, len(items), batch_size):
-                stop = min(start + batch_size, len(items))
-                if limit is not None:
-                    stop = min(stop, limit)
-                if stop <= start:
-                    return
-                x = items[start:stop].float()
-                ys_ = [given[i] if given else -1 for i in range(start, stop)]
-                d = [display_from_tensor(t) for t in x] if keep_display else None
-                yield ImageBatch(x, ys_, [str(i) for i in range(start, stop)], d)
-            return
-        if kind == "loader":
-            for batch in items:
-                x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (batch, None)
-                b = x.shape[0]
-                if limit is not None:
-                    b = min(b, limit - n)
-                    if b <= 0:
-                        return
-                x = x[:b].float()
-                ys_ = [
-                    given[n + i] if given else (_label_of(y[i]) if y is not None else -1)
-                    for i in range(b)
-                ]
-                d = [display_from_tensor(t) for t in x] if keep_display else None
-                yield ImageBatch(x, ys_, [str(n + i) for i in range(b)], d)
-                n += b
-            return
-        for i in range(len(items)):
-            if limit is not None and n >= limit:
-                break
-            if kind == "paths":
-                path, y = items[i]
-                img, reason = load_image(path)
-                ident = str(path)
-                if img is None:
-                    skipped.append((ident, reason or "unreadable"))
-                    continue
-            else:
-                item = items[i]
-                img, y = (item[0], item[1]) if isinstance(item, (list, tuple)) else (item, None)
-                ident = str(i)
-            if isinstance(img, Image.Image) and not transform:
-                transform.append(_transform(preprocess, model))  # config errors are not skips
-            try:
-                t, d = convert(img)
-            except Exception as exc:  # one bad image never ends a run
-                skipped.append((ident, f"preprocessing failed: {type(exc).__name__}: {exc}"))
+        for b in iter_batches(source, batch_size, to_tensor, limit=limit):
+            skipped.extend(b.skipped)
+            if not b.indices:
                 continue
-            xs.append(t)
-            ys.append(given[i] if given else _label_of(y))
-            ids.append(ident)
-            if d is not None:
-                disp.append(d)
-            n += 1
-            if len(xs) == batch_size:
-                yield flush()
-        if xs:
-            yield flush()
+            ys = [-1 if y is None else y for y in b.labels]
+            d = None
+            if keep_display:
+                d = [_display(img, t, (resolved or [None])[0]) for img, t in zip(b.images, b.x)]
+            yield ImageBatch(b.x, ys, [source.ids[i] for i in b.indices], d)
 
-    return ImageStream(gen(), class_names, skipped, total)
+    return ImageStream(gen(), source.class_names, skipped, total)
 
 
 def _progress(it: Iterable, total: int | None, enabled: bool, desc: str) -> Iterable:

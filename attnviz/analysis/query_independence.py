@@ -33,7 +33,7 @@ images; results do not depend on the batch size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..capture import capture, is_query_kind, query_kinds
 from ..capture.core import select_sites
+from ..data.sources import image_source, iter_batches
 from ..results import load_result_dir, save_result_dir, versions
 from ._eval_mode import eval_mode
 from .query_maps import prepare_image, site_record
@@ -202,27 +203,21 @@ def gc_statistics(context_map: Tensor) -> dict[str, float]:
 
 
 # -- the analysis ----------------------------------------------------------------------------------
-def _batches(images: Any, batch_size: int, preprocess: Any) -> Iterable[Tensor]:
-    """Batches (B, 3, H, W) from a tensor batch or an iterable of images / (image, label)."""
+def _batches(images: Any, batch_size: int, preprocess: Any) -> Iterator[Tensor]:
+    """Batches (B, 3, H, W) from a tensor batch or any input of :func:`image_source`."""
     if isinstance(images, Tensor):
         if images.dim() == 3:
             images = images[None]
         for start in range(0, images.shape[0], batch_size):
             yield images[start : start + batch_size]
         return
-    pending: list[Tensor] = []
-    for item in images:
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            item = item[0]  # (image, label) or a DataLoader's (x, y)
-        if isinstance(item, Tensor) and item.dim() == 4:
-            pending.extend(item)
-        else:
-            pending.append(prepare_image(item, preprocess)[0])
-        while len(pending) >= batch_size:
-            yield torch.stack(pending[:batch_size])
-            pending = pending[batch_size:]
-    if pending:
-        yield torch.stack(pending)
+    source = image_source(images, id_style="path")
+    for batch in iter_batches(source, batch_size, lambda img: prepare_image(img, preprocess)[0]):
+        if batch.skipped:
+            reasons = "; ".join(f"{i}: {r}" for i, r in batch.skipped)
+            raise ValueError(f"unusable images: {reasons}")
+        if batch.indices:
+            yield batch.x
 
 
 def query_independence(
@@ -239,11 +234,13 @@ def query_independence(
 ) -> QueryIndependenceResult:
     """GCNet Table 1 statistics at every Non-local site (and entropy at GC sites) of ``model``.
 
-    ``images``: a tensor (B, 3, H, W) of model inputs, or an iterable of PIL images / arrays /
-    tensors / (image, label) pairs / DataLoader batches (non-tensors go through ``preprocess``,
-    see :func:`attnviz.analysis.query_maps.prepare_image`). ``sites``: names or aliases
-    (default: all Non-local and GC sites). Images are streamed: ``batch_size`` at a time, the
-    cache is cleared after each batch. The model runs in eval mode (its mode is restored).
+    ``images``: a tensor (B, 3, H, W) of model inputs, or anything
+    :func:`attnviz.data.sources.image_source` reads (folder, paths, Dataset / list of PIL
+    images, arrays, tensors or (image, label) pairs, DataLoader); non-tensors go through
+    ``preprocess`` (see :func:`attnviz.analysis.query_maps.prepare_image`); an unusable image
+    raises. ``sites``: names or aliases (default: all Non-local and GC sites). Images are
+    streamed: ``batch_size`` at a time, the cache is cleared after each batch. The model runs
+    in eval mode (its mode is restored).
     """
     metrics = list(metrics)
     for m in metrics:

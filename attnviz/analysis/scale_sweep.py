@@ -24,7 +24,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed as dist_utils
 from ..capture import capture, find_sites
 from ..capture.core import select_sites
-from ..data.images import list_images, load_image
+from ..data.sources import image_source, to_pil
 from ..data.views import ViewSpec, scale_views, view_spec
 from ..errors import AttnvizError, NoAttentionSitesError
 from ..results import MANIFEST_FILE, load_result_dir, save_result_dir, versions
@@ -399,139 +397,6 @@ _MANIFEST_KEYS = frozenset(
 )
 
 
-# --------------------------------------------------------------------------- image sources
-class _Source:
-    """Random access to the images to sweep: ``get(i) -> (image | None, label, reason)``."""
-
-    def __init__(
-        self,
-        ids: Sequence[str],
-        getter: Callable[[int], tuple[Image.Image | None, int | None, str | None]],
-        class_names: list[str],
-        batch_size: int | None = None,
-    ):
-        self.ids = ids
-        self._get = getter
-        self.class_names = class_names
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def get(self, i: int) -> tuple[Image.Image | None, int | None, str | None]:
-        try:
-            return self._get(i)
-        except Exception as exc:
-            return None, None, f"could not read item: {type(exc).__name__}: {exc}"
-
-
-class _IndexIds(Sequence[str]):
-    """Ids ``#0 .. #n-1`` of a dataset's items, without a list that grows with n."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            r = range(self.n)[i]
-            if r.step != 1 or r.start != 0:
-                return [f"#{j}" for j in r]
-            return _IndexIds(len(r))
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return f"#{i % self.n}"
-
-
-def _as_pil(item: Any) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, Tensor):
-        item = item.detach().cpu()
-        if item.dim() == 3 and item.shape[0] in (1, 3, 4):
-            item = item.permute(1, 2, 0)
-        arr = item.numpy()
-        if arr.dtype != np.uint8:
-            arr = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
-        item = arr
-    if isinstance(item, np.ndarray):
-        arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
-        return Image.fromarray(arr)
-    raise TypeError(f"expected a PIL image, a uint8 array or a tensor, got {type(item).__name__}")
-
-
-def _dataset_getter(dataset: Any, labels: Sequence[int] | None):
-    from ..data.images import to_rgb
-
-    def get(i: int) -> tuple[Image.Image | None, int | None, str | None]:
-        item = dataset[i]
-        label = None
-        if isinstance(item, (tuple, list)):
-            image = item[0]
-            if len(item) > 1 and item[1] is not None:
-                label = int(item[1])
-        else:
-            image = item
-        if labels is not None:
-            label = int(labels[i])
-        img = to_rgb(_as_pil(image))
-        return img, label, None
-
-    return get
-
-
-def _path_getter(paths: Sequence[Path], labels: Sequence[int] | None):
-    def get(i: int) -> tuple[Image.Image | None, int | None, str | None]:
-        img, reason = load_image(paths[i])
-        return img, (int(labels[i]) if labels is not None else None), reason
-
-    return get
-
-
-def _make_source(images: Any, labels: Sequence[int] | None) -> _Source:
-    if isinstance(images, (str, os.PathLike)):
-        root = Path(images)
-        paths, dir_labels, classes = list_images(root)
-        if not paths:
-            raise ValueError(f"no image files found in {str(root)!r}")
-        use = list(labels) if labels is not None else dir_labels
-        ids = [p.relative_to(root).as_posix() for p in paths]
-        return _Source(ids, _path_getter(paths, use), classes)
-    if isinstance(images, DataLoader):
-        loader = images
-        order = list(iter(loader.sampler))
-        base = _dataset_getter(loader.dataset, None)
-        classes = list(getattr(loader.dataset, "classes", []) or [])
-
-        def get(i: int):
-            img, label, reason = base(order[i])
-            if labels is not None:
-                label = int(labels[i])
-            return img, label, reason
-
-        return _Source([f"#{j}" for j in order], get, classes, batch_size=loader.batch_size)
-    if isinstance(images, Dataset) or (
-        hasattr(images, "__getitem__") and hasattr(images, "__len__") and not _is_path_list(images)
-    ):
-        classes = list(getattr(images, "classes", []) or [])
-        return _Source(_IndexIds(len(images)), _dataset_getter(images, labels), classes)
-    if isinstance(images, Iterable):
-        paths = [Path(p) for p in images]
-        if labels is not None and len(labels) != len(paths):
-            raise ValueError(f"{len(labels)} labels for {len(paths)} images")
-        return _Source([str(p) for p in paths], _path_getter(paths, labels), [])
-    raise TypeError(
-        "images must be a folder, a list of paths, a torch Dataset or a DataLoader, "
-        f"got {type(images).__name__}"
-    )
-
-
-def _is_path_list(obj: Any) -> bool:
-    return isinstance(obj, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in obj)
-
-
 # --------------------------------------------------------------------------- preprocessing
 def resolve_preprocess(model: nn.Module, preprocess: Any = None) -> Any:
     """The views' preprocessing config: ``preprocess`` if given, else the config attached to
@@ -862,7 +727,7 @@ def scale_sweep(
             + (f"its attention sites are of kind {kinds}" if kinds else "it has no attention site")
         )
     selected = select_sites(model, kinds="sk", sites=units)
-    source = _make_source(images, labels)
+    source = image_source(images, labels, id_style="relative")
     if limit is not None:
         source.ids = source.ids[:limit]
     if source.batch_size:
@@ -898,7 +763,12 @@ def scale_sweep(
                 chunk = shard[position : position + batch_size]
                 views, batch_labels, batch_index = [], [], []
                 for i in chunk:
-                    img, label, reason = source.get(i)
+                    img, label, reason = source.load(i)
+                    if isinstance(img, Tensor):  # a dataset of [0, 1] image tensors
+                        try:
+                            img = to_pil(img)
+                        except (TypeError, ValueError) as exc:
+                            img, reason = None, f"could not read item: {exc}"
                     if img is None:
                         skipped.append((source.ids[i], reason or "unknown"))
                         if strict and world == 1:

@@ -38,6 +38,7 @@ from ..analysis.query_maps import (
     query_maps,
 )
 from ..capture import is_query_kind
+from ..data.sources import image_source, iter_batches
 from ..errors import AttnvizError
 from ..plot.queries import (
     TABLE_METRICS,
@@ -83,21 +84,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def load_images(
     root: str | Path, preprocess: Any, limit: int | None = None
-) -> tuple[list[torch.Tensor], list[Path], list[tuple[str, str]]]:
-    """Model inputs of the usable images under ``root`` and (path, reason) of the others."""
-    from ..data.images import list_images, load_image
-
-    paths, _, _ = list_images(root)
+) -> tuple[list[torch.Tensor], list[str], list[tuple[str, str]]]:
+    """Model inputs of the usable images under ``root``, their paths, and (path, reason) of
+    the others (class subfolders are read, their labels ignored)."""
+    source = image_source(root, id_style="path")
     tensors, used, skipped = [], [], []
-    for path in paths:
-        if limit is not None and len(tensors) >= limit:
-            break
-        img, reason = load_image(path)
-        if img is None:
-            skipped.append((str(path), reason or "unusable"))
-            continue
-        tensors.append(prepare_image(img, preprocess)[0])
-        used.append(path)
+    prepare = lambda img: prepare_image(img, preprocess)[0]  # noqa: E731
+    for batch in iter_batches(source, 64, prepare, limit=limit):
+        tensors.extend(batch.x[: len(batch.indices)])
+        used.extend(source.ids[i] for i in batch.indices)
+        skipped.extend(batch.skipped)
     return tensors, used, skipped
 
 
@@ -187,7 +183,7 @@ def _run_one(args: argparse.Namespace, spec: str, out: Path) -> QueryIndependenc
         return None
     try:
         tensors, used, skipped = load_images(args.images, pre, args.limit)
-    except NotADirectoryError as exc:
+    except (NotADirectoryError, ValueError) as exc:
         print(f"attnviz queries: {exc}", file=sys.stderr)
         return None
     for path, reason in skipped:
