@@ -5,21 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .se import SEBlock
 
-class ChannelGate(nn.Module):
+
+class ChannelGate(SEBlock):
     """Channel attention M_c(F) = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F))) (Eq. 2).
 
-    The MLP (``fc1`` -> ReLU -> ``fc2``) is shared by both pooled vectors; ``gate`` (the sigmoid)
-    is called once, so a forward hook on it reads M_c, shape (B, C, 1, 1).
+    The SE block's layers (``fc1`` -> ReLU -> ``fc2``, then ``gate``) with max pooling added:
+    the MLP is shared by both pooled vectors; ``gate`` (the sigmoid) is called once, so a
+    forward hook on it reads M_c, shape (B, C, 1, 1).
     """
-
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8) -> None:
-        super().__init__()
-        hidden = max(channels // reduction, min_hidden)
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
-        self.gate = nn.Sigmoid()
 
     def mlp(self, v: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(v)))
