@@ -328,3 +328,25 @@ def test_out_of_range_queries_name_the_grid():
         with attnviz.capture(model, queries=[(16, 0)]), torch.no_grad():
             model(torch.randn(1, 3, 64, 64))
     assert _hook_count(model) == 0
+
+
+def test_callable_queries_choose_cells_from_the_grid():
+    model = timm.create_model("resnet18", block_args=dict(attn_layer="nl")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    grids = []
+
+    def centre(grid):
+        grids.append(grid)
+        return [(grid[0] // 2, grid[1] // 2)]
+
+    with attnviz.capture(model, sites=["NL_2_1", "NL_3_1"], queries=centre) as sel:
+        with torch.no_grad():
+            model(x)
+    with attnviz.capture(model, sites=["NL_2_1", "NL_3_1"]) as full, torch.no_grad():
+        model(x)
+    assert grids == [(16, 16), (8, 8)]  # called once per site, with that site's grid
+    for alias, (h, w) in (("NL_2_1", (16, 16)), ("NL_3_1", (8, 8))):
+        name = sel.site(alias).name
+        row = (h // 2) * w + w // 2
+        assert sel.meta[name]["queries"] == [(h // 2, w // 2)]
+        assert torch.allclose(sel[name], full[name][:, [row]], atol=1e-6)

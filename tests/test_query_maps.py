@@ -81,6 +81,12 @@ def test_pixel_queries_map_to_the_containing_cell():
     res = query_maps(model, x, queries=[(0, 0), (15, 15), (5, 9.5)], query_space="pixel")
     np.testing.assert_array_equal(res.query_cells, [[0, 0], [7, 7], [2, 4]])
     np.testing.assert_array_equal(res.query_pixels, [[0, 0], [15, 15], [5, 9.5]])
+    full = _full_attention(model, x)
+    np.testing.assert_allclose(res.grid_maps.reshape(3, -1), full[[0, 63, 20]], atol=1e-6)
+    forwards = []
+    model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    query_maps(model, x, queries=[(5, 9.5)], query_space="pixel")
+    assert len(forwards) == 1  # the pixel -> cell choice needs no extra forward
     with pytest.raises(ValueError, match="outside"):
         query_maps(model, x, queries=[(16, 0)])
     with pytest.raises(ValueError, match="outside"):

@@ -152,8 +152,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(setup, tmp_path):
 def test_torchrun_two_ranks_equals_single_process(setup, tmp_path):
     weights, images, _ = setup
     torchrun = BIN / "torchrun"
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed")
+    assert torchrun.exists(), "torchrun ships with torch"
     out = tmp_path / "dist"
     launch = [str(torchrun), "--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m"]
     cmd = [*launch, "attnviz", *_args(weights, images, out, "--batch-size", "3", "--no-figures")]
@@ -178,8 +177,7 @@ def test_demo_runs_the_sweep_part_and_skips_missing_parts(tmp_path, monkeypatch,
     from attnviz.commands import sweep as sweep_cmd
     from attnviz.models import bundled_models
 
-    if "sk_tiny" not in bundled_models():
-        pytest.skip("bundled sk_tiny checkpoint not present yet")
+    assert "sk_tiny" in bundled_models(), "bundled sk_tiny checkpoint missing"
     monkeypatch.setattr(sweep_cmd, "DEMO_N_PER_CLASS", 1)  # 10 images: a quick demo
     monkeypatch.setattr(
         demo_cmd,

@@ -9,7 +9,7 @@ upsamples them to the image with the same ``cv2.resize`` as the overlays. At GC 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,7 @@ def query_maps(
     model: nn.Module,
     image: Any,
     *,
-    queries: Sequence[tuple[float, float]] | None,
+    queries: Sequence[tuple[float, float]] | Callable[[tuple[int, int]], Sequence] | None,
     site: str | None = None,
     query_space: str = "pixel",
     preprocess: Any = None,
@@ -259,7 +259,8 @@ def query_maps(
 
     ``queries``: (y, x) points, image pixels of the model input when ``query_space="pixel"``
     (mapped to the query-grid cell that contains them: cell = floor(pixel * grid / size)),
-    or query-grid cells when ``query_space="cell"``. Only these rows are captured
+    or query-grid cells when ``query_space="cell"`` (also as a callable ``grid -> cells``,
+    e.g. ``lambda g: grid_queries(g, 4)``). Only these rows are captured, in the one forward
     (``capture(..., queries=...)``). ``site``: name or alias (default: the first Non-local or
     GC site). At a GC site ``queries`` is ignored and the single context map is returned.
     ``image``/``preprocess``: see :func:`prepare_image`. The model is run in eval mode (its
@@ -281,15 +282,20 @@ def query_maps(
         else:
             if not queries:
                 raise ValueError("give at least one query point (y, x) for a Non-local site")
-            # pixel queries need the query grid first (one extra forward); cells are checked
-            # against the grid by capture itself
-            grid = _query_grid(model, site_obj.name, x) if query_space == "pixel" else None
-            cells = _cells(queries, query_space, grid, size)
-            with capture(model, sites=[site_obj.name], queries=[tuple(c) for c in cells]) as cache:
+            # pixel queries become cells once the hook knows the query grid (same forward);
+            # cells are checked against the grid by capture itself
+            if query_space == "pixel":
+                selection = lambda grid: _cells(queries, query_space, grid, size)  # noqa: E731
+            elif callable(queries):  # cells chosen from the grid, e.g. grid_queries(grid, n)
+                selection = queries
+            else:
+                selection = [tuple(c) for c in _cells(queries, query_space, None, size)]
+            with capture(model, sites=[site_obj.name], queries=selection) as cache:
                 with torch.no_grad():
                     model(x[None])
             rows = cache[site_obj.name][0]  # (Q, Nk)
             grid = tuple(int(v) for v in cache.meta[site_obj.name]["query_grid"])
+            cells = np.asarray(cache.meta[site_obj.name]["queries"], dtype=np.int64).reshape(-1, 2)
             pixels = _pixels(queries, query_space, cells, grid, size)
             kh, kw = cache.meta[site_obj.name].get("key_grid") or _square(rows.shape[1])
             if kh * kw != rows.shape[1]:
@@ -316,20 +322,12 @@ def _square(n: int) -> tuple[int, int]:
     return s, s
 
 
-def _query_grid(model: nn.Module, name: str, x: Tensor) -> tuple[int, int]:
-    """The site's query grid for this input, from a forward that records only the site's input."""
-    with capture(model, sites=[name], reduce=lambda t, s: None) as cache, torch.no_grad():
-        model(x[None])
-    grid = cache.meta[name]["query_grid"]
-    return int(grid[0]), int(grid[1])
-
-
 def _cells(
     queries: Sequence[tuple[float, float]],
     query_space: str,
     grid: tuple[int, int] | None,
     size: tuple[int, int],
-) -> np.ndarray:
+) -> list[tuple[int, int]]:
     """(Q, 2) query-grid cells: pixels map to the cell containing them (floor(p * grid / size))."""
     h, w = size
     cells = []
@@ -347,7 +345,7 @@ def _cells(
             if y != int(y) or x != int(x):
                 raise ValueError(f"query cells are integer (y, x) pairs, got {q!r}")
             cells.append((int(y), int(x)))
-    return np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    return cells
 
 
 def _pixels(

@@ -5,7 +5,7 @@ This file is the only place in attnviz that registers hooks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -214,6 +214,16 @@ def _to_cache_tensor(t: Tensor, sources: Sequence[Tensor]) -> Tensor:
     return out
 
 
+Queries = Sequence[tuple[int, int]] | Callable[[tuple[int, int]], Sequence[tuple[int, int]]]
+
+
+def _validated_queries(queries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    queries = [tuple(q) for q in queries]
+    if not queries or any(len(q) != 2 for q in queries):
+        raise ValueError("queries must be a non-empty sequence of (y, x) grid cells")
+    return queries
+
+
 def _query_rows(queries: Sequence[tuple[int, int]], grid: tuple[int, int], site: Site) -> Tensor:
     h, w = grid
     rows = []
@@ -242,16 +252,14 @@ class Capture:
         kinds: Iterable[str] | str | None = None,
         sites: Iterable[str | Site] | str | None = None,
         reduce: str | Reduction | None = None,
-        queries: Sequence[tuple[int, int]] | None = None,
+        queries: Queries | None = None,
         io: bool = False,
     ):
         self.model = model
         self._selected = select_sites(model, kinds=kinds, sites=sites)
         self._reduce = resolve_reduction(reduce)
-        if queries is not None:
-            queries = [tuple(q) for q in queries]
-            if not queries or any(len(q) != 2 for q in queries):
-                raise ValueError("queries must be a non-empty sequence of (y, x) grid cells")
+        if queries is not None and not callable(queries):
+            queries = _validated_queries(queries)
         self._queries = queries
         self._io = io
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -318,7 +326,10 @@ class Capture:
         grid = None
         if self._queries is not None and site.kind in _QUERY_KINDS:
             grid = _query_grid(inputs)
-            rows = _query_rows(self._queries, grid, site)
+            cells = self._queries
+            if callable(cells):  # chosen from the grid, known only now
+                cells = _validated_queries(cells(grid))
+            rows = _query_rows(cells, grid, site)
         with torch.no_grad():
             reading = adapter.read_attention(module, taps, inputs, output, rows)
             att = reading.attention
@@ -327,7 +338,7 @@ class Capture:
                 if not reading.rows_selected:
                     att = att[:, rows.to(att.device)]
                 meta["query_index"] = rows
-                meta["queries"] = list(self._queries)
+                meta["queries"] = list(cells)
             if site.kind in _QUERY_KINDS and "query_grid" not in meta:
                 meta["query_grid"] = grid or _query_grid(inputs)
             sources = [t for t in taps.values() if isinstance(t, Tensor)] + [output]
@@ -386,7 +397,7 @@ def capture(
     kinds: Iterable[str] | str | None = None,
     sites: Iterable[str | Site] | str | None = None,
     reduce: str | Reduction | None = None,
-    queries: Sequence[tuple[int, int]] | None = None,
+    queries: Queries | None = None,
     io: bool = False,
 ) -> Capture:
     """Record the attention of ``model``'s sites while inside the ``with`` block.
@@ -394,7 +405,8 @@ def capture(
     ``kinds`` / ``sites`` select sites (names or aliases); ``reduce`` (a name from
     ``attnviz.capture.REDUCTIONS`` or a callable ``(tensor, site) -> tensor | None``) is applied
     inside the hook so full tensors are never kept; ``queries`` keeps only the rows of these
-    (y, x) cells of the query grid at nonlocal sites; ``io=True`` also records each site
-    module's input and output. Yields an :class:`AttentionCache`.
+    (y, x) cells of the query grid at per-query sites, or is a callable ``query_grid -> cells``
+    that chooses them once the grid is known (e.g. from image pixels); ``io=True`` also records
+    each site module's input and output. Yields an :class:`AttentionCache`.
     """
     return Capture(model, kinds=kinds, sites=sites, reduce=reduce, queries=queries, io=io)

@@ -31,7 +31,6 @@ from torch import nn
 
 from ..analysis.query_independence import QueryIndependenceResult, query_independence
 from ..analysis.query_maps import (
-    _query_grid,
     grid_queries,
     pick_site,
     prepare_image,
@@ -144,7 +143,10 @@ def _figure_maps(
     site_obj, _, _ = pick_site(model, site)
     if site_obj.kind == "gc":
         return [query_maps(model, x, queries=None, site=site_obj.name) for x in images]
-    cells = grid_queries(_query_grid(model, site_obj.name, images[0]), n_queries)
+
+    def cells(grid: tuple[int, int]) -> list[tuple[int, int]]:
+        return grid_queries(grid, n_queries)
+
     return [
         query_maps(model, x, queries=cells, site=site_obj.name, query_space="cell") for x in images
     ]
