@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .capture import (
     AttentionCache,
     Computed,
@@ -21,8 +22,6 @@ from .capture import (
 )
 from .errors import AttnvizError, NoAttentionSitesError
 
-__version__ = "0.1.0"
-
 _LAZY: dict[str, str] = {
     # analyses
     "scale_sweep": "attnviz.analysis",
@@ -32,9 +31,16 @@ _LAZY: dict[str, str] = {
     "query_maps": "attnviz.analysis",
     "QueryMapsResult": "attnviz.analysis",
     "excitation_profile": "attnviz.analysis",
-    "ExcitationResult": "attnviz.analysis",
+    "ExcitationProfileResult": "attnviz.analysis",
     "attention_vs_attribution": "attnviz.analysis",
-    "AttributionComparison": "attnviz.analysis",
+    "AttentionVsAttributionResult": "attnviz.analysis",
+    "gradcam_comparison": "attnviz.analysis",
+    "GradCamComparisonResult": "attnviz.analysis",
+    "ShapeScenes": "attnviz.data",
+    "Analysis": "attnviz.analysis",
+    "run": "attnviz.analysis",
+    "Result": "attnviz.results",
+    "preprocess_for": "attnviz.data",
     # models and data
     "load_model": "attnviz.models",
     "PreprocessConfig": "attnviz.models",
@@ -71,12 +77,19 @@ __all__ = [  # the eager names, then the lazy re-exports of _LAZY
     "capture",
     "find_sites",
     "register_adapter",
-    "AttributionComparison",
+    "Analysis",
+    "AttentionVsAttributionResult",
+    "GradCamComparisonResult",
+    "Result",
+    "ShapeScenes",
+    "gradcam_comparison",
+    "preprocess_for",
+    "run",
     "BAM",
     "CBAM",
     "ChannelAttention",
     "DualAttention",
-    "ExcitationResult",
+    "ExcitationProfileResult",
     "GCBlock",
     "NonLocalBlock",
     "PositionAttention",
@@ -120,15 +133,19 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .analysis import (
-        AttributionComparison,
-        ExcitationResult,
+        Analysis,
+        AttentionVsAttributionResult,
+        ExcitationProfileResult,
+        GradCamComparisonResult,
         QueryIndependenceResult,
         QueryMapsResult,
         ScaleSweepResult,
         attention_vs_attribution,
         excitation_profile,
+        gradcam_comparison,
         query_independence,
         query_maps,
+        run,
         scale_sweep,
     )
     from .blocks import (
@@ -147,5 +164,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         SpatialTransformer,
         create_attn,
     )
-    from .data import ShapesDataset, image_source, load_image, write_image_folder
+    from .data import (
+        ShapeScenes,
+        ShapesDataset,
+        image_source,
+        load_image,
+        preprocess_for,
+        write_image_folder,
+    )
     from .models import PreprocessConfig, load_model
+    from .results import Result

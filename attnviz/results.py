@@ -1,8 +1,13 @@
-"""Result folders of the analyses: npz arrays + csv frames + ``manifest.json`` with versions.
+"""One result format for every analysis: :class:`Result` and its folder on disk.
 
-Every analysis result's ``save(dir)`` / ``load(dir)`` goes through :func:`save_result_dir` /
-:func:`load_result_dir`, so all of them are written atomically (temporary folder, then
-``os.replace``) and carry the same ``versions`` record.
+A result folder holds ``<kind>.npz`` (arrays), one csv per table and ``manifest.json``
+(``kind``, ``format_version``, the files it wrote, versions, and the result's own fields).
+
+* ``save(dir)`` writes each file to a temporary name in ``dir`` and renames it into place
+  (``os.replace``), the manifest last, so a reader never sees a half-written file. It writes
+  only its own files: other files in ``dir`` are never touched, and of the files an earlier
+  save of a result listed in its manifest, only those this save no longer writes are removed.
+* ``load(dir)`` checks ``kind`` and refuses a newer ``format_version``, naming the path.
 """
 
 from __future__ import annotations
@@ -11,23 +16,29 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from ._version import __version__
+from .errors import AttnvizError
+
 MANIFEST_FILE = "manifest.json"
+
+R = TypeVar("R", bound="Result")
+
+
+class ResultFormatError(AttnvizError, ValueError):
+    """A folder does not hold a result of the expected kind or format version."""
 
 
 def versions() -> dict[str, str]:
     """Versions of the software that produced a result (for manifests); imports nothing."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
 
     out = {"attnviz": __version__, "python": platform.python_version()}
     for package in ("torch", "torchvision", "timm", "captum", "numpy", "pillow"):
@@ -36,73 +47,164 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays, paths and tuples."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
         return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
 
 
-def save_result_dir(
-    directory: str | os.PathLike,
-    *,
-    arrays: Mapping[str, np.ndarray],
-    frames: Mapping[str, pd.DataFrame],
-    manifest: Mapping[str, Any],
-    npz_name: str,
-    compress: bool = True,
-    keep_other_files: bool = False,
-) -> Path:
-    """Write ``npz_name`` (``arrays``), one csv per ``frames`` entry and ``manifest.json``.
-
-    Everything is written into a temporary folder next to ``directory`` first. By default the
-    finished folder then replaces ``directory`` as a whole (one ``os.replace``; an older
-    folder's files are gone). With ``keep_other_files`` the new files are moved into
-    ``directory`` one by one and files not rewritten stay (e.g. figures written beside them).
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    if keep_other_files:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it, not mkstemp's 0600
     try:
-        (np.savez_compressed if compress else np.savez)(tmp / npz_name, **arrays)
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise ResultFormatError(f"{directory} holds no attnviz result (no {MANIFEST_FILE})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultFormatError(f"cannot read {path}: {exc}") from None
+
+
+class Result:
+    """Base of every analysis result: ``to_frame()``, ``summary()``, ``save()``, ``load()``.
+
+    A subclass sets ``kind`` (the analysis name) and ``format_version``, and implements
+    :meth:`to_frame`, :meth:`summary`, :meth:`_payload` (arrays, frames, manifest fields) and
+    :meth:`_restore` (the inverse of ``_payload``).
+    """
+
+    kind: ClassVar[str] = ""
+    format_version: ClassVar[int] = 1
+
+    # -- to implement ----------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def summary(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _payload(self) -> tuple[dict[str, np.ndarray], dict[str, pd.DataFrame], dict[str, Any]]:
+        """``(arrays, frames by csv name, manifest fields)`` of this result."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @classmethod
+    def _restore(cls: type[R], manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> R:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # -- shared ----------------------------------------------------------------------------
+    @property
+    def npz_name(self) -> str:
+        return f"{self.kind}.npz"
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the result into ``directory`` (created if needed); see the module docstring."""
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise AttnvizError(f"cannot save a result to {directory}: it is a file")
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays, frames, fields = self._payload()
+        written = [self.npz_name, *frames, MANIFEST_FILE]
+        earlier = _files_of_earlier_save(directory)
+        atomic_write(directory / self.npz_name, lambda p: _write_npz(p, arrays))
         for name, frame in frames.items():
-            frame.to_csv(tmp / name, index=False)
-        text = json.dumps(dict(manifest), indent=2, default=_json_default)
-        (tmp / MANIFEST_FILE).write_text(text)
-        if keep_other_files:
-            for f in tmp.iterdir():
-                os.replace(f, directory / f.name)
-        else:
-            _replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+            atomic_write(directory / name, lambda p, f=frame: f.to_csv(p, index=False))
+        manifest = {
+            "kind": self.kind,
+            "format_version": self.format_version,
+            "files": written,
+            **fields,
+            "versions": fields.get("versions") or versions(),
+        }
+        text = json.dumps(manifest, indent=2, default=json_default, ensure_ascii=True)
+        atomic_write_text(directory / MANIFEST_FILE, text + "\n")
+        for name in earlier - set(written):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+        return directory
+
+    @classmethod
+    def load(cls: type[R], directory: str | os.PathLike) -> R:
+        """Read a result written by :meth:`save`, checking its kind and format version."""
+        manifest = read_manifest(directory)
+        kind = manifest.get("kind")
+        if kind != cls.kind:
+            raise ResultFormatError(
+                f"{directory} holds a {kind or 'unknown'!s} result, not a {cls.kind} result"
+            )
+        version = int(manifest.get("format_version", 0))
+        if version > cls.format_version:
+            raise ResultFormatError(
+                f"{directory} was written in {cls.kind} format {version}, newer than this "
+                f"attnviz reads ({cls.format_version}); upgrade attnviz to load it"
+            )
+        path = Path(directory) / f"{cls.kind}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise ResultFormatError(f"cannot read {path}: {exc}") from None
+        return cls._restore(manifest, arrays)
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder ``tmp`` to ``target``, replacing an older one."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "x")
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
-def load_result_dir(
-    directory: str | os.PathLike, npz_name: str
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(manifest, arrays)`` of a folder written by :func:`save_result_dir`."""
-    directory = Path(directory)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    with np.load(directory / npz_name) as z:
-        arrays = {k: z[k] for k in z.files}
-    return manifest, arrays
+def _files_of_earlier_save(directory: Path) -> set[str]:
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        return set()
+    # only plain names inside the folder: a manifest never makes save() touch other paths
+    return {f for f in files if isinstance(f, str) and f == Path(f).name and f != MANIFEST_FILE}
+
+
+def keyed(prefix: str, table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{"prefix::key": array}``: several per-site tables in one npz."""
+    return {f"{prefix}::{k}": v for k, v in table.items()}
+
+
+def unkeyed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The inverse of :func:`keyed` for one prefix."""
+    head = f"{prefix}::"
+    return {k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)}
+
+
+def records(items: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """Skipped (id, reason) pairs as manifest records."""
+    return [{"file": f, "reason": r} for f, r in items]
+
+
+def from_records(items: Iterable[Mapping[str, str]] | None) -> list[tuple[str, str]]:
+    return [(r["file"], r["reason"]) for r in items or ()]

@@ -32,11 +32,13 @@ from .analysis.query_maps import (
     grid_queries,
     jsd_of,
     pick_site,
+    pixel_to_cell,
     prepare_image,
     site_record,
+    upsample,
 )
 from .capture import capture, query_kinds
-from .plot.overlay import overlay, upsample
+from .plot.overlay import overlay
 from .plot.queries import MARKER, plot_query_grid
 
 
@@ -58,7 +60,9 @@ class QueryInspector:
     ``QueryInspector(model, image, site=None, top_k=5, preprocess=None)``; display it in a
     notebook (``inspector`` as the cell's last expression, or ``inspector.widget``). Use
     :meth:`update` to choose a query from code. ``site``: name or alias (default: the first
-    Non-local site).
+    Non-local site). ``image``: a PIL image or array, prepared by
+    :func:`attnviz.data.preprocess.preprocess_for` ``(preprocess)`` (default: the model's own,
+    as every analysis) and shown as the view the model sees, or a prepared (3, H, W) tensor.
     """
 
     def __init__(
@@ -72,12 +76,12 @@ class QueryInspector:
         alpha: float = 0.5,
         colormap: str = "jet",
     ) -> None:
-        site_obj, _, _ = pick_site(model, site, kinds=query_kinds())
+        site_obj = pick_site(model, site, kinds=query_kinds())
         self.site = site_record(site_obj)
         self.top_k = top_k
         self.alpha = alpha
         self.colormap = colormap
-        x, self.image = prepare_image(image, preprocess)
+        x, self.image = prepare_image(image, model if preprocess is None else preprocess)
         with eval_mode(model), capture(model, sites=[site_obj.name]) as cache, torch.no_grad():
             model(x[None])
         self.attention = cache[site_obj.name][0].double().numpy()  # (N, Nk)
@@ -136,17 +140,22 @@ class QueryInspector:
             self._redraw()
         return self.state
 
+    def click_cell(self, ydata: float, xdata: float) -> tuple[int, int]:
+        """The query cell of a click at image data coordinates (``imshow`` draws pixel p over
+        [p - 0.5, p + 0.5), as :func:`attnviz.analysis.query_maps.pixel_to_cell` counts):
+        the point, clamped to the image, through the one point -> cell rule of the analyses."""
+        h, w = self.size
+        y = min(max(float(ydata), -0.5), h - 0.5 - 1e-9)
+        x = min(max(float(xdata), -0.5), w - 0.5 - 1e-9)
+        return pixel_to_cell((y, x), self.query_grid, (h, w))
+
     def on_click(self, event: Any) -> None:
         """Matplotlib ``button_press_event`` handler: the clicked pixel picks the query cell."""
         if event is None or event.xdata is None or event.ydata is None:
             return
         if getattr(event, "inaxes", None) is not self._ax_map:
             return
-        h, w = self.size
-        gh, gw = self.query_grid
-        py, px = float(event.ydata), float(event.xdata)
-        cy = min(max(int((py + 0.5) * gh / h), 0), gh - 1)
-        cx = min(max(int((px + 0.5) * gw / w), 0), gw - 1)
+        cy, cx = self.click_cell(event.ydata, event.xdata)
         self._set_sliders(cy, cx)
         self.update(cy, cx)
 

@@ -1,9 +1,15 @@
-"""Scale-sweep cost: the end-to-end sweep against the same pipeline without capture/accumulation.
+"""Scale-sweep cost: the sweep through the runner against a plain pipeline without capture.
 
-Throughput: both pipelines decode the same PNG files, build the same 1.0x/1.5x/2.0x views,
-and run one forward per batch of views; the sweep adds capture of every SK unit and the float64
-accumulation. They alternate in one run; each figure is the median of ``--repeats`` timings
-after a warm-up. Cases: timm ``skresnet18`` (random weights) at 224 px and ``sk_tiny`` at 64 px.
+Throughput: both pipelines read the same PNG files through the same input pipeline
+(``image_source`` / ``iter_batches``, ``--workers`` decoding processes), build the same views
+(1.0x/1.5x/2.0x zoom views cropped from the original pixels plus the two resolution controls:
+``ScaleSweep.view_images``) with the model's ``preprocess_for`` transform, and run one forward
+per batch of views; the sweep (``attnviz.analysis.runner.run``) adds eval-mode handling,
+capture of every SK site and the float64 accumulation. They alternate in one run; each figure
+is the median of ``--repeats`` timings after a warm-up. Cases: timm ``skresnet18`` (random
+weights) at 224 px, ``sk_tiny`` at 64 px, and ``scenes``: ``sk_tiny`` over generated scenes
+rendered natively at each scale (``ShapeScenes``; 3 views, no controls). The issue's target:
+ratio (sweep / plain throughput) >= 0.90.
 
 Memory: peak memory of the sweep over 200 and over 2,000 generated images (sk_tiny at 32 px, to
 keep the run short), each in a fresh subprocess: peak RSS (``ru_maxrss``) and the peak of
@@ -11,6 +17,8 @@ Python-level allocations (``tracemalloc``).
 
     .venv/bin/python benchmarks/bench_sweep.py             # full run (several minutes)
     .venv/bin/python benchmarks/bench_sweep.py --quick     # smoke check
+    .venv/bin/python benchmarks/bench_sweep.py --parts sk_tiny --images 20 --repeats 1
+    .venv/bin/python benchmarks/bench_sweep.py --parts scenes --images 50 --repeats 1
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnviz.analysis.scale_sweep import scale_sweep
+from attnviz.analysis.scale_sweep import ScaleSweep, scale_sweep
 from attnviz.data import ShapesDataset
-from attnviz.data.sources import image_source
-from attnviz.data.views import scale_views, view_spec
+from attnviz.data.preprocess import preprocess_for
+from attnviz.data.shapes import ShapeScenes
+from attnviz.data.sources import image_source, iter_batches
 from attnviz.models.tiny import create_tiny
 
 SCALES = (1.0, 1.5, 2.0)
@@ -59,47 +68,58 @@ def write_images(root: Path, n: int, side: int) -> Path:
     return root
 
 
-def plain_pipeline(model, images, config, batch_size: int) -> int:
-    """Decode, views, one forward per batch: the sweep's pipeline with no capture/sums."""
-    spec = view_spec(config)
-    source = image_source(images, None, id_style="relative")
+def plain_pipeline(model, images, config, batch_size: int, workers: int = 0) -> int:
+    """The sweep's input pipeline, views and forwards, with no runner, capture or sums:
+    the same source and batches, the same ``preprocess_for`` views, one forward per batch."""
+    transform = preprocess_for(config)
+    source = image_source(images)
+    views = ScaleSweep(SCALES, native=isinstance(images, ShapeScenes))
+
+    def prepare(img):  # (V, 3, H, W): the zoom views (and controls) the sweep builds
+        return torch.stack([transform.tensor(v) for v in views.view_images(img, transform)[0]])
+
     n = 0
     with torch.no_grad():
-        for start in range(0, len(source), batch_size):
-            views = []
-            for i in range(start, min(start + batch_size, len(source))):
-                img, _, _ = source.load(i)
-                if img is not None:
-                    views.append(scale_views(img, spec, SCALES))
-            x = torch.stack(views, dim=1)
-            model(x.reshape(-1, *x.shape[2:]))
-            n += len(views)
+        for batch in iter_batches(source, range(len(source)), batch_size, prepare,
+                                  workers=workers):  # fmt: skip
+            if not len(batch):
+                continue
+            b, s = batch.x.shape[:2]  # view-major (V * B, 3, H, W), as the sweep runs it
+            model(batch.x.transpose(0, 1).reshape(s * b, *batch.x.shape[2:]))
+            n += len(batch)
     return n
 
 
-def sweep_pipeline(model, images, config, batch_size: int) -> int:
+def sweep_pipeline(model, images, config, batch_size: int, workers: int = 0) -> int:
     return scale_sweep(
-        model, images, scales=SCALES, preprocess=config, batch_size=batch_size, progress=False
+        model,
+        images,
+        scales=None if isinstance(images, ShapeScenes) else SCALES,
+        preprocess=config,
+        batch_size=batch_size,
+        workers=workers,
+        progress=False,
     ).n_images
 
 
-def throughput(name, model, images, config, batch_size, repeats) -> dict:
+def throughput(name, model, images, config, batch_size, repeats, workers=0) -> dict:
     model.eval()
-    n = plain_pipeline(model, images, config, batch_size)  # warm-up (and file cache)
-    sweep_pipeline(model, images, config, batch_size)
+    n = plain_pipeline(model, images, config, batch_size, workers)  # warm-up (and file cache)
+    assert sweep_pipeline(model, images, config, batch_size, workers) == n
     t_plain, t_sweep = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        plain_pipeline(model, images, config, batch_size)
+        plain_pipeline(model, images, config, batch_size, workers)
         t_plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        sweep_pipeline(model, images, config, batch_size)
+        sweep_pipeline(model, images, config, batch_size, workers)
         t_sweep.append(time.perf_counter() - t0)
     p, s = statistics.median(t_plain), statistics.median(t_sweep)
     return {
         "case": name,
         "images": n,
         "batch": batch_size,
+        "workers": workers,
         "plain_img_per_s": round(n / p, 2),
         "sweep_img_per_s": round(n / s, 2),
         "ratio": round(p / s, 3),
@@ -154,13 +174,19 @@ def memory(n_small: int, n_large: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--parts", nargs="+", default=["skresnet18", "sk_tiny", "memory"], help="what to run"
-    )
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="fewer images and 2 repeats")
+    ap.add_argument("--repeats", type=int, default=5, help="timings per pipeline (median)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader decoding processes")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images of the sk_tiny case (default 200, --quick 64)")  # fmt: skip
+    ap.add_argument("--parts", nargs="+", default=["skresnet18", "sk_tiny", "memory"],
+                    choices=["skresnet18", "sk_tiny", "scenes", "memory"],
+                    help="what to run")  # fmt: skip
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,6 +194,7 @@ def main() -> None:
         _memory_child(args.memory_child)
         return
     repeats = 2 if args.quick else args.repeats
+    n_small = args.images or (64 if args.quick else 200)
     import timm
 
     results = {
@@ -183,23 +210,31 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         n_big = 8 if args.quick else 16
-        big = write_images(Path(tmp) / "img256", n_big, 256)
-        small = write_images(Path(tmp) / "img64", 64 if args.quick else 200, 64)
         if "skresnet18" in args.parts:
+            big = write_images(Path(tmp) / "img256", n_big, 256)
             torch.manual_seed(0)
             sk18 = timm.create_model("skresnet18", pretrained=False)
-            from timm.data import resolve_data_config
-
-            cfg18 = resolve_data_config(model=sk18)
+            cfg18 = sk18  # preprocess_for(model): timm's own evaluation transform
             results["throughput"].append(
-                throughput("timm skresnet18, 224 px", sk18, big, cfg18, 8, repeats)
+                throughput("timm skresnet18, 224 px", sk18, big, cfg18, 8, repeats, args.workers)
             )
             print(json.dumps(results["throughput"][-1]), flush=True)
         if "sk_tiny" in args.parts:
+            small = write_images(Path(tmp) / "img64", n_small, 64)
             torch.manual_seed(0)
             tiny = create_tiny("sk_tiny")
             results["throughput"].append(
-                throughput("sk_tiny, 64 px", tiny, small, TINY_CFG, 32, repeats)
+                throughput("sk_tiny, 64 px", tiny, small, TINY_CFG, 32, repeats, args.workers)
+            )
+            print(json.dumps(results["throughput"][-1]), flush=True)
+        if "scenes" in args.parts:
+            torch.manual_seed(0)
+            tiny = create_tiny("sk_tiny")
+            scenes = ShapeScenes(n_small, seed=20_000)
+            results["throughput"].append(
+                throughput(
+                    "sk_tiny, native scenes", tiny, scenes, TINY_CFG, 32, repeats, args.workers
+                )  # fmt: skip
             )
             print(json.dumps(results["throughput"][-1]), flush=True)
     if "memory" in args.parts:

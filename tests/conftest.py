@@ -1,10 +1,19 @@
+"""Fixtures shared by the tests: generated image folders, a folder of bad images, a CLI runner,
+weights files of a tiny model."""
+
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(1)
 
@@ -13,3 +22,88 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """20 generated 64-px images, 2 per class, in class subfolders (read-only for tests)."""
+    from attnviz.data import ShapesDataset, write_image_folder
+
+    root = tmp_path_factory.mktemp("shapes") / "images"
+    write_image_folder(ShapesDataset(2, size=64, seed=4242), root)
+    return root
+
+
+BAD_FILES = {
+    "disc/bad_empty.png": "empty file",
+    "disc/bad_text.jpg": "not an image",
+    "ring/bad_truncated.png": "truncated or corrupt image",
+    "ring/bad_tiny.png": "too small",
+}
+
+
+def write_bad_images(root: Path) -> dict[str, str]:
+    """Two good images per class (disc, ring), the bad files of ``BAD_FILES``, and one good
+    image whose file name is not valid UTF-8. Returns {relative id: expected reason}."""
+    rng = np.random.default_rng(0)
+    for cls in ("disc", "ring"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            arr = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"good_{i}.png")
+    (root / "disc" / "bad_empty.png").write_bytes(b"")
+    (root / "disc" / "bad_text.jpg").write_text("not an image at all")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    (root / "ring" / "bad_truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "ring" / "bad_tiny.png")
+    name = os.fsencode(root / "ring") + b"/good_\xff.png"
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(os.fsdecode(name))
+    return dict(BAD_FILES)
+
+
+@pytest.fixture()
+def bad_images(tmp_path) -> Path:
+    """A folder with good images, bad files and a non-UTF-8 file name (see write_bad_images)."""
+    root = tmp_path / "mixed"
+    write_bad_images(root)
+    return root
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run ``attnviz ARGS...`` in-process: ``cli("sweep", "--model", ...) -> CliResult``."""
+    from attnviz.cli import main
+
+    def run(*argv) -> CliResult:
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path) -> Path:
+    """The bundled sk_tiny's weights with its first conv scaled by 0.5, as .safetensors."""
+    from safetensors.torch import save_file
+
+    from attnviz.models import load_model
+
+    model, _ = load_model("sk_tiny")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = next(k for k in state if k.endswith("weight") and state[k].dim() == 4)
+    state[first] = state[first] * 0.5
+    path = tmp_path / "sk_tiny_scaled.safetensors"
+    save_file(state, str(path))
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -12,10 +13,13 @@ from captum.attr import LayerAttribution, LayerGradCam
 
 import attnviz
 from attnviz.analysis.attribution import (
-    AttributionComparison,
+    AttentionVsAttributionResult,
     attention_vs_attribution,
+    comparison_grid,
     default_gradcam_layer,
     iou_chance,
+    pool_to,
+    pooled_agreement,
     rank_average,
     spearman_rank_correlation,
     top_k_iou,
@@ -100,31 +104,103 @@ def test_gradcam_side_equals_captum(cbam_model, batch, comparison):
     assert comparison.target_source == "label"
 
 
-def test_attention_side_equals_captured_maps_upsampled(cbam_model, batch, comparison):
-    x, _ = batch
+def block_mean(a: np.ndarray, grid) -> np.ndarray:
+    """Average of a (H, W) map over equal blocks to ``grid`` (H, W multiples), by loops."""
+    h, w = a.shape
+    fh, fw = h // grid[0], w // grid[1]
+    out = np.zeros(grid)
+    for y in range(grid[0]):
+        for x in range(grid[1]):
+            out[y, x] = a[y * fh : (y + 1) * fh, x * fw : (x + 1) * fw].mean()
+    return out
+
+
+def test_attention_side_equals_captured_maps_compared_at_the_coarser_grid(
+    cbam_model, batch, comparison
+):
+    x, labels = batch
     cbam_model.eval()
     with torch.no_grad(), attnviz.capture(cbam_model, kinds="cbam_spatial") as cache:
         cbam_model(x)
     assert comparison.aliases == [
         s.alias for s in attnviz.find_sites(cbam_model) if s.kind == "cbam_spatial"
     ]
+    cam = (
+        LayerGradCam(cbam_model, cbam_model.layer4)
+        .attribute(x, target=torch.tensor(labels), relu_attributions=True)[:, 0]
+        .detach()
+        .numpy()
+    )
+    assert comparison.meta["gradcam_grid"] == [2, 2] and comparison.compare_at == "coarser"
     for j, site in enumerate(comparison.sites):
         raw = cache[site["name"]]
         assert site["grid"] == list(raw.shape[-2:])
+        assert site["compare_grid"] == [min(raw.shape[-2], 2), min(raw.shape[-1], 2)]
+        # figures still show the map upsampled to the input
         up = F.interpolate(raw[:, None], (64, 64), mode="bilinear")[:, 0].numpy()
         np.testing.assert_allclose(comparison.attention[j], up, atol=1e-6)
         for i in range(len(x)):
+            a = block_mean(raw[i].double().numpy(), site["compare_grid"])
+            g = block_mean(cam[i].astype(np.float64), site["compare_grid"])
             assert comparison.spearman[i, j] == pytest.approx(
-                spearman_rank_correlation(up[i], comparison.gradcam[i]), nan_ok=True, abs=1e-6
+                spearman_rank_correlation(a, g), nan_ok=True, abs=1e-6
             )
             assert comparison.iou[i, j] == pytest.approx(
-                top_k_iou(up[i], comparison.gradcam[i], 0.2), nan_ok=True, abs=1e-6
+                top_k_iou(a, g, 0.2), nan_ok=True, abs=1e-6
             )
-    summary = comparison.summary()
+    table = comparison.site_summary()
     assert np.isfinite(comparison.spearman).any()
     np.testing.assert_allclose(
-        summary["spearman_mean"], np.nanmean(comparison.spearman, axis=0), equal_nan=True
+        table["spearman_mean"], np.nanmean(comparison.spearman, axis=0), equal_nan=True
     )
+    np.testing.assert_allclose(table["iou_mean"], np.nanmean(comparison.iou, axis=0))
+    assert table["site"].tolist() == comparison.aliases
+    assert table["gradcam_grid"].tolist() == ["2x2"] * len(table)
+    assert table["attention_grid"].tolist() == [
+        "x".join(map(str, s["grid"])) for s in comparison.sites
+    ]
+    # summary() is text: the layer, the target, the grids and a row per site with its mean rho
+    text = comparison.summary()
+    assert isinstance(text, str)
+    assert text.startswith("5 images, Grad-CAM at layer4 for the label class; top-20% IoU")
+    assert "attnviz's own comparison" in text and "coarser grid of the two" in text
+    for alias, rho in zip(comparison.aliases, table["spearman_mean"]):
+        assert alias in text and f"{rho:.3f}" in text
+    # the pixel-level reading is still available
+    pixel = attention_vs_attribution(
+        cbam_model, x, labels=labels, sites="all", compare_at="input", progress=False
+    )
+    for j in range(len(pixel.sites)):
+        for i in range(len(x)):
+            assert pixel.spearman[i, j] == pytest.approx(
+                spearman_rank_correlation(pixel.attention[j, i], pixel.gradcam[i]),
+                nan_ok=True,
+                abs=1e-6,
+            )
+
+
+def test_pooled_agreement_on_constructed_maps():
+    rng = np.random.default_rng(0)
+    coarse = rng.permutation(16).reshape(4, 4).astype(np.float64)  # distinct values
+    # a 16x16 attention map: the coarse map in 4x4 blocks plus a pattern that averages to 0
+    # within every block (a checkerboard of +-5, larger than the steps between blocks)
+    check = 5.0 * (np.indices((16, 16)).sum(0) % 2 * 2 - 1)
+    fine = np.kron(coarse, np.ones((4, 4))) + check
+    rho, iou, grid = pooled_agreement(fine, coarse, 0.25)
+    assert grid == (4, 4)
+    assert rho == pytest.approx(1.0) and iou == pytest.approx(1.0)  # agreement is exact
+    rho, iou, grid = pooled_agreement(coarse, fine, 0.25)  # either side may be the finer
+    assert grid == (4, 4) and rho == pytest.approx(1.0)
+    rho, iou, _ = pooled_agreement(fine, -coarse, 0.25)  # reversed ordering
+    assert rho == pytest.approx(-1.0) and iou == 0.0
+    # at the pixel level the same pair disagrees by construction (the checkerboard)
+    up = F.interpolate(torch.tensor(coarse)[None, None], (16, 16), mode="bilinear")[0, 0]
+    assert spearman_rank_correlation(fine, up.numpy()) < 0.8
+    # grids that are not multiples: adaptive average pooling, per axis the coarser
+    assert comparison_grid((7, 32), (4, 4)) == (4, 4)
+    assert comparison_grid((2, 9), (4, 4)) == (2, 4)
+    pooled = pool_to(torch.arange(36.0).reshape(1, 6, 6), (3, 3))[0]
+    assert pooled[0, 0] == pytest.approx(np.mean([0, 1, 6, 7]))
 
 
 def test_default_site_and_prediction_target_on_tiny_models(batch):
@@ -150,7 +226,7 @@ def test_errors(batch):
     x, _ = batch
     with pytest.raises(NoAttentionSitesError, match="spatial attention"):
         attention_vs_attribution(create_tiny("se_tiny"), x, progress=False)
-    with pytest.raises(ValueError, match="valid sites"):
+    with pytest.raises(ValueError, match="unknown spatial attention site 'GC_9'; valid: "):
         attention_vs_attribution(create_tiny("cbam_tiny"), x, sites=["GC_9"], progress=False)
     with pytest.raises(ValueError, match="no submodule"):
         attention_vs_attribution(create_tiny("cbam_tiny"), x, layer="layer9", progress=False)
@@ -158,13 +234,22 @@ def test_errors(batch):
 
 def test_save_load_round_trip(comparison, tmp_path):
     comparison.save(tmp_path / "r")
-    back = AttributionComparison.load(tmp_path / "r")
+    back = AttentionVsAttributionResult.load(tmp_path / "r")
     np.testing.assert_array_equal(back.gradcam, comparison.gradcam)
     np.testing.assert_array_equal(back.spearman, comparison.spearman)
     assert back.sites == comparison.sites and back.ids == comparison.ids
     frame = comparison.to_frame()
     assert len(frame) == 5 * len(comparison.sites)
-    assert (tmp_path / "r" / "summary.csv").exists() and (tmp_path / "r" / "agreement.csv").exists()
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "agreement.csv",
+        "attention_vs_attribution.npz",
+        "manifest.json",
+        "summary.csv",
+    ]
+    np.testing.assert_allclose(
+        pd.read_csv(tmp_path / "r" / "summary.csv")["iou_mean"],
+        comparison.site_summary()["iou_mean"],
+    )
 
 
 def test_overlay_figure_shows_the_maps(comparison):
@@ -186,7 +271,7 @@ def test_overlay_figure_shows_the_maps(comparison):
 def test_agreement_figure_bars_are_the_summary(comparison):
     fig = plot_agreement(comparison)
     ax_r, ax_i = fig.axes
-    summary = comparison.summary()
+    summary = comparison.site_summary()
     heights = [p.get_height() for p in ax_r.patches]
     np.testing.assert_allclose(heights, summary["spearman_mean"], equal_nan=True)
     np.testing.assert_allclose([p.get_height() for p in ax_i.patches], summary["iou_mean"])
@@ -208,3 +293,63 @@ def test_explicit_targets(cbam_model, batch):
     assert per_image.targets.tolist() == [4, 3, 2, 1, 0]
     with pytest.raises(ValueError, match="fewer than the images"):
         attention_vs_attribution(cbam_model, x, target=[1, 2], progress=False)
+
+
+def _count_forwards(model):
+    """A forward hook on the model root: the batch size of every forward of the model."""
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    return calls, handle
+
+
+def test_one_forward_per_batch_and_gradcam_of_that_forward(cbam_model, batch):
+    x, labels = batch
+    calls, handle = _count_forwards(cbam_model)
+    try:
+        result = attention_vs_attribution(
+            cbam_model, x, target="prediction", batch_size=2, keep_maps=5, progress=False
+        )
+    finally:
+        handle.remove()
+    assert calls == [2, 2, 1]  # 5 images in batches of 2: captum's forward is the only one
+    cbam_model.eval()
+    with torch.no_grad():
+        pred = cbam_model(x).argmax(1)
+    assert result.targets.tolist() == pred.tolist() and result.target_source == "prediction"
+    # Grad-CAM of that one forward = captum's LayerGradCam run directly on the model
+    cam = LayerGradCam(cbam_model, cbam_model.layer4).attribute(
+        x, target=pred, relu_attributions=True
+    )
+    expected = LayerAttribution.interpolate(cam, (64, 64), "bilinear")[:, 0].detach().numpy()
+    np.testing.assert_allclose(result.gradcam, expected, rtol=1e-4, atol=1e-6)
+    # and the attention compared is that of the same forward (= a separate no_grad capture)
+    with torch.no_grad(), attnviz.capture(cbam_model, sites=result.aliases) as cache:
+        cbam_model(x)
+    for j, site in enumerate(result.sites):
+        up = F.interpolate(cache[site["name"]][:, None], (64, 64), mode="bilinear")[:, 0]
+        np.testing.assert_allclose(result.attention[j], up.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        0,
+        1,
+    ],
+)
+def test_figure_images_are_the_view_the_model_saw(tmp_path, workers):
+    from PIL import Image
+
+    from attnviz.models import load_model
+
+    model, config = load_model("cbam_tiny")  # input 64 x 64, crop_pct 1
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    result = attention_vs_attribution(
+        model, tmp_path, preprocess=config, keep_maps=3, workers=workers, progress=False
+    )
+    assert result.ids == ["0.png", "1.png", "2.png"]
+    # shorter side already 64: no resize, then the centre 64 x 64 crop of the 80 columns
+    np.testing.assert_array_equal(result.images, np.stack([a[:, 8:72] for a in arrays]))

@@ -266,10 +266,10 @@ def test_stn_integer_shift():
 
 
 def test_registry_builds_every_new_block():
-    for name in ("sa", "danet", "danet_position", "danet_channel", "cse", "sse", "scse", "bam"):
+    for name in ("sa", "danet", "pam", "cam", "cse", "sse", "scse", "bam"):
         assert name in ATTN_BLOCKS
         block = create_attn(name, 16).eval()
         x = torch.randn(2, 16, 4, 4)
         assert block(x).shape == x.shape
-    assert isinstance(create_attn("residual_attention", 8), ResidualAttention)
+    assert isinstance(create_attn("ram", 8), ResidualAttention)
     assert isinstance(create_attn("stn", 3), SpatialTransformer)

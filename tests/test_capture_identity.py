@@ -153,7 +153,7 @@ def test_gc_context_map_rebuilds_output(factory, fusion):
 def test_nonlocal_rows_rebuild_output():
     model = _timm("resnet18", block_args=dict(attn_layer="nl"))
     cache = _run(model, size=64)
-    sites = [s for s in cache.sites if s.kind == "nonlocal"]
+    sites = [s for s in cache.sites if s.kind == "nl"]
     assert len(sites) == 8
     for site in sites:
         m = model.get_submodule(site.name)
@@ -173,10 +173,10 @@ def test_nonlocal_rows_rebuild_output():
 def test_nonlocal_query_rows_equal_full_map_rows():
     model = _timm("resnet18", block_args=dict(attn_layer="nl")).eval()
     x = torch.randn(2, 3, 64, 64)
-    with attnviz.capture(model, kinds="nonlocal") as full, torch.no_grad():
+    with attnviz.capture(model, kinds="nl") as full, torch.no_grad():
         model(x)
     queries = [(0, 0), (3, 5), (15, 15)]
-    with attnviz.capture(model, kinds="nonlocal", sites=["NL_2_1"], queries=queries) as sel:
+    with attnviz.capture(model, kinds="nl", sites=["NL_2_1"], queries=queries) as sel:
         with torch.no_grad():
             model(x)
     name = sel.site("NL_2_1").name

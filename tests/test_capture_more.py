@@ -25,15 +25,15 @@ from attnviz.models.tiny import create_tiny
 
 ATOL = 1e-6
 NEW_KINDS = (
-    "self_attention",
-    "danet_position",
-    "danet_channel",
+    "sa",
+    "pam",
+    "cam",
     "cse",
     "sse",
     "bam_channel",
     "bam_spatial",
     "bam",
-    "residual_mask",
+    "ram",
     "stn_theta",
     "stn_grid",
 )
@@ -68,10 +68,10 @@ def test_all_new_kinds_registered():
     assert len(registered_adapters()) > 0  # kinds register with the built-in adapters (lazily)
     for k in NEW_KINDS:
         assert k in KINDS
-    assert is_query_kind("self_attention") and is_query_kind("danet_position")
-    assert not is_query_kind("danet_channel")
+    assert is_query_kind("sa") and is_query_kind("pam")
+    assert not is_query_kind("cam")
     dist = {k for k in NEW_KINDS if get_kind(k).is_distribution}
-    assert dist == {"self_attention", "danet_position", "danet_channel"}
+    assert dist == {"sa", "pam", "cam"}
 
 
 @pytest.mark.parametrize("cls", [SelfAttention2d, PositionAttention])
@@ -127,8 +127,8 @@ def test_dual_attention_sites_and_identity():
     x = torch.randn(2, 16, 4, 4)
     cache = _run(m, x)
     assert [(s.kind, s.name) for s in cache.sites] == [
-        ("danet_position", "position"),
-        ("danet_channel", "channel"),
+        ("pam", "position"),
+        ("cam", "channel"),
     ]
     p, c = cache["position"], cache["channel"]
     v = m.position.value(x).flatten(2)
@@ -174,7 +174,7 @@ def test_residual_mask_identity_and_summary():
     x = torch.randn(2, 6, 8, 8)
     cache = _run(m, x)
     (site,) = cache.sites
-    assert site.kind == "residual_mask" and site.dims == ("batch", "channel", "height", "width")
+    assert site.kind == "ram" and site.dims == ("batch", "channel", "height", "width")
     mask = cache[""]
     assert mask.shape == (2, 6, 8, 8) and float(mask.min()) > 0 and float(mask.max()) < 1
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_hooks_removed_also_on_error():
     before = _hook_count(m)
     with attnviz.capture(m) as cache, torch.no_grad():
         m(torch.randn(2, 8, 8, 8))
-    assert len(cache) == 10 and {s.kind for s in cache.sites} == set(NEW_KINDS) - {"self_attention"}
+    assert len(cache) == 10 and {s.kind for s in cache.sites} == set(NEW_KINDS) - {"sa"}
     assert _hook_count(m) == before
     with pytest.raises(RuntimeError), attnviz.capture(m), torch.no_grad():
         m(torch.randn(2, 5, 8, 8))  # wrong channel count
@@ -222,12 +222,12 @@ def test_hooks_removed_also_on_error():
 @pytest.mark.parametrize(
     "arch, expected",
     [
-        ("sa_tiny", [("SA_3_2", "self_attention", "layer2.1")]),
+        ("sa_tiny", [("SA_3_2", "sa", "layer2.1")]),
         (
             "danet_tiny",
             [
-                ("PAM_3_2", "danet_position", "layer2.1.position"),
-                ("CAM_3_2", "danet_channel", "layer2.1.channel"),
+                ("PAM_3_2", "pam", "layer2.1.position"),
+                ("CAM_3_2", "cam", "layer2.1.channel"),
             ],
         ),
     ],
@@ -240,7 +240,7 @@ def test_tiny_models_sites(arch, expected):
     with attnviz.capture(model, io=True) as cache, torch.no_grad():
         model(x)
     first = sites[0]
-    n = 16 * 16 if first.kind != "danet_channel" else 64
+    n = 16 * 16 if first.kind != "cam" else 64
     assert cache[first.name].shape == (1, n, n)
     assert cache.meta[first.name]["query_grid"] == (16, 16)
 
@@ -248,8 +248,8 @@ def test_tiny_models_sites(arch, expected):
 @pytest.mark.parametrize(
     "arch, kinds, scale",
     [
-        ("sa_tiny", ["self_attention"], "gamma"),
-        ("danet_tiny", ["danet_position", "danet_channel"], "alpha"),
+        ("sa_tiny", ["sa"], "gamma"),
+        ("danet_tiny", ["pam", "cam"], "alpha"),
     ],
 )
 def test_bundled_models_list_new_kinds(arch, kinds, scale):
@@ -279,7 +279,7 @@ def test_bundled_mix_tiny_lists_every_gate_kind():
 
     model, pre = load_model("mix_tiny")
     assert tuple(pre.input_size) == (3, 64, 64)
-    kinds = {"stn_theta", "stn_grid", "cse", "sse", "residual_mask", "bam", "bam_channel",
+    kinds = {"stn_theta", "stn_grid", "cse", "sse", "ram", "bam", "bam_channel",
              "bam_spatial"}  # fmt: skip
     sites = attnviz.find_sites(model)
     assert {s.kind for s in sites} == kinds
@@ -296,7 +296,7 @@ def test_bundled_mix_tiny_lists_every_gate_kind():
         "stn_grid": (b, 64, 64, 2),
         "cse": (b, 16),
         "sse": (b, 32, 32),
-        "residual_mask": (b, 32, 16, 16),
+        "ram": (b, 32, 16, 16),
         "bam": (b, 32, 16, 16),
         "bam_channel": (b, 32),
         "bam_spatial": (b, 16, 16),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnviz.commands.data import register_cli
 from attnviz.data import ShapesDataset, write_image_folder
-from attnviz.data.shapes import register_cli
 
 
 def test_classes_labels_and_items() -> None:

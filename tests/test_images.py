@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -47,6 +48,7 @@ def odd_files(tmp_path):
     rgba.save(d / "rgba.png")
     Image.new("RGB", (4, 4)).save(d / "tiny.png")
     Image.new("RGB", (200, 10)).save(d / "strip.png")
+    (d / "folder.png").mkdir()  # a folder with an image extension
     return d
 
 
@@ -93,12 +95,31 @@ def test_convertible_modes_become_rgb(odd_files):
         ("tiny.png", "too small"),
         ("strip.png", "extreme aspect ratio"),
         ("missing.png", "missing file"),
+        ("folder.png", "a folder, not a file"),
     ],
 )
 def test_unusable_files_are_skipped_with_a_reason(odd_files, name, reason):
     img, why = load_image(odd_files / name)
     assert img is None
     assert why is not None and why.startswith(reason), why
+
+
+def test_unreadable_file_says_permission_denied_not_corrupt(odd_files, monkeypatch):
+    path = odd_files / "ok.png"
+    if os.geteuid() == 0:  # root reads any file: make the open itself fail as it would
+        import attnviz.data.images as images_module
+
+        def denied(fp, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(fp))
+
+        monkeypatch.setattr(images_module.Image, "open", denied)
+    else:
+        path.chmod(0)
+    try:
+        img, why = load_image(path)
+    finally:
+        path.chmod(0o644)
+    assert img is None and why == "permission denied"
 
 
 def test_list_images_class_subfolders_and_flat(tmp_path):
@@ -123,3 +144,15 @@ def test_list_images_class_subfolders_and_flat(tmp_path):
 
     with pytest.raises(NotADirectoryError, match="does not exist"):
         list_images(tmp_path / "nope")
+
+    # excluded folders (a run's own output inside the image folder) are never listed
+    (tmp_path / "set" / "cat" / "out").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "set" / "cat" / "out" / "figure.png")
+    (tmp_path / "set" / "out2").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "set" / "out2" / "figure.png")
+    paths, labels, classes = list_images(tmp_path / "set")
+    assert classes == ["ant", "cat", "out2"] and len(paths) == 7
+    excluded = [tmp_path / "set" / "cat" / "out", tmp_path / "set" / "out2"]
+    paths, labels, classes = list_images(tmp_path / "set", exclude=excluded)
+    assert classes == ["ant", "cat"] and labels == [0, 0, 0, 1, 1]
+    assert all("out" not in p.parent.name for p in paths)

@@ -44,13 +44,16 @@ def test_se_excitation_notebook():
     assert not _errors(book)
     assert _images(book) == 3  # Fig. 6, Fig. 7, specificity vs depth
     text = "".join(out.get("text", "") for cell in book.cells for out in cell.get("outputs", []))
-    assert "50 images;" in text and "specificity" in text
+    assert "50 images;" in text and "squeeze_specificity" in text and "null_p95" in text
 
 
 @pytest.mark.slow
 def test_cbam_vs_gradcam_notebook():
     book = _run("cbam_vs_gradcam.ipynb")
     assert not _errors(book)
-    assert _images(book) == 3  # CBAM overlays, agreement bars, GC overlays
+    assert _images(book) == 4  # Grad-CAM across models, CBAM overlays, agreement bars, GC
     text = "".join(out.get("text", "") for cell in book.cells for out in cell.get("outputs", []))
+    assert "10 images, " in text and "models, Grad-CAM for the label class" in text
+    assert "compared at the coarser grid of the two" in text
     assert "Grad-CAM layer: layer4 | target: label" in text
+    assert "10 images, Grad-CAM at layer4 for the label class; top-20% IoU" in text  # summary()

@@ -3,6 +3,7 @@ end-to-end on timm NonLocalAttn / the reference NonLocalBlock, batch-size indepe
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from attnviz.analysis.query_independence import (
 )
 from attnviz.analysis.stats import avg_cosine_distance, avg_jsd, is_distribution
 from attnviz.errors import NoAttentionSitesError
+from attnviz.results import ResultFormatError
 
 ATOL = 1e-6
 
@@ -147,7 +149,7 @@ def test_timm_nonlocal_matches_naive_reference():
     model = _timm_nl_model()
     x = torch.randn(2, 3, 6, 6)
     res = query_independence(model, x, batch_size=2, progress=False)
-    assert [s["kind"] for s in res.sites] == ["nonlocal"]
+    assert [s["kind"] for s in res.sites] == ["nl"]
     for i in range(2):
         ref = _naive_timm_stats(model, x[i])
         for m, v in ref.items():
@@ -158,31 +160,45 @@ def test_timm_nonlocal_matches_naive_reference():
 
 
 def test_results_do_not_depend_on_batch_size():
+    from torchvision.transforms import ToTensor
+
     model = _timm_nl_model()
-    x = torch.randn(5, 3, 8, 8)
+    # values k / 255: the same numbers as uint8 images, so images and inputs can be compared
+    x = torch.randint(0, 256, (5, 3, 8, 8)).float() / 255.0
     a = query_independence(model, x, batch_size=1, progress=False)
     b = query_independence(model, x, batch_size=3, progress=False)
-    c = query_independence(model, list(x), batch_size=2, progress=False)  # iterable of images
+    # an iterable (not a sequence) of images, prepared one by one by a callable
+    c = query_independence(model, iter(list(x)), preprocess=ToTensor(), batch_size=2,
+                           progress=False)  # fmt: skip
     for m in a.metrics:
         np.testing.assert_allclose(a.values[m], b.values[m], atol=1e-6)
         np.testing.assert_allclose(a.values[m], c.values[m], atol=1e-6)
     assert a.values["cos_input"].shape == (5, 1)
+    assert c.ids == a.ids == [f"#{i}" for i in range(5)]
 
 
 def test_save_load_roundtrip(tmp_path):
     model = _timm_nl_model()
     res = query_independence(model, torch.randn(2, 3, 6, 6), progress=False, model_name="toy")
     out = res.save(tmp_path / "qi")
-    assert {"values.npz", "statistics.csv", "per_image.csv", "manifest.json"} <= {
-        p.name for p in out.iterdir()
-    }
+    names = {"query_independence.npz", "statistics.csv", "per_image.csv", "manifest.json"}
+    assert {p.name for p in out.iterdir()} == names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "query_independence" and set(manifest["files"]) == names
     back = QueryIndependenceResult.load(out)
     assert back.model == "toy" and back.metrics == res.metrics and back.sites == res.sites
     for m in res.metrics:
         np.testing.assert_array_equal(back.values[m], res.values[m])
     assert back.to_frame().equals(res.to_frame())
-    res.save(out)  # overwriting an existing result works
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert back.ids == res.ids == ["#0", "#1"]
+    (out / "mine.txt").write_text("the user's own file")
+    res.save(out)  # overwriting an existing result works and keeps files it did not write
+    assert (out / "mine.txt").read_text() == "the user's own file"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    manifest["kind"] = "scale_sweep"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ResultFormatError, match="scale_sweep"):
+        QueryIndependenceResult.load(out)
 
 
 def test_model_without_nonlocal_sites_raises():
@@ -271,16 +287,25 @@ def test_gc_site_reports_context_entropy():
 def test_pil_images_with_labels_go_through_preprocess():
     from PIL import Image
 
-    from attnviz.analysis.query_maps import prepare_image
-
     model = _timm_nl_model()
     rng = np.random.default_rng(0)
-    pils = [Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)) for _ in range(3)]
-    a = query_independence(model, [(p, 0) for p in pils], batch_size=2, progress=False)
-    b = query_independence(model, torch.stack([prepare_image(p)[0] for p in pils]), progress=False)
+    pils = [Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)) for _ in range(3)]
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
+    config = {"input_size": (3, 6, 6), "mean": tuple(mean), "std": tuple(std), "crop_pct": 1.0,
+              "interpolation": "bilinear"}  # fmt: skip
+    a = query_independence(
+        model, [(p, 0) for p in pils], preprocess=config, batch_size=2, progress=False
+    )
+    # the reference inputs by hand: PIL bilinear resize to 6x6, scale to [0, 1], normalise
+    ref = [
+        (np.asarray(p.resize((6, 6), Image.BILINEAR), np.float64) / 255.0 - mean) / std
+        for p in pils
+    ]
+    x = torch.from_numpy(np.stack(ref)).permute(0, 3, 1, 2).float()
+    b = query_independence(model, x, progress=False)
     for m in a.metrics:
-        np.testing.assert_allclose(a.values[m], b.values[m], atol=1e-7)
-    assert a.n_images == 3
+        np.testing.assert_allclose(a.values[m], b.values[m], atol=1e-6)
+    assert a.n_images == 3 and a.meta["run"]["preprocess"]["input_size"] == [3, 6, 6]
 
 
 def test_self_attention_and_danet_position_sites_are_analysed():
@@ -289,12 +314,59 @@ def test_self_attention_and_danet_position_sites_are_analysed():
     from attnviz.models import load_model
 
     images = [ShapesDataset(1, seed=4242)[i][0] for i in range(3)]
-    for spec, kind in (("sa_tiny", "self_attention"), ("danet_tiny", "danet_position")):
+    for spec, kind in (("sa_tiny", "sa"), ("danet_tiny", "pam")):
         model, pre = load_model(spec)
-        result = query_independence(model, images, batch_size=2, progress=False)
+        result = query_independence(model, images, preprocess=pre, batch_size=2, progress=False)
         frame = result.to_frame()
         rows = frame[frame["kind"] == kind]
         assert len(rows) == 1, frame
         att = rows.iloc[0]
         assert 0.0 <= att["cos_att_mean"] <= 0.5
         assert att["jsd_att_mean"] > 0.0
+
+
+def test_figure_maps_come_from_the_same_forward_as_the_statistics(tmp_path):
+    from attnviz.analysis.query_maps import grid_queries, query_maps
+
+    model = _timm_nl_model()
+    x = torch.randn(5, 3, 8, 8)
+    forwards = []
+    hook = model.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+    res = query_independence(
+        model, x, batch_size=2, map_images=3, n_queries=4, progress=False, model_name="toy"
+    )
+    hook.remove()
+    assert forwards == [2, 2, 1]  # one forward per batch, statistics and maps together
+    cells = grid_queries((8, 8), 4)
+    maps = res.query_maps()
+    assert len(maps) == 3 and res.ids[:3] == ["#0", "#1", "#2"]
+    for j, kept in enumerate(maps):
+        direct = query_maps(model, x[j], queries=cells, query_space="cell")
+        np.testing.assert_array_equal(kept.query_cells, cells)
+        np.testing.assert_allclose(kept.grid_maps, direct.grid_maps, atol=1e-6)
+        np.testing.assert_allclose(kept.maps, direct.maps, atol=1e-6)
+        np.testing.assert_array_equal(kept.query_pixels, direct.query_pixels)
+        assert kept.is_distribution and kept.site["alias"] == direct.site["alias"]
+    back = QueryIndependenceResult.load(res.save(tmp_path / "qi"))
+    for a, b in zip(back.query_maps(), maps):
+        np.testing.assert_array_equal(a.grid_maps, b.grid_maps)
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_unusable_images_are_skipped_unless_strict(tmp_path):
+    from PIL import Image
+
+    from attnviz.errors import BadImageError
+
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "b.png").write_bytes(b"")
+    config = {"input_size": (3, 8, 8), "crop_pct": 1.0}
+    model = _timm_nl_model()
+    res = query_independence(model, tmp_path, preprocess=config, progress=False)
+    assert res.ids == ["a.png", "c.png"] and res.n_images == 2
+    assert res.skipped == [("b.png", "empty file")]
+    assert "(1 skipped)" in res.summary()
+    with pytest.raises(BadImageError, match="b.png"):
+        query_independence(model, tmp_path, preprocess=config, progress=False, strict=True)

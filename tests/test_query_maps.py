@@ -13,7 +13,14 @@ from torch import nn
 
 import attnviz
 from attnviz.analysis.query_independence import query_independence
-from attnviz.analysis.query_maps import QueryMapsResult, cell_centre, grid_queries, query_maps
+from attnviz.analysis.query_maps import (
+    QueryMapsResult,
+    cell_centre,
+    grid_queries,
+    pick_site,
+    pixel_to_cell,
+    query_maps,
+)
 from attnviz.plot.overlay import overlay
 from attnviz.plot.queries import (
     plot_query_distances,
@@ -79,10 +86,11 @@ def test_pixel_queries_map_to_the_containing_cell():
     model = _nl_model()
     x = torch.randn(3, 16, 16)
     res = query_maps(model, x, queries=[(0, 0), (15, 15), (5, 9.5)], query_space="pixel")
-    np.testing.assert_array_equal(res.query_cells, [[0, 0], [7, 7], [2, 4]])
+    # pixel centres at integers: 9.5 is the edge between pixels 9 and 10, i.e. cells 4 and 5
+    np.testing.assert_array_equal(res.query_cells, [[0, 0], [7, 7], [2, 5]])
     np.testing.assert_array_equal(res.query_pixels, [[0, 0], [15, 15], [5, 9.5]])
     full = _full_attention(model, x)
-    np.testing.assert_allclose(res.grid_maps.reshape(3, -1), full[[0, 63, 20]], atol=1e-6)
+    np.testing.assert_allclose(res.grid_maps.reshape(3, -1), full[[0, 63, 21]], atol=1e-6)
     forwards = []
     model.register_forward_pre_hook(lambda *a: forwards.append(1))
     query_maps(model, x, queries=[(5, 9.5)], query_space="pixel")
@@ -110,14 +118,61 @@ def test_pil_input_and_save_load(tmp_path):
     from PIL import Image
 
     model = _nl_model()
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
-    res = query_maps(model, img, queries=[(4, 4), (12, 3)])
-    np.testing.assert_array_equal(res.image, np.asarray(img))
+    arr = np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    config = {"input_size": (3, 16, 16), "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5),
+              "std": (0.25, 0.25, 0.25)}  # fmt: skip
+    res = query_maps(model, img, queries=[(4, 4), (12, 3)], preprocess=config)
+    # crop_pct 1: the shorter side already has the input size, so the view is the centre
+    # 16x16 crop (never a squashed 16x24), and the model input is that crop normalised
+    crop = arr[:, 4:20]
+    np.testing.assert_array_equal(res.image, crop)
+    x = torch.from_numpy((crop / 255.0 - 0.5) / 0.25).permute(2, 0, 1).float()
+    direct = query_maps(model, x, queries=[(4, 4), (12, 3)])
+    np.testing.assert_allclose(res.grid_maps, direct.grid_maps, atol=1e-6)
+    np.testing.assert_array_equal(res.query_cells, [[2, 2], [6, 1]])
     back = QueryMapsResult.load(res.save(tmp_path / "maps"))
     np.testing.assert_array_equal(back.maps, res.maps)
     np.testing.assert_array_equal(back.query_cells, res.query_cells)
     assert back.site == res.site and back.is_distribution == res.is_distribution
+    assert back.meta["query_space"] == "pixel" and back.meta["input_size"] == [16, 16]
     assert len(res.to_frame()) == 2
+    assert {p.name for p in (tmp_path / "maps").iterdir()} == {
+        "query_maps.npz", "queries.csv", "manifest.json"
+    }  # fmt: skip
+
+
+def test_pixel_to_cell_takes_the_cell_of_the_pixel_centre():
+    # 15 pixels over a grid of 8, pixel centres at integers: the image spans [-0.5, 14.5) and
+    # cell r spans [r * 15 / 8 - 0.5, (r + 1) * 15 / 8 - 0.5)
+    for p in range(15):
+        expected = max(r for r in range(8) if r * 15 / 8 - 0.5 <= p)
+        assert pixel_to_cell((p, p), (8, 8), (15, 15)) == (expected, expected)
+    assert pixel_to_cell((13, 13), (8, 8), (15, 15)) == (7, 7)  # floor(13 * 8 / 15) would be 6
+    assert pixel_to_cell((0, 14), (2, 7), (16, 15)) == (0, 6)  # non-square grid and image
+    assert pixel_to_cell((15.4, -0.5), (8, 8), (16, 16)) == (7, 0)
+    for cy in range(5):  # round trip with cell_centre on a non-square, non-dividing layout
+        for cx in range(3):
+            centre = cell_centre((cy, cx), (5, 3), (12, 20))
+            assert pixel_to_cell(centre, (5, 3), (12, 20)) == (cy, cx)
+    for bad in ((-1, 0), (0, 15.5), (15.5, 0)):
+        with pytest.raises(ValueError, match="outside"):
+            pixel_to_cell(bad, (8, 8), (16, 16))
+
+
+def test_pick_site_returns_a_site():
+    from attnviz.capture import Site
+    from attnviz.errors import NoAttentionSitesError
+
+    model = _nl_model()
+    site = pick_site(model, None)
+    assert isinstance(site, Site) and site.kind == "nl" and site.name == "1"
+    assert pick_site(model, site.alias).name == site.name
+    assert pick_site(model, "1").alias == site.alias
+    with pytest.raises(ValueError, match="nope"):
+        pick_site(model, "nope")
+    with pytest.raises(NoAttentionSitesError):
+        pick_site(nn.Sequential(nn.Conv2d(3, 4, 1)), None)
 
 
 def test_grid_queries_are_inside_and_distinct():

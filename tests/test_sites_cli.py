@@ -20,8 +20,10 @@ def test_sites_json_for_a_timm_model(capsys):
 
 
 def test_sites_table_for_a_nonlocal_model(capsys):
-    assert main(["sites", "timm:resnet18", "--input-size", "64", "64"]) == 2
-    assert "has no attention module" in capsys.readouterr().err
+    assert main(["sites", "timm:resnet18", "--input-size", "64", "64"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("attnviz sites: error: ") and "has no attention module" in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["sites", "timm:gcresnet33ts", "--input-size", "64", "64"]) == 0
     out = capsys.readouterr().out
     assert "10 attention sites" in out
@@ -32,10 +34,39 @@ def test_sites_of_a_bundled_model(capsys):
     assert main(["sites", "nl_tiny", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     kinds = {r["kind"] for r in out["sites"]}
-    assert kinds == {"nonlocal"}
+    assert kinds == {"nl"}
     (row,) = out["sites"]
     n = row["shape"][1]
     assert row["shape"] == [1, n, n] and n >= 256
+
+
+def test_own_input_size_from_the_pretrained_config(capsys):
+    assert main(["sites", "halonet26t", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["input_size"] == [3, 256, 256] and out["unread"] == {}
+    rows = {r["alias"]: r for r in out["sites"]}
+    assert list(rows) == ["HALO_4_2", "HALO_5_1", "HALO_5_2"]
+    assert rows["HALO_4_2"]["shape"] == [1, 8, 256, 144]
+    assert rows["HALO_5_1"]["dims"] == ["batch", "head", "query", "window_key"]
+
+
+def test_a_size_the_model_cannot_take_is_refused_with_the_size_it_needs(capsys):
+    for args in (
+        ["halonet26t", "--input-size", "64", "64"],
+        ["--model", "botnet26t_256", "--input-size", "224", "224"],
+    ):
+        assert main(["sites", *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("attnviz sites: error: ") and "256x256" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unread_attention_modules_are_named(capsys):
+    assert main(["sites", "coatnet_0_rw_224"]) == 0
+    out = capsys.readouterr().out
+    assert "5 attention sites" in out and "SE_3_3" in out
+    assert "9 Attention2d modules are not read (no adapter)" in out
+    assert "register_adapter(Attention2d" in out
 
 
 def test_unknown_model_is_a_clear_error(capsys):

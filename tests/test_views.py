@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from attnviz.data import ShapesDataset
-from attnviz.data.views import base_view, scale_views, scale_views_pil, view_spec, zoom_view
+from attnviz.data.preprocess import PreprocessError, preprocess_for
+from attnviz.data.views import scale_views, scale_views_pil, zoom_view
 
 CFG64 = dict(
     input_size=(3, 64, 64),
@@ -90,11 +92,14 @@ def test_two_x_view_doubles_object_size_on_shapes():
 
 
 def test_crop_pct_and_resize_follow_the_model_config():
-    # 96 px image, model of 64 px with crop_pct 0.875: shorter side -> round(64/0.875) = 73
+    # 96 px image, model of 64 px with crop_pct 0.875: shorter side -> floor(64/0.875) = 73
     cfg = dict(CFG64, crop_pct=0.875)
-    assert view_spec(cfg).resize_shorter == 73
     mask = np.zeros((96, 96), dtype=np.float32)
     mask[38:58, 28:68] = 1.0  # 40 x 20 block, centred at (47.5, 47.5)
+    img = Image.fromarray((mask * 255).astype(np.uint8), mode="L").convert("RGB")
+    # the 1.0x view is torchvision's Resize(73) + CenterCrop(64), built here independently
+    reference = T.CenterCrop(64)(T.Resize(73, T.InterpolationMode.BILINEAR, antialias=True)(img))
+    np.testing.assert_array_equal(np.asarray(preprocess_for(cfg).view(img)), np.asarray(reference))
     v1, v2 = _mask_views(mask, cfg, (1.0, 2.0))
     assert v1.shape == (64, 64) and v2.shape == (64, 64)
     w1, h1, cx1, cy1 = _extent(v1)
@@ -104,29 +109,60 @@ def test_crop_pct_and_resize_follow_the_model_config():
     assert abs(w2 - 2 * w1) <= 2.0 and abs(h2 - 2 * h1) <= 2.0
 
 
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (64, 64)])
+def test_resize_floors_size_over_crop_pct_as_timm_does(size):
+    # seresnet50-like config: 224 / 0.95 = 235.8 -> 235 (timm floors; round would give 236)
+    cfg = dict(CFG64, input_size=(3, 224, 224), crop_pct=0.95, interpolation="bicubic")
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    view = preprocess_for(cfg).view(img)
+    assert view.size == (224, 224)
+    # independent reference: the shorter side to 235, the longer one truncated as torchvision
+    # does (500 * 235 / 375 = 313.3 -> 313), then the centre 224 x 224
+    short, long_ = min(size), max(size)
+    resized_long = int(235 * long_ / short)
+    new = (235, resized_long) if size[0] <= size[1] else (resized_long, 235)
+    resized = img.resize(new, Image.Resampling.BICUBIC)
+    left = int(round((new[0] - 224) / 2.0))
+    top = int(round((new[1] - 224) / 2.0))
+    if min(size) >= 235:  # downscale: the resized image is cropped
+        np.testing.assert_array_equal(
+            np.asarray(view), np.asarray(resized.crop((left, top, left + 224, top + 224)))
+        )
+    else:  # 64 px upscaled to 235 then cropped: same geometry, torchvision's own steps
+        ref = T.CenterCrop(224)(T.Resize(235, T.InterpolationMode.BICUBIC, antialias=True)(img))
+        np.testing.assert_array_equal(np.asarray(view), np.asarray(ref))
+
+
 def test_non_square_image_resizes_shorter_side_then_centre_crops():
     img = Image.new("RGB", (128, 64), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 32, 64))  # white left quarter falls outside the crop
-    view = base_view(img, CFG64)
+    view = preprocess_for(CFG64).view(img)
     assert view.size == (64, 64)
     arr = np.asarray(view)
     assert arr.max() == 0  # the crop is columns 32..96 of the original: all black
+    # never squashed: a 128 x 64 image with crop_pct 1 keeps its aspect ratio
+    img.paste((255, 255, 255), (96, 0, 128, 64))  # the right quarter too: still all black
+    assert np.asarray(preprocess_for(CFG64).view(img)).max() == 0
 
 
 def test_zoom_view_crops_round_size_over_scale():
     # channel 0 = column index, channel 1 = row index; nearest shows which pixels were kept
     cols, rows = np.meshgrid(np.arange(64), np.arange(64))
     base = Image.fromarray(np.stack([cols, rows, cols], -1).astype(np.uint8), mode="RGB")
-    cfg = dict(CFG64, interpolation="nearest")
-    z = np.asarray(zoom_view(base, 1.5, cfg))
+    transform = preprocess_for(dict(CFG64, interpolation="nearest"))
+    z = np.asarray(zoom_view(base, 1.5, transform))
     crop = round(64 / 1.5)  # 43
     left = round((64 - crop) / 2)  # 10
     assert z.shape == (64, 64, 3)
     assert sorted(np.unique(z[..., 0])) == list(range(left, left + crop))
     assert sorted(np.unique(z[..., 1])) == list(range(left, left + crop))
-    assert zoom_view(base, 1.0, cfg) is base
+    assert zoom_view(base, 1.0, transform) is base
     with pytest.raises(ValueError, match=">= 1.0"):
-        zoom_view(base, 0.5, cfg)
+        zoom_view(base, 0.5, transform)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite"):
+            zoom_view(base, bad, transform)
 
 
 def test_scale_views_normalise_with_mean_and_std():
@@ -136,20 +172,42 @@ def test_scale_views_normalise_with_mean_and_std():
     for c, v in enumerate((51, 102, 204)):
         expected = (v / 255.0 - CFG64["mean"][c]) / CFG64["std"][c]
         assert torch.allclose(x[:, c], torch.full((2, 64, 64), expected), atol=1e-5)
+    # the 1.0x view is exactly the model's own evaluation input
+    np.testing.assert_array_equal(x[0].numpy(), preprocess_for(CFG64)(img).numpy())
 
 
-def test_view_spec_accepts_objects_and_validates():
+def test_preprocess_accepts_config_objects():
     class Cfg:
         input_size = (3, 32, 48)
         mean = (0.5, 0.5, 0.5)
         std = (0.25, 0.25, 0.25)
-        interpolation = "BICUBIC"
+        interpolation = "bicubic"
         crop_pct = 0.9
 
-    spec = view_spec(Cfg())
-    assert spec.size == (32, 48) and spec.interpolation == "bicubic" and spec.crop_pct == 0.9
+    transform = preprocess_for(Cfg())
+    assert transform.input_size == (32, 48) and transform.interpolation == "bicubic"
+    assert transform.config["crop_pct"] == 0.9
     assert scale_views(Image.new("RGB", (100, 100)), Cfg(), (1.0, 1.5)).shape == (2, 3, 32, 48)
-    with pytest.raises(ValueError, match="interpolation"):
-        view_spec(dict(CFG64, interpolation="cubic-spline"))
-    with pytest.raises(ValueError, match="crop_pct"):
-        view_spec(dict(CFG64, crop_pct=1.5))
+    with pytest.raises(PreprocessError, match="input_size"):
+        preprocess_for(dict(CFG64, input_size=(3, 0, 0)))
+    with pytest.raises(PreprocessError, match="preprocess="):
+        preprocess_for(None)
+    with pytest.raises(PreprocessError, match="geometric view is unknown"):
+        preprocess_for(lambda img: torch.zeros(3, 8, 8)).view(Image.new("RGB", (8, 8)))
+
+
+def test_preprocess_validates_config():
+    class Cfg:
+        input_size = (3, 32, 48)
+        mean = (0.5, 0.5, 0.5)
+        std = (0.25, 0.25, 0.25)
+        interpolation = "BICUBIC"  # the case of the mode name does not matter
+        crop_pct = 0.9
+
+    assert preprocess_for(Cfg()).interpolation == "bicubic"
+    with pytest.raises(PreprocessError, match="interpolation"):
+        preprocess_for(dict(CFG64, interpolation="cubic-spline"))
+    with pytest.raises(PreprocessError, match="crop_pct"):
+        preprocess_for(dict(CFG64, crop_pct=1.5))
+    with pytest.raises(PreprocessError, match="crop_pct"):
+        preprocess_for(dict(CFG64, crop_pct=0.0))

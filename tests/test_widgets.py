@@ -15,6 +15,9 @@ import attnviz
 from attnviz.plot.overlay import overlay, upsample
 from attnviz.widgets import QueryInspector
 
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])  # timm's default for a config without mean
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
 
 def _nl_model() -> nn.Module:
     from timm.layers import NonLocalAttn
@@ -74,6 +77,43 @@ def test_sliders_and_clicks_choose_the_query():
     assert insp.state.cell == (1, 6)
     with pytest.raises(ValueError, match="outside"):
         insp.update(8, 0)
+
+
+def test_a_click_picks_the_cell_query_maps_gives_that_pixel():
+    """One pixel -> cell rule: a click and a pixel query of ``query_maps`` agree, also where
+    the grid does not divide the image (15 pixels over 8 cells)."""
+    pytest.importorskip("ipywidgets")
+    from attnviz.analysis.query_maps import query_maps
+
+    model = _nl_model()
+    x = torch.randn(3, 15, 15)
+    insp = QueryInspector(model, x)
+    assert insp.query_grid == (8, 8) and insp.size == (15, 15)
+    # imshow draws pixel p over [p - 0.5, p + 0.5), as pixel_to_cell counts: a click and a
+    # pixel query at the same point agree; clicks just outside an edge keep the edge cell
+    clicks = [(-0.4, 0.3), (2.4, 12.6), (12.5, 7.49), (14.45, 14.2), (-0.6, 15.2)]
+    pixels = [(-0.4, 0.3), (2.4, 12.6), (12.5, 7.49), (14.45, 14.2), (-0.5, 14.4)]
+    for (ydata, xdata), pixel in zip(clicks, pixels):
+        insp.on_click(SimpleNamespace(inaxes=insp._ax_map, xdata=xdata, ydata=ydata))
+        res = query_maps(model, x, queries=[pixel], query_space="pixel")
+        assert insp.state.cell == tuple(int(v) for v in res.query_cells[0]), pixel
+        np.testing.assert_allclose(insp.state.grid_map, res.grid_maps[0], atol=1e-6)
+    assert insp.state.cell == (0, 7)
+    insp.on_click(SimpleNamespace(inaxes=insp._ax_map, xdata=7.0, ydata=13.0))
+    assert insp.state.cell == (7, 4)  # floor(13.5 * 8 / 15) = 7, floor(7.5 * 8 / 15) = 4
+
+
+def test_pil_image_is_shown_as_the_model_sees_it():
+    pytest.importorskip("ipywidgets")
+    from PIL import Image
+
+    arr = np.random.default_rng(2).integers(0, 255, (24, 16, 3), dtype=np.uint8)
+    config = {"input_size": (3, 16, 16), "crop_pct": 1.0}
+    model = _nl_model()
+    insp = QueryInspector(model, Image.fromarray(arr), preprocess=config)
+    np.testing.assert_array_equal(insp.image, arr[4:20])  # the centre crop, not squashed
+    x = torch.from_numpy((arr[4:20] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+    np.testing.assert_allclose(insp.attention, _full(model, x.permute(2, 0, 1).float()), atol=1e-6)
 
 
 def test_non_distribution_rows_have_no_jsd():

@@ -1,10 +1,17 @@
-"""Analyses, one per file: each takes a model and images and returns a result object."""
+"""Analyses, one per file: each is an :class:`~attnviz.analysis.runner.Analysis` run by the
+one runner, with a function that takes a model and images and returns a result object."""
 
-# Re-exports: one import line per analysis / figure module.
+# Re-exports: one import line per analysis.
 # ruff: noqa: F401
 
-from .attribution import AttributionComparison, attention_vs_attribution
-from .excitation import ExcitationResult, excitation_profile
+from .attribution import (
+    AttentionVsAttributionResult,
+    GradCamComparisonResult,
+    attention_vs_attribution,
+    gradcam_comparison,
+)
+from .excitation import ExcitationProfileResult, excitation_profile
 from .query_independence import QueryIndependenceResult, query_independence
 from .query_maps import QueryMapsResult, query_maps
+from .runner import Analysis, RunInfo, State, run
 from .scale_sweep import ScaleSweepResult, scale_sweep

@@ -1,54 +1,66 @@
-"""Spatial attention beside Grad-CAM (CBAM, Woo et al. ECCV 2018, Sec. 4.3 / Fig. 4).
+"""Grad-CAM of several models (the CBAM paper's comparison), and spatial attention beside
+Grad-CAM (attnviz's own comparison).
 
-For every image: the spatial attention maps of the chosen ``cbam_spatial`` sites (CBAM's M_s,
-Eq. 3) and ``gc`` sites (GCNet's context weights softmax_j(W_k x_j), Eq. 4), upsampled to the
-input size (bilinear), beside Grad-CAM (Selvaraju et al. 2017, Eq. 1-2: L = ReLU(sum_k a_k A^k),
-a_k = mean over positions of d y^c / d A^k) from captum's :class:`~captum.attr.LayerGradCam` at
-the last convolutional stage, ``relu_attributions=True``, upsampled with
-:meth:`LayerAttribution.interpolate` (same mode). The Grad-CAM target is the ground truth when
-labels exist, else the model's prediction (or ``target=``).
+**The paper's comparison** (Woo et al., CBAM, ECCV 2018, Sec. 4.3, Fig. 4):
+:func:`gradcam_comparison` applies Grad-CAM (Selvaraju et al. 2017, Eq. 1-2:
+L = ReLU(sum_k a_k A^k), a_k = mean over positions of d y^c / d A^k; captum's
+:class:`~captum.attr.LayerGradCam` at each model's last convolutional stage,
+``relu_attributions=True``) to networks with and without attention (in the paper ResNet-50,
++SE, +CBAM; here e.g. plain_tiny, se_tiny, cbam_tiny) on the same images, for the same target
+class, and reports each model's softmax probability of that class per image. The target is
+the ground truth when labels exist, else the first model's prediction (so every model
+explains the same class).
 
-Default sites: the last site of each spatial kind in the model (for CBAM ResNets the last
-block of the last stage, the map nearest to the Grad-CAM layer, on the same grid).
+**attnviz's own comparison** (not in the paper, which did not correlate the spatial gate with
+Grad-CAM): :func:`attention_vs_attribution` sets the maps of spatial attention sites (role
+``spatial``: ``cbam_spatial``, CBAM's M_s, Eq. 3, and ``gc`` sites, GCNet's context weights
+softmax_j(W_k x_j), Eq. 4) beside Grad-CAM at the last convolutional stage. The two maps
+usually live on different grids (a 32x32 early gate against a 4x4 Grad-CAM): they are compared
+at the coarser grid of the two, per axis (min of the heights, min of the widths), the finer
+map average-pooled to it (:func:`torch.nn.functional.adaptive_avg_pool2d`); the table reports
+the attention grid, the Grad-CAM grid and the comparison grid. Upsampling the coarse map to
+pixels instead would make early sites disagree partly by construction (a bilinear 4x4 map is
+smooth where a 32x32 gate has detail); ``compare_at="input"`` still gives that pixel-level
+reading. The Grad-CAM target is the ground truth when labels exist, else the model's
+prediction (or ``target=``). Default sites: the last site of each spatial kind in the model.
 
-Agreement per image and site, on the upsampled maps:
+Agreement per image and site, on the maps at the comparison grid:
 
-* Spearman rank correlation: Pearson correlation of the pixel ranks (ties get their average
-  rank); 1 = same ordering, -1 = reversed; NaN if a map is constant.
-* IoU of the top-k regions: region = pixels at or above the map's k-quantile from the top
+* Spearman rank correlation: Pearson correlation of the ranks (ties get their average rank);
+  1 = same ordering, -1 = reversed; NaN if a map is constant.
+* IoU of the top-k regions: region = cells at or above the map's k-quantile from the top
   (the ``ceil(k * HW)``-th largest value; ties at the threshold are all included);
   |A & B| / |A | B|; NaN if a map is constant (e.g. an all-zero Grad-CAM after the ReLU,
   which also makes rho NaN). Two independent random maps give k / (2 - k) on average (0.111 at
   k = 0.2), reported as ``iou_chance``.
 
-Two forwards per batch: the attention is captured in a ``torch.no_grad`` forward (which also
-gives the predictions that pick the target), then captum runs its own forward with gradients
-enabled for Grad-CAM; capture is not active during captum's forward.
+One forward per batch and model: captum's ``LayerGradCam`` runs the model once with
+gradients, through a wrapper that picks each image's target logit from the logits of that
+same forward; capture records the attention of that forward (detached), so the maps compared
+are those of the pass that Grad-CAM explains. Figures show the maps upsampled to the input
+size (bilinear).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
-from torch import nn
+from torch import Tensor, nn
 
-from ..capture import Site, capture, find_sites
-from ..errors import NoAttentionSitesError
-from ..results import load_result_dir, save_result_dir, versions
-from ._eval_mode import eval_mode
-from .excitation import _progress, iter_image_batches
-
-SPATIAL_KINDS: tuple[str, ...] = ("cbam_spatial", "gc")
+from ..capture import Site
+from ..capture.kinds import kinds_with_role
+from ..results import Result, from_records, records
+from ._sites import choose_sites
+from .query_maps import display_image
+from .runner import Analysis, RunInfo, State, run
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -100,6 +112,33 @@ def top_k_iou(a: np.ndarray, b: np.ndarray, top_k: float = 0.2) -> float:
     return float(np.logical_and(ra, rb).sum() / union)
 
 
+def comparison_grid(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
+    """The grid two maps are compared at: the coarser of the two, per axis."""
+    return (min(int(a[0]), int(b[0])), min(int(a[1]), int(b[1])))
+
+
+def pool_to(maps: Tensor, grid: Sequence[int]) -> Tensor:
+    """(B, H, W) maps average-pooled to ``grid`` (adaptive windows; unchanged if equal)."""
+    grid = (int(grid[0]), int(grid[1]))
+    if tuple(maps.shape[-2:]) == grid:
+        return maps
+    return F.adaptive_avg_pool2d(maps[:, None].float(), grid)[:, 0]
+
+
+def pooled_agreement(
+    attention: np.ndarray | Tensor, gradcam: np.ndarray | Tensor, top_k: float = 0.2
+) -> tuple[float, float, tuple[int, int]]:
+    """Spearman rho and top-k IoU of two 2-D maps at the coarser grid of the two (the finer
+    map average-pooled to it); returns ``(rho, iou, grid)``."""
+    a = torch.as_tensor(np.asarray(attention, dtype=np.float32))
+    g = torch.as_tensor(np.asarray(gradcam, dtype=np.float32))
+    if a.dim() != 2 or g.dim() != 2:
+        raise ValueError(f"expected two 2-D maps, got {tuple(a.shape)} and {tuple(g.shape)}")
+    grid = comparison_grid(a.shape, g.shape)
+    pa, pg = pool_to(a[None], grid)[0].numpy(), pool_to(g[None], grid)[0].numpy()
+    return spearman_rank_correlation(pa, pg), top_k_iou(pa, pg, top_k), grid
+
+
 def iou_chance(top_k: float) -> float:
     """Expected IoU of the top-k regions of two independent random maps: k / (2 - k)."""
     return top_k / (2.0 - top_k)
@@ -112,30 +151,6 @@ def default_spatial_sites(sites: Sequence[Site]) -> list[Site]:
     for s in sites:
         last[s.kind] = s
     return [s for s in sites if last.get(s.kind) is s]
-
-
-def _spatial_sites(model: nn.Module, sites: Iterable[str | Site] | str | None) -> list[Site]:
-    all_sites = [s for s in find_sites(model) if s.kind in SPATIAL_KINDS]
-    if not all_sites:
-        kinds = sorted({s.kind for s in find_sites(model)})
-        raise NoAttentionSitesError(
-            f"{type(model).__name__} has no spatial attention site ({', '.join(SPATIAL_KINDS)});"
-            f" its sites are of kind {kinds or 'none'}"
-        )
-    if sites is None:
-        return default_spatial_sites(all_sites)
-    if isinstance(sites, str) and sites == "all":
-        return all_sites
-    wanted = [sites] if isinstance(sites, (str, Site)) else list(sites)
-    by_key = {s.name: s for s in all_sites} | {s.alias: s for s in all_sites}
-    keep = set()
-    for w in wanted:
-        key = w.name if isinstance(w, Site) else str(w)
-        if key not in by_key:
-            valid = ", ".join(f"{s.alias} ({s.name})" for s in all_sites)
-            raise ValueError(f"unknown spatial attention site {key!r}; valid sites: {valid}")
-        keep.add(by_key[key].name)
-    return [s for s in all_sites if s.name in keep]
 
 
 def default_gradcam_layer(model: nn.Module) -> str:
@@ -175,15 +190,20 @@ def _resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[str
 
 # ----------------------------------------------------------------------------- result
 @dataclass
-class AttributionComparison:
-    """Spatial attention vs Grad-CAM, per image and site.
+class AttentionVsAttributionResult(Result):
+    """Spatial attention vs Grad-CAM, per image and site (attnviz's own comparison).
 
-    ``sites``: [{alias, name, kind, stage, block, grid}]; ``spearman`` / ``iou`` (N, S);
+    ``sites``: [{alias, name, kind, stage, block, grid, compare_grid}] (``grid`` the
+    attention's, ``compare_grid`` where it met Grad-CAM, whose grid is
+    ``meta["gradcam_grid"]``); ``compare_at`` "coarser" or "input"; ``spearman`` / ``iou`` (N, S);
     ``labels`` (N,) with -1 for unknown, ``predictions`` and ``targets`` (N,), ``ids`` (N,).
     Maps of the first ``len(images)`` images are kept for figures, at the input size:
     ``gradcam`` (M, H, W), ``attention`` (S, M, H, W), ``images`` (M, H, W, 3) uint8 (the view
     the model saw; min-max scaled when the source gave tensors).
     """
+
+    kind: ClassVar[str] = "attention_vs_attribution"
+    format_version: ClassVar[int] = 3
 
     sites: list[dict[str, Any]]
     layer: str
@@ -201,10 +221,14 @@ class AttributionComparison:
     class_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    compare_at: str = "coarser"
 
     @property
     def aliases(self) -> list[str]:
         return [s["alias"] for s in self.sites]
+
+    def _grid_text(self, grid: Any) -> str:
+        return "x".join(str(int(v)) for v in grid) if grid else "?"
 
     def site_index(self, key: str) -> int:
         for i, s in enumerate(self.sites):
@@ -231,8 +255,8 @@ class AttributionComparison:
                 )
         return pd.DataFrame(rows)
 
-    def summary(self) -> pd.DataFrame:
-        """Per site: images, mean / std of Spearman and IoU (NaNs left out), chance IoU."""
+    def site_summary(self) -> pd.DataFrame:
+        """Per site: grids, images, mean / std of Spearman and IoU (NaNs left out), chance IoU."""
         rows = []
         for j, s in enumerate(self.sites):
             rho, iou = self.spearman[:, j], self.iou[:, j]
@@ -241,6 +265,9 @@ class AttributionComparison:
                     "site": s["alias"],
                     "kind": s["kind"],
                     "layer": self.layer,
+                    "attention_grid": self._grid_text(s.get("grid")),
+                    "gradcam_grid": self._grid_text(self.meta.get("gradcam_grid")),
+                    "compare_grid": self._grid_text(s.get("compare_grid")),
                     "n": int(np.isfinite(rho).sum()),
                     "spearman_mean": float(np.nanmean(rho)) if np.isfinite(rho).any() else np.nan,
                     "spearman_std": float(np.nanstd(rho)) if np.isfinite(rho).any() else np.nan,
@@ -252,9 +279,39 @@ class AttributionComparison:
             )
         return pd.DataFrame(rows)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``attribution.npz``, ``agreement.csv``, ``summary.csv``, ``manifest.json``."""
-        directory = Path(directory)
+    def summary(self) -> str:
+        """Per site: images, mean and std of Spearman's rho and of the top-k IoU (text)."""
+        table = self.site_summary()[
+            [
+                "site",
+                "attention_grid",
+                "gradcam_grid",
+                "compare_grid",
+                "n",
+                "spearman_mean",
+                "spearman_std",
+                "iou_mean",
+                "iou_std",
+            ]
+        ]
+        head = (
+            f"{len(self.ids)} images, Grad-CAM at {self.layer} for the {self.target_source} "
+            f"class; top-{self.top_k:.0%} IoU (chance {iou_chance(self.top_k):.3f})"
+        )
+        where = (
+            "compared at the coarser grid of the two (the finer map average-pooled to it)"
+            if self.compare_at == "coarser"
+            else "compared at the input size (both maps upsampled, bilinear)"
+        )
+        note = (
+            "attnviz's own comparison of the spatial attention with Grad-CAM (not the CBAM "
+            "paper's, which compared Grad-CAM across models: gradcam_comparison); " + where
+        )
+        return "\n".join(
+            [head, note, table.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+        )
+
+    def _payload(self):
         arrays = {
             "labels": self.labels,
             "predictions": self.predictions,
@@ -265,71 +322,232 @@ class AttributionComparison:
             "attention": self.attention,
             "images": self.images,
         }
-        manifest = {
-            "analysis": "attention_vs_attribution",
+        fields = {
             "paper": "Woo et al., CBAM, ECCV 2018, Sec. 4.3; Grad-CAM via captum LayerGradCam",
             "sites": self.sites,
             "layer": self.layer,
             "top_k": self.top_k,
+            "compare_at": self.compare_at,
             "ids": self.ids,
             "target_source": self.target_source,
             "class_names": self.class_names,
-            "skipped": [list(x) for x in self.skipped],
+            "skipped": records(self.skipped),
             "meta": self.meta,
-            "versions": versions(),
         }
-        frames = {"agreement.csv": self.to_frame(), "summary.csv": self.summary()}
-        return save_result_dir(
-            directory,
-            arrays=arrays,
-            frames=frames,
-            manifest=manifest,
-            npz_name="attribution.npz",
-            keep_other_files=True,
-        )
+        frames = {"agreement.csv": self.to_frame(), "summary.csv": self.site_summary()}
+        return arrays, frames, fields
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> AttributionComparison:
-        manifest, data = load_result_dir(directory, "attribution.npz")
+    def _restore(cls, manifest: dict[str, Any], data: dict[str, np.ndarray]):
         return cls(
             sites=manifest["sites"],
             layer=manifest["layer"],
             top_k=float(manifest["top_k"]),
+            compare_at=manifest.get("compare_at", "input"),
             ids=list(manifest["ids"]),
             target_source=manifest["target_source"],
             class_names=list(manifest.get("class_names", [])),
-            skipped=[tuple(x) for x in manifest["skipped"]],
-            meta=manifest.get("meta", {}),
+            skipped=from_records(manifest.get("skipped")),
+            meta=dict(manifest.get("meta", {})),
             **data,
         )
 
 
 # ----------------------------------------------------------------------------- the analysis
-def _targets_for(
-    target: Any, labels: np.ndarray, predictions: np.ndarray, offset: int
-) -> tuple[np.ndarray, str]:
-    if target is None:
-        t = np.where(labels >= 0, labels, predictions)
-        source = (
-            "label" if (labels >= 0).all() else ("prediction" if (labels < 0).all() else "mixed")
+class AttentionVsAttribution(Analysis):
+    """Spatial attention and captum Grad-CAM from one forward per batch.
+
+    The forward is captum's own: ``LayerGradCam`` runs a wrapper of the model that picks,
+    per image, the target logit (label, prediction or the given class) from the logits of that
+    same forward, so capture records the attention of the forward that Grad-CAM explains.
+    """
+
+    name = "attention_vs_attribution"
+    needs_grad = True
+    keep_images = True
+
+    def __init__(
+        self,
+        *,
+        target: int | str | Sequence[int] | None = None,
+        layer: str | nn.Module | None = None,
+        sites: Iterable[str | Site] | str | None = None,
+        top_k: float = 0.2,
+        interpolate_mode: str = "bilinear",
+        keep_maps: int = 16,
+        compare_at: str = "coarser",
+    ):
+        top_k_region(np.zeros(4), top_k)  # validates top_k early
+        if compare_at not in ("coarser", "input"):
+            raise ValueError(f"compare_at must be 'coarser' or 'input', not {compare_at!r}")
+        self.compare_at = compare_at
+        if isinstance(target, str) and target not in ("label", "prediction"):
+            raise ValueError(
+                f"target must be None, 'label', 'prediction', a class index or one index per "
+                f"image, not {target!r}"
+            )
+        self.target, self.layer, self.selection = target, layer, sites
+        self.top_k, self.interpolate_mode, self.keep_maps = (
+            float(top_k),
+            interpolate_mode,
+            keep_maps,
         )
-        return t, source
-    if isinstance(target, str):
-        if target == "prediction":
-            return predictions.copy(), "prediction"
-        if target == "label":
+        self._sites: list[Site] = []
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        self._sites = choose_sites(
+            model,
+            kinds_with_role("spatial"),
+            self.selection,
+            what="spatial attention site",
+            default=default_spatial_sites,
+        )
+        self._layer_name, layer = _resolve_layer(model, self.layer)
+        self._model = model
+        self._gradcam = LayerGradCam(self._select_target, layer)
+        return self._sites
+
+    def params(self) -> dict[str, Any]:
+        target = self.target if isinstance(self.target, (int, str, type(None))) else "given"
+        return {
+            "target": target,
+            "layer": self._layer_name,
+            "top_k": self.top_k,
+            "interpolate_mode": self.interpolate_mode,
+            "keep_maps": self.keep_maps,
+            "compare_at": self.compare_at,
+        }
+
+    def _select_target(self, x: Tensor) -> Tensor:
+        logits = self._model(x)
+        self._logits = logits.detach()
+        return logits.gather(1, self._targets(logits)[:, None])
+
+    def _targets(self, logits: Tensor) -> Tensor:
+        pred = logits.argmax(dim=1)
+        labels = self._batch_labels.to(logits.device)
+        if self.target is None:
+            return torch.where(labels >= 0, labels, pred)
+        if self.target == "prediction":
+            return pred
+        if self.target == "label":
             if (labels < 0).any():
                 raise ValueError("target='label' but some images have no label")
-            return labels.copy(), "label"
-        raise ValueError(
-            f"target must be None, 'label', 'prediction', an int or a sequence, not {target!r}"
+            return labels
+        if isinstance(self.target, (int, np.integer)):
+            return torch.full_like(pred, int(self.target))
+        seq = np.asarray(self.target, dtype=np.int64).ravel()
+        if seq.size <= int(self._batch_index.max()):
+            raise ValueError(f"target has {seq.size} entries, fewer than the images")
+        return torch.as_tensor(seq[self._batch_index], device=logits.device)
+
+    def forward(self, model: nn.Module, x: Tensor, batch) -> Tensor:
+        self._batch_labels = torch.tensor([-1 if v is None else v for v in batch.labels])
+        self._batch_index = np.asarray([r.index for r in batch.records])
+        cam = self._gradcam.attribute(
+            x.detach().requires_grad_(True), target=0, relu_attributions=True
         )
-    if isinstance(target, (int, np.integer)):
-        return np.full_like(labels, int(target)), "fixed"
-    seq = np.asarray(target, dtype=np.int64).ravel()
-    if seq.size < offset + len(labels):
-        raise ValueError(f"target has {seq.size} entries, fewer than the images")
-    return seq[offset : offset + len(labels)], "given"
+        return cam.detach()
+
+    def step(self, state: State, batch, cache, cam: Tensor) -> None:
+        logits = self._logits
+        preds = logits.argmax(dim=1).cpu().numpy()
+        targets = self._targets(logits).cpu().numpy()
+        size = (int(batch.x.shape[-2]), int(batch.x.shape[-1]))
+        cam_up = LayerAttribution.interpolate(cam, size, self.interpolate_mode)[:, 0]
+        cam_np = cam_up.float().cpu().numpy()
+        cam_raw = cam[:, 0].detach().float().cpu()
+        cam_grid = (int(cam.shape[-2]), int(cam.shape[-1]))
+        att_up, pairs = [], []  # pairs: (attention, Grad-CAM) at the comparison grid, per site
+        for s in self._sites:
+            a = cache[s.name]
+            if a.shape[0] != len(batch):
+                raise RuntimeError(f"site {s.alias} fired more than once per image")
+            grid = (int(a.shape[-2]), int(a.shape[-1]))
+            up = F.interpolate(a[:, None].float(), size, mode=self.interpolate_mode)[:, 0]
+            att_up.append(up.numpy())
+            if self.compare_at == "input":
+                common = size
+                pairs.append((att_up[-1], cam_np))
+            else:
+                common = comparison_grid(grid, cam_grid)
+                pairs.append((pool_to(a.float(), common).numpy(), pool_to(cam_raw, common).numpy()))
+            state.info.setdefault("grid::" + s.name, list(grid))
+            state.info.setdefault("compare::" + s.name, [int(common[0]), int(common[1])])
+        state.info.setdefault("cam_grid", list(cam_grid))
+        for j, r in enumerate(batch.records):
+            label = -1 if r.label is None else r.label
+            state.put("id", r.index, np.asarray(r.id))
+            state.put("ytp", r.index, np.asarray([label, preds[j], targets[j]]))
+            state.put(
+                "spearman", r.index, [spearman_rank_correlation(a[j], c[j]) for a, c in pairs]
+            )
+            state.put("iou", r.index, [top_k_iou(a[j], c[j], self.top_k) for a, c in pairs])
+            if r.index < self.keep_maps or len(state.rows.get("cam", {})) < self.keep_maps:
+                state.put("cam", r.index, cam_np[j].astype(np.float32))
+                state.put("att", r.index, np.stack([a[j] for a in att_up]).astype(np.float32))
+                disp = display_image(batch.images[j], batch.x[j], self.transform)
+                state.put("display", r.index, disp)
+
+    def finalise(self, state: State, run: RunInfo) -> AttentionVsAttributionResult:
+        _, ids = state.stacked("id")
+        _, ytp = state.stacked("ytp")
+        _, rho = state.stacked("spearman")
+        _, iou = state.stacked("iou")
+        idx, cams = state.stacked("cam")
+        keep = np.argsort(idx)[: self.keep_maps]
+        cams = cams[keep] if len(idx) else np.zeros((0, 0, 0), np.float32)
+        att = state.stacked("att")[1][keep] if len(idx) else np.zeros((0, 0, 0, 0), np.float32)
+        disp = state.stacked("display")[1][keep] if len(idx) else np.zeros((0, 0, 0, 3), np.uint8)
+        labels = ytp[:, 0].astype(np.int64)
+        if self.target is None:
+            source = (
+                "label"
+                if (labels >= 0).all()
+                else ("prediction" if (labels < 0).all() else "mixed")
+            )
+        elif isinstance(self.target, str):
+            source = self.target
+        elif isinstance(self.target, (int, np.integer)):
+            source = "fixed"
+        else:
+            source = "given"
+        n_sites = len(self._sites)
+        return AttentionVsAttributionResult(
+            sites=[
+                {
+                    "alias": s.alias,
+                    "name": s.name,
+                    "kind": s.kind,
+                    "stage": s.stage,
+                    "block": s.block,
+                    "grid": state.info.get("grid::" + s.name, [0, 0]),
+                    "compare_grid": state.info.get("compare::" + s.name, [0, 0]),
+                }
+                for s in self._sites
+            ],
+            layer=self._layer_name,
+            top_k=self.top_k,
+            ids=[str(v) for v in ids],
+            labels=labels,
+            predictions=ytp[:, 1].astype(np.int64),
+            targets=ytp[:, 2].astype(np.int64),
+            target_source=source,
+            spearman=np.asarray(rho, dtype=np.float64).reshape(len(ids), n_sites),
+            iou=np.asarray(iou, dtype=np.float64).reshape(len(ids), n_sites),
+            gradcam=np.asarray(cams, dtype=np.float32),
+            attention=np.transpose(att, (1, 0, 2, 3))
+            if att.ndim == 4 and len(att)
+            else np.zeros((n_sites, 0, *cams.shape[1:]), np.float32),
+            images=np.asarray(disp, dtype=np.uint8),
+            class_names=list(run.class_names),
+            skipped=run.skipped,
+            meta={
+                "interpolate_mode": self.interpolate_mode,
+                "gradcam_grid": state.info.get("cam_grid"),
+            },
+            compare_at=self.compare_at,
+        )
 
 
 def attention_vs_attribution(
@@ -338,119 +556,365 @@ def attention_vs_attribution(
     *,
     target: int | str | Sequence[int] | None = None,
     layer: str | nn.Module | None = None,
-    labels: Sequence[int] | None = None,
     sites: Iterable[str | Site] | str | None = None,
     top_k: float = 0.2,
     interpolate_mode: str = "bilinear",
-    batch_size: int = 8,
-    preprocess: Any = None,
-    limit: int | None = None,
     keep_maps: int = 16,
-    progress: bool = True,
-) -> AttributionComparison:
-    """CBAM spatial / GC context maps beside captum Grad-CAM, with per-image agreement.
+    compare_at: str = "coarser",
+    **run_options: Any,
+) -> AttentionVsAttributionResult:
+    """CBAM spatial / GC context maps beside captum Grad-CAM, with per-image agreement
+    (attnviz's own comparison; the CBAM paper's is :func:`gradcam_comparison`).
 
-    ``images`` as in :func:`attnviz.analysis.excitation.iter_image_batches` (folder, paths,
-    tensor, Dataset, DataLoader). ``target``: None (label if known, else prediction),
-    ``"label"``, ``"prediction"``, a class index, or one index per image. ``layer``: module
-    or name for Grad-CAM (default :func:`default_gradcam_layer`). ``sites``: names / aliases,
-    ``"all"``, or None for the last site of each spatial kind. ``keep_maps``: how many images'
-    maps to keep for figures (agreement is computed for all). The model runs in eval mode; its
-    training flag is restored.
+    ``compare_at``: ``"coarser"`` (default) compares each site's map and Grad-CAM at the
+    coarser grid of the two, the finer average-pooled to it; ``"input"`` at the input size,
+    both upsampled (``interpolate_mode``).
+
+    ``target``: None (label if known, else prediction), ``"label"``, ``"prediction"``, a
+    class index, or one index per image. ``layer``: module or name for Grad-CAM (default
+    :func:`default_gradcam_layer`). ``sites``: names / aliases, ``"all"``, or None for the
+    last site of each spatial kind. ``keep_maps``: how many images' maps to keep for figures
+    (agreement is computed for all). ``run_options``: those of
+    :func:`attnviz.analysis.runner.run`. One forward per batch (see
+    :class:`AttentionVsAttribution`); the model runs in eval mode, its flags restored.
     """
-    top_k_region(np.zeros(4), top_k)  # validates top_k early
-    chosen = _spatial_sites(model, sites)
-    layer_name, layer_module = _resolve_layer(model, layer)
-    stream = iter_image_batches(
-        images,
-        model,
-        labels=labels,
-        batch_size=batch_size,
-        preprocess=preprocess,
-        limit=limit,
-        keep_display=True,
+    analysis = AttentionVsAttribution(
+        target=target,
+        layer=layer,
+        sites=sites,
+        top_k=top_k,
+        interpolate_mode=interpolate_mode,
+        keep_maps=keep_maps,
+        compare_at=compare_at,
     )
-    gradcam = LayerGradCam(model, layer_module)
-    ids: list[str] = []
-    all_labels, all_preds, all_targets = [], [], []
-    rhos, ious = [], []
-    kept_cam: list[np.ndarray] = []
-    kept_att: list[np.ndarray] = []
-    kept_img: list[np.ndarray] = []
-    grids: dict[str, tuple[int, int]] = {}
-    sources: set[str] = set()
-    device = next(model.parameters()).device
-    with eval_mode(model):
-        total = None if stream.total is None else -(-stream.total // batch_size)
-        for batch in _progress(stream.batches, total, progress, "attention vs Grad-CAM"):
-            x = batch.x.to(device)
-            size = (int(x.shape[-2]), int(x.shape[-1]))
-            with torch.no_grad(), capture(model, sites=[s.name for s in chosen]) as cache:
-                logits = model(x)
-            preds = logits.argmax(dim=1).cpu().numpy()
-            y = np.asarray(batch.labels, dtype=np.int64)
-            tgt, source = _targets_for(target, y, preds, len(ids))
-            sources.add(source)
-            with torch.enable_grad():
-                cam = gradcam.attribute(
-                    x.detach().clone().requires_grad_(True),
-                    target=torch.as_tensor(tgt, dtype=torch.long, device=device),
-                    relu_attributions=True,
+    result = run(analysis, model, images, **run_options)
+    assert isinstance(result, AttentionVsAttributionResult)
+    return result
+
+
+# ----------------------------------------------------------------------------- the paper's
+@dataclass
+class GradCamComparisonResult(Result):
+    """Grad-CAM of several models on the same images (CBAM paper, Sec. 4.3, Fig. 4).
+
+    ``models`` the model names, ``layers`` their Grad-CAM layers, ``gradcam_grids`` the grid of
+    each model's Grad-CAM; per image: ``ids``, ``labels`` (-1 unknown), ``targets`` (the class
+    every model explains), ``predictions`` (N, M) and ``probability`` (N, M), the softmax
+    probability of the target class. ``gradcam`` (M, K, H, W): the maps of the first K images
+    at the input size, for figures; ``images`` (K, H, W, 3) uint8, the view the models saw.
+    """
+
+    kind: ClassVar[str] = "gradcam_comparison"
+    format_version: ClassVar[int] = 1
+
+    models: list[str]
+    layers: list[str]
+    gradcam_grids: list[list[int]]
+    ids: list[str]
+    labels: np.ndarray
+    targets: np.ndarray
+    target_source: str
+    predictions: np.ndarray
+    probability: np.ndarray
+    gradcam: np.ndarray
+    images: np.ndarray
+    class_names: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def model_index(self, key: str) -> int:
+        if key not in self.models:
+            raise KeyError(f"no model {key!r}; models: {self.models}")
+        return self.models.index(key)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per image and model: image, model, label, target, prediction, probability."""
+        rows = []
+        for i, ident in enumerate(self.ids):
+            for m, name in enumerate(self.models):
+                rows.append(
+                    {
+                        "image": ident,
+                        "model": name,
+                        "label": int(self.labels[i]),
+                        "target": int(self.targets[i]),
+                        "prediction": int(self.predictions[i, m]),
+                        "probability": float(self.probability[i, m]),
+                    }
                 )
-            cam_up = LayerAttribution.interpolate(cam.detach(), size, interpolate_mode)[:, 0]
-            cam_np = cam_up.float().cpu().numpy()
-            att_up = []
-            for s in chosen:
-                a = cache[s.name]
-                if a.shape[0] != x.shape[0]:
-                    raise RuntimeError(f"site {s.alias} fired more than once per image")
-                grids[s.name] = (int(a.shape[-2]), int(a.shape[-1]))
-                up = F.interpolate(a[:, None].float(), size, mode=interpolate_mode)[:, 0]
-                att_up.append(up.numpy())
-            for i in range(x.shape[0]):
-                rhos.append([spearman_rank_correlation(a[i], cam_np[i]) for a in att_up])
-                ious.append([top_k_iou(a[i], cam_np[i], top_k) for a in att_up])
-                if len(kept_cam) < keep_maps:
-                    kept_cam.append(cam_np[i])
-                    kept_att.append(np.stack([a[i] for a in att_up]))
-                    kept_img.append(batch.display[i])
-            ids.extend(batch.ids)
-            all_labels.append(y)
-            all_preds.append(preds)
-            all_targets.append(tgt)
-    if not ids:
-        reasons = "; ".join(f"{p}: {r}" for p, r in stream.skipped[:5])
-        raise ValueError(f"no usable images ({len(stream.skipped)} skipped: {reasons})")
-    h, w = kept_cam[0].shape if kept_cam else (0, 0)
-    return AttributionComparison(
-        sites=[
-            {
-                "alias": s.alias,
-                "name": s.name,
-                "kind": s.kind,
-                "stage": s.stage,
-                "block": s.block,
-                "grid": list(grids.get(s.name, (0, 0))),
-            }
-            for s in chosen
-        ],
-        layer=layer_name,
-        top_k=float(top_k),
-        ids=ids,
-        labels=np.concatenate(all_labels),
-        predictions=np.concatenate(all_preds),
-        targets=np.concatenate(all_targets).astype(np.int64),
-        target_source=sources.pop() if len(sources) == 1 else "mixed",
-        spearman=np.asarray(rhos, dtype=np.float64).reshape(len(ids), len(chosen)),
-        iou=np.asarray(ious, dtype=np.float64).reshape(len(ids), len(chosen)),
-        gradcam=np.asarray(kept_cam, dtype=np.float32).reshape(-1, h, w),
-        attention=(
-            np.stack(kept_att, axis=1).astype(np.float32)
-            if kept_att
-            else np.zeros((len(chosen), 0, h, w), np.float32)
-        ),
-        images=np.asarray(kept_img, dtype=np.uint8).reshape(-1, h, w, 3),
-        class_names=list(stream.class_names),
-        skipped=list(stream.skipped),
-        meta={"model": type(model).__name__, "interpolate_mode": interpolate_mode},
+        return pd.DataFrame(rows)
+
+    def model_summary(self) -> pd.DataFrame:
+        """Per model: layer, Grad-CAM grid, images, mean / std / median of the target-class
+        probability, accuracy (NaN without labels) and how often the model's probability is
+        the highest of the models."""
+        known = self.labels >= 0
+        best = np.argmax(self.probability, axis=1) if len(self.ids) else np.zeros(0, int)
+        rows = []
+        for m, name in enumerate(self.models):
+            p = self.probability[:, m]
+            correct = self.predictions[known, m] == self.labels[known]
+            rows.append(
+                {
+                    "model": name,
+                    "layer": self.layers[m],
+                    "gradcam_grid": "x".join(str(v) for v in self.gradcam_grids[m]),
+                    "n": len(p),
+                    "probability_mean": float(p.mean()) if p.size else np.nan,
+                    "probability_std": float(p.std()) if p.size else np.nan,
+                    "probability_median": float(np.median(p)) if p.size else np.nan,
+                    "accuracy": float(correct.mean()) if correct.size else np.nan,
+                    "highest_share": float((best == m).mean()) if p.size else np.nan,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        head = (
+            f"{len(self.ids)} images, {len(self.models)} models, Grad-CAM for the "
+            f"{self.target_source} class (CBAM paper Sec. 4.3: P = softmax probability of "
+            "that class)"
+        )
+        table = self.model_summary().drop(columns=["n"])
+        return head + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+    def _payload(self):
+        arrays = {
+            "labels": self.labels,
+            "targets": self.targets,
+            "predictions": self.predictions,
+            "probability": self.probability,
+            "gradcam": self.gradcam,
+            "images": self.images,
+        }
+        fields = {
+            "paper": "Woo et al., CBAM, ECCV 2018, Sec. 4.3 / Fig. 4 (Grad-CAM across models)",
+            "models": self.models,
+            "layers": self.layers,
+            "gradcam_grids": self.gradcam_grids,
+            "ids": self.ids,
+            "target_source": self.target_source,
+            "class_names": self.class_names,
+            "skipped": records(self.skipped),
+            "meta": self.meta,
+        }
+        frames = {"probability.csv": self.to_frame(), "models.csv": self.model_summary()}
+        return arrays, frames, fields
+
+    @classmethod
+    def _restore(cls, manifest: dict[str, Any], data: dict[str, np.ndarray]):
+        return cls(
+            models=list(manifest["models"]),
+            layers=list(manifest["layers"]),
+            gradcam_grids=[list(g) for g in manifest["gradcam_grids"]],
+            ids=list(manifest["ids"]),
+            target_source=manifest["target_source"],
+            class_names=list(manifest.get("class_names", [])),
+            skipped=from_records(manifest.get("skipped")),
+            meta=dict(manifest.get("meta", {})),
+            **data,
+        )
+
+
+class _Models(nn.Module):
+    """The compared models as one module for the runner (eval mode and device for all)."""
+
+    def __init__(self, models: dict[str, nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleDict({f"m{i}": m for i, m in enumerate(models.values())})
+
+
+class GradCamComparison(Analysis):
+    """Grad-CAM and the target-class probability of every model, per batch (one forward with
+    gradients per model and batch, through captum's LayerGradCam)."""
+
+    name = "gradcam_comparison"
+    needs_grad = True
+    keep_images = True
+
+    def __init__(
+        self,
+        models: dict[str, nn.Module],
+        *,
+        target: int | str | Sequence[int] | None = None,
+        layer: str | dict[str, str] | None = None,
+        keep_maps: int = 8,
+        interpolate_mode: str = "bilinear",
+    ):
+        if not models:
+            raise ValueError("give at least one model")
+        if isinstance(target, str) and target not in ("label", "prediction"):
+            raise ValueError(
+                f"target must be None, 'label', 'prediction', a class index or one index per "
+                f"image, not {target!r}"
+            )
+        self.models, self.target, self.layer = dict(models), target, layer
+        self.keep_maps, self.interpolate_mode = keep_maps, interpolate_mode
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        self._layers, self._cams = [], []
+        for i, (name, m) in enumerate(self.models.items()):
+            wanted = self.layer.get(name) if isinstance(self.layer, dict) else self.layer
+            layer_name, layer = _resolve_layer(m, wanted)
+            self._layers.append(layer_name)
+            self._cams.append(LayerGradCam(self._picker(i), layer))
+        return []
+
+    def params(self) -> dict[str, Any]:
+        target = self.target if isinstance(self.target, (int, str, type(None))) else "given"
+        return {
+            "models": list(self.models),
+            "layers": getattr(self, "_layers", None),
+            "target": target,
+            "keep_maps": self.keep_maps,
+            "interpolate_mode": self.interpolate_mode,
+        }
+
+    def _picker(self, i: int):
+        model = list(self.models.values())[i]
+
+        def pick(x: Tensor) -> Tensor:
+            logits = model(x)
+            self._logits[i] = logits.detach()
+            if self._batch_targets is None:  # the first model fixes the batch's targets
+                self._batch_targets = self._targets(logits.detach())
+            return logits.gather(1, self._batch_targets.to(logits.device)[:, None])
+
+        return pick
+
+    _targets = AttentionVsAttribution._targets
+
+    def forward(self, model: nn.Module, x: Tensor, batch) -> list[Tensor]:
+        self._batch_labels = torch.tensor([-1 if v is None else v for v in batch.labels])
+        self._batch_index = np.asarray([r.index for r in batch.records])
+        self._batch_targets = None
+        self._logits: dict[int, Tensor] = {}
+        cams = []
+        for cam in self._cams:
+            out = cam.attribute(x.detach().requires_grad_(True), target=0, relu_attributions=True)
+            cams.append(out.detach())
+        return cams
+
+    def step(self, state: State, batch, cache, cams: list[Tensor]) -> None:
+        targets = self._batch_targets.cpu()
+        size = (int(batch.x.shape[-2]), int(batch.x.shape[-1]))
+        probs, preds, ups = [], [], []
+        for i, cam in enumerate(cams):
+            logits = self._logits[i].float().cpu()
+            p = torch.softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
+            probs.append(p.numpy())
+            preds.append(logits.argmax(dim=1).numpy())
+            state.info.setdefault(f"grid::{i}", [int(cam.shape[-2]), int(cam.shape[-1])])
+            up = LayerAttribution.interpolate(cam, size, self.interpolate_mode)[:, 0]
+            ups.append(up.float().cpu().numpy())
+        kept = state.rows.get("cam", {})
+        for j, r in enumerate(batch.records):
+            label = -1 if r.label is None else r.label
+            state.put("id", r.index, np.asarray(r.id))
+            state.put("yt", r.index, np.asarray([label, int(targets[j])]))
+            state.put("prob", r.index, np.asarray([p[j] for p in probs], np.float64))
+            state.put("pred", r.index, np.asarray([p[j] for p in preds], np.int64))
+            if r.index < self.keep_maps or len(kept) < self.keep_maps:
+                state.put("cam", r.index, np.stack([u[j] for u in ups]).astype(np.float32))
+                state.put(
+                    "display", r.index, display_image(batch.images[j], batch.x[j], self.transform)
+                )
+                kept = state.rows["cam"]
+
+    def finalise(self, state: State, run: RunInfo) -> GradCamComparisonResult:
+        _, ids = state.stacked("id")
+        _, yt = state.stacked("yt")
+        _, prob = state.stacked("prob")
+        _, pred = state.stacked("pred")
+        n_models = len(self.models)
+        idx, cams = state.stacked("cam")
+        order = np.argsort(idx)[: self.keep_maps]
+        if len(idx):
+            cams = np.transpose(cams[order], (1, 0, 2, 3))
+            disp = state.stacked("display")[1][order]
+        else:
+            cams = np.zeros((n_models, 0, 0, 0), np.float32)
+            disp = np.zeros((0, 0, 0, 3), np.uint8)
+        labels = yt[:, 0].astype(np.int64)
+        if self.target is None:
+            source = (
+                "label"
+                if (labels >= 0).all()
+                else ("first model's predicted" if (labels < 0).all() else "label or predicted")
+            )
+        elif isinstance(self.target, str):
+            source = self.target if self.target == "label" else "first model's predicted"
+        elif isinstance(self.target, (int, np.integer)):
+            source = "fixed"
+        else:
+            source = "given"
+        return GradCamComparisonResult(
+            models=list(self.models),
+            layers=list(self._layers),
+            gradcam_grids=[state.info.get(f"grid::{i}", [0, 0]) for i in range(n_models)],
+            ids=[str(v) for v in ids],
+            labels=labels,
+            targets=yt[:, 1].astype(np.int64),
+            target_source=source,
+            predictions=np.asarray(pred, np.int64).reshape(len(ids), n_models),
+            probability=np.asarray(prob, np.float64).reshape(len(ids), n_models),
+            gradcam=np.asarray(cams, np.float32),
+            images=np.asarray(disp, np.uint8),
+            class_names=list(run.class_names),
+            skipped=run.skipped,
+            meta={"interpolate_mode": self.interpolate_mode},
+        )
+
+
+def _named_models(models: Any) -> dict[str, nn.Module]:
+    if isinstance(models, nn.Module):
+        models = [models]
+    if isinstance(models, dict):
+        out = dict(models)
+    else:
+        out = {}
+        for item in models:
+            name, m = item if isinstance(item, tuple) else (type(item).__name__, item)
+            base, k = name, 2
+            while name in out:
+                name, k = f"{base}_{k}", k + 1
+            out[name] = m
+    for name, m in out.items():
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"model {name!r} is not an nn.Module")
+    return out
+
+
+def gradcam_comparison(
+    models: dict[str, nn.Module] | Sequence[nn.Module | tuple[str, nn.Module]],
+    images: Any,
+    *,
+    target: int | str | Sequence[int] | None = None,
+    layer: str | dict[str, str] | None = None,
+    keep_maps: int = 8,
+    interpolate_mode: str = "bilinear",
+    preprocess: Any = None,
+    **run_options: Any,
+) -> GradCamComparisonResult:
+    """The CBAM paper's comparison: Grad-CAM of several models on the same images, with each
+    model's softmax probability of the target class per image (see the module docstring).
+
+    ``models``: {name: model}, or a list of models / (name, model) pairs, e.g. a baseline
+    without attention, +SE and +CBAM. All models see the same inputs, prepared with
+    ``preprocess`` (default: the first model's evaluation transform). ``target``: None
+    (the label if known, else the first model's prediction), ``"label"``, ``"prediction"``
+    (the first model's), a class index, or one index per image. ``layer``: a layer name for
+    every model or {name: layer} (default: each model's :func:`default_gradcam_layer`).
+    ``keep_maps``: images whose maps are kept for figures. ``run_options``: those of
+    :func:`attnviz.analysis.runner.run`; one pass over the images, every batch through every
+    model (one forward with gradients each), eval mode restored afterwards.
+    """
+    named = _named_models(models)
+    if preprocess is None:
+        preprocess = next(iter(named.values()))  # the first model's own transform
+    analysis = GradCamComparison(
+        named, target=target, layer=layer, keep_maps=keep_maps, interpolate_mode=interpolate_mode
     )
+    result = run(analysis, _Models(named), images, preprocess=preprocess, **run_options)
+    assert isinstance(result, GradCamComparisonResult)
+    return result

@@ -1,6 +1,7 @@
 """SENet's "role of excitation" (Hu et al., TPAMI 2019, Sec. 7.2, Fig. 6 and 7).
 
-For every selected channel-attention site (``se``, ``eca``, ``cbam_channel``) the excitation
+For every selected channel-gate site (every kind of role ``channel``: ``se``, ``eca``,
+``cbam_channel``, ...) the excitation
 s = sigmoid(W2 delta(W1 z)) (Eq. 3) of every image is accumulated per class: mean and std per
 channel (Fig. 7), and the mean over all images (the "all" curve of Fig. 6). Accumulation is
 streaming: float64 sums and sums of squares per class, so memory does not grow with the number
@@ -20,203 +21,59 @@ recorded classes with at least one image), and sigma_c the std of channel c over
 ``specificity`` is 0 when every class has the same mean excitation and grows towards 1 when the
 spread of the excitation is all between classes (in the paper's late stages); it is
 scale-free, so a saturated site (SE_5_2, all values near 1) is not called specific just for
-being large or small. It needs at least two classes (else NaN). With few images per class the
-class means of a class-blind excitation still differ by about sigma_c / sqrt(n_k), so the
-table also gives ``specificity_chance`` = sqrt((K - 1) / K * mean_k(1 / n_k)), the approximate
-value a class-blind site would reach with these class sizes.
+being large or small. It needs at least two classes (else NaN).
+
+Controls (DESIGN.md section 7: a reading needs the obvious explanations ruled out):
+
+* **Squeeze input.** The same specificity of the squeeze z = GAP(x) of the site's input x
+  (the gate module's input, recorded with ``capture(..., io=True)`` and averaged over its
+  spatial axes at once; for CBAM's channel gate the average-pooled descriptor, not the max).
+  ``squeeze_specificity`` is how class-specific the features entering the gate already are;
+  ``gate_gain = specificity - squeeze_specificity`` is what the gate adds (negative: the
+  excitation is *less* class-specific than its input).
+* **Label-permutation null.** With few images per class, class means of a class-blind signal
+  still differ by about sigma / sqrt(n_k). Instead of an analytic level, the labels of all
+  images are permuted ``permutations`` times (class sizes kept; draw r uses the r-th
+  ``rng.permutation(N)`` of ``numpy.random.default_rng(seed)``, images in source order) and
+  the specificity recomputed with the same denominator: ``null_mean``, ``null_p95`` (95th
+  percentile) and ``p_value`` = (1 + #{null >= observed}) / (1 + permutations), per site,
+  for the excitation and (same draws) for the squeeze input (``squeeze_null_*``).
+  A permutation needs every image's vector, so with ``permutations > 0`` the per-image
+  excitation and squeeze vectors are kept as float32 rows: N x sum_sites(C) x 2 x 4 bytes
+  (SE-ResNet-50, the paper's six sites, 200 images: 13 MB; 50,000 images: 3.3 GB, so use
+  ``permutations=0`` or fewer images there). Without permutations only the streamed sums are
+  kept and memory does not grow with N.
+* **Where the classes come from.** ``label_source`` is ``"given"`` (labels), ``"prediction"``
+  (the model's own argmax: deep-layer specificity is then partly circular, since the
+  prediction is read off the same features) or ``"mixed"``; with predictions a
+  ``UserWarning`` is raised and the summary says so.
+
+``specificity_chance()`` keeps the old analytic approximation
+sqrt((K - 1) / K * mean_k(1 / n_k)) for reference; the tables and figures use the null.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
 from torch import Tensor, nn
 
-from ..capture import Site, capture, find_sites
-from ..data.sources import PreprocessConfigError, image_source, iter_batches
-from ..errors import NoAttentionSitesError
-from ..results import load_result_dir, save_result_dir, versions
-from ._eval_mode import eval_mode
+from ..capture import Site
+from ..capture.kinds import kinds_with_role
+from ..results import Result, from_records, records
+from ._sites import choose_sites, last_of_each_stage
+from .runner import Analysis, RunInfo, State, run
 
-CHANNEL_KINDS: tuple[str, ...] = ("se", "eca", "cbam_channel")
-
-
-# ----------------------------------------------------------------------------- image batches
-@dataclass
-class ImageBatch:
-    """One batch fed to the model: inputs, labels (-1 = unknown), ids and display images."""
-
-    x: Tensor
-    labels: list[int]
-    ids: list[str]
-    display: list[np.ndarray] | None = None  # HxWx3 uint8 views of what the model saw
-
-
-@dataclass
-class ImageStream:
-    """Batches of a source of images, with class names and the files skipped (with reasons)."""
-
-    batches: Iterator[ImageBatch]
-    class_names: list[str]
-    skipped: list[tuple[str, str]]
-    total: int | None
-
-
-def _resolve_preprocess(preprocess: Any, model: nn.Module) -> Any:
-    """A callable PIL image -> tensor or a config: ``preprocess``, else the timm model's."""
-    if preprocess is not None:
-        return preprocess
-    if getattr(model, "pretrained_cfg", None) is None:
-        raise PreprocessConfigError(
-            "images given as files or PIL images need preprocess=: a PreprocessConfig "
-            "(from attnviz.models.load_model), a timm data-config dict, or a callable "
-            "PIL image -> (3, H, W) tensor"
-        )
-    from timm.data import resolve_model_data_config
-
-    return resolve_model_data_config(model)
-
-
-def _transform(preprocess: Any, image: Image.Image) -> Tensor:
-    """PIL image -> normalised tensor, by a callable or a config."""
-    if callable(preprocess) and not isinstance(preprocess, dict):
-        return preprocess(image)
-    from ..data.views import base_view, normalise
-
-    return normalise(base_view(image, preprocess), preprocess)
-
-
-def _display(image: Image.Image | Tensor, x: Tensor, preprocess: Any) -> np.ndarray:
-    """What the model saw as HxWx3 uint8: the config's view of a PIL image, else ``x`` scaled."""
-    if isinstance(image, Image.Image) and preprocess is not None and not callable(preprocess):
-        from ..data.views import base_view
-
-        return np.asarray(base_view(image, preprocess), dtype=np.uint8)
-    return display_from_tensor(x)
-
-
-def display_from_tensor(x: Tensor) -> np.ndarray:
-    """(3, H, W) normalised tensor -> HxWx3 uint8, min-max scaled (for overlays)."""
-    a = x.detach().float().cpu().numpy().transpose(1, 2, 0)
-    lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return np.round(a * 255).astype(np.uint8)
-
-
-def iter_image_batches(
-    images: Any,
-    model: nn.Module,
-    *,
-    labels: Sequence[int] | None = None,
-    batch_size: int = 16,
-    preprocess: Any = None,
-    limit: int | None = None,
-    keep_display: bool = False,
-) -> ImageStream:
-    """Batches from a folder, a list of paths, a (N, 3, H, W) tensor, a Dataset or a DataLoader.
-
-    Non-tensor inputs are read by :func:`attnviz.data.sources.image_source` (ids: full paths
-    or item positions); unusable files are skipped with a reason. Dataset items are
-    ``(image, label)`` or ``image``, images PIL (preprocessed) or prepared tensors. ``labels``
-    overrides the labels of the source. ``limit`` keeps the first N usable images.
-    """
-    skipped: list[tuple[str, str]] = []
-    given = None if labels is None else [int(v) for v in labels]
-    if isinstance(images, Tensor):
-        if images.dim() != 4:
-            raise ValueError(f"an image tensor must be (N, 3, H, W), got {tuple(images.shape)}")
-        total = len(images) if limit is None else min(len(images), limit)
-        if given is not None and len(given) < total:
-            raise ValueError(f"labels has {len(given)} entries for {total} images")
-
-        def tensor_batches() -> Iterator[ImageBatch]:
-            for start in range(0, total, batch_size):
-                x = images[start : start + batch_size].float()
-                stop = start + x.shape[0]
-                ys = [given[i] if given else -1 for i in range(start, stop)]
-                d = [display_from_tensor(t) for t in x] if keep_display else None
-                yield ImageBatch(x, ys, [str(i) for i in range(start, stop)], d)
-
-        return ImageStream(tensor_batches(), [], skipped, total)
-
-    source = image_source(images, given, id_style="path")
-    total = len(source) if limit is None else min(len(source), limit)
-    resolved: list[Any] = []
-
-    def to_tensor(img: Image.Image) -> Tensor:
-        if not resolved:  # resolved on the first PIL image, so tensor sources need no config
-            resolved.append(_resolve_preprocess(preprocess, model))
-        return _transform(resolved[0], img)
-
-    def gen() -> Iterator[ImageBatch]:
-        for b in iter_batches(source, batch_size, to_tensor, limit=limit):
-            skipped.extend(b.skipped)
-            if not b.indices:
-                continue
-            ys = [-1 if y is None else y for y in b.labels]
-            d = None
-            if keep_display:
-                d = [_display(img, t, (resolved or [None])[0]) for img, t in zip(b.images, b.x)]
-            yield ImageBatch(b.x, ys, [source.ids[i] for i in b.indices], d)
-
-    return ImageStream(gen(), source.class_names, skipped, total)
-
-
-def _progress(it: Iterable, total: int | None, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc=desc, unit="batch")
-
-
-# ----------------------------------------------------------------------------- site selection
-def default_excitation_sites(sites: Sequence[Site]) -> list[Site]:
-    """Last site of every stage plus all sites of the last stage (SENet Fig. 6 rule)."""
-    staged = [s for s in sites if s.stage is not None]
-    if not staged:
-        return list(sites)
-    last_stage = max(s.stage for s in staged)
-    last_of_stage: dict[int, Site] = {}
-    for s in staged:
-        last_of_stage[s.stage] = s  # module order: the last one wins
-    keep = {s.name for s in last_of_stage.values()} | {
-        s.name for s in staged if s.stage == last_stage
-    }
-    return [s for s in sites if s.name in keep]
-
-
-def _channel_sites(model: nn.Module, sites: Iterable[str | Site] | None) -> list[Site]:
-    all_sites = [s for s in find_sites(model) if s.kind in CHANNEL_KINDS]
-    if not all_sites:
-        kinds = sorted({s.kind for s in find_sites(model)})
-        raise NoAttentionSitesError(
-            f"{type(model).__name__} has no channel-attention site ({', '.join(CHANNEL_KINDS)}); "
-            f"its sites are of kind {kinds or 'none'}"
-        )
-    if sites is None:
-        return default_excitation_sites(all_sites)
-    if isinstance(sites, str) and sites == "all":
-        return all_sites
-    wanted = [sites] if isinstance(sites, (str, Site)) else list(sites)
-    by_key = {s.name: s for s in all_sites} | {s.alias: s for s in all_sites}
-    out: list[Site] = []
-    for w in wanted:
-        key = w.name if isinstance(w, Site) else str(w)
-        if key not in by_key:
-            valid = ", ".join(f"{s.alias} ({s.name})" for s in all_sites)
-            raise ValueError(f"unknown channel-attention site {key!r}; valid sites: {valid}")
-        if by_key[key] not in out:
-            out.append(by_key[key])
-    return [s for s in all_sites if s in out]
+DEFAULT_PERMUTATIONS = 300
+PREDICTION_WARNING = (
+    "classes come from the model's own predictions (no labels): the specificity of deep "
+    "sites is partly circular, since the prediction is read off the same features"
+)
 
 
 def evenly_spaced_channels(n_channels: int, k: int) -> np.ndarray:
@@ -228,14 +85,92 @@ def evenly_spaced_channels(n_channels: int, k: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_channels - 1, k)).astype(np.int64))
 
 
+# ----------------------------------------------------------------------------- statistics
+def specificity_of(class_mean: np.ndarray, std: np.ndarray) -> float:
+    """mean_c std_k(class_mean[k, c]) / mean_c std[c] over the classes without NaN rows."""
+    m = np.asarray(class_mean, dtype=np.float64)
+    m = m[~np.isnan(m).any(axis=1)]
+    total = float(np.mean(std)) if np.size(std) else float("nan")
+    if m.shape[0] < 2 or not np.isfinite(total) or total <= 0:
+        return float("nan")
+    return float(m.std(axis=0).mean()) / total
+
+
+def permutation_specificity(
+    values: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[int],
+    permutations: int,
+    seed: int = 0,
+    *,
+    max_elements: int = 1 << 24,
+) -> np.ndarray:
+    """Specificity of ``values`` (N, C) under ``permutations`` label permutations, (R,).
+
+    Draw r relabels image i with ``labels[perm_r[i]]``, ``perm_r`` the r-th
+    ``rng.permutation(N)`` of ``numpy.random.default_rng(seed)``; the class means of
+    ``classes`` (those with images) are recomputed, the denominator mean_c sigma_c (over all
+    N images, permutation-invariant) is kept. Vectorised over blocks of draws.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    n = v.shape[0]
+    present = [int(k) for k in classes if (y == k).any()]
+    out = np.full(permutations, np.nan)
+    if permutations == 0 or len(present) < 2 or n < 2:
+        return out
+    total = float(v.std(axis=0).mean())
+    if total <= 0:
+        return out
+    counts = np.asarray([(y == k).sum() for k in present], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(n) for _ in range(permutations)])  # (R, N)
+    cls = np.asarray(present)
+    k, c = len(present), v.shape[1]
+    block = max(1, int(max_elements // max(k * (n + c), 1)))
+    for start in range(0, permutations, block):
+        shuffled = y[perms[start : start + block]]  # (b, N)
+        onehot = (shuffled[:, None, :] == cls[None, :, None]).astype(np.float64)  # (b, K, N)
+        means = (onehot @ v) / counts[None, :, None]  # (b, K, C)
+        out[start : start + block] = means.std(axis=1).mean(axis=1) / total
+    return out
+
+
+def null_summary(observed: float, null: np.ndarray) -> dict[str, float]:
+    """``null_mean``, ``null_p95`` and the permutation p-value (1 + #{null >= obs}) / (1 + R)."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if null.size == 0 or not np.isfinite(observed):
+        return {"null_mean": np.nan, "null_p95": np.nan, "p_value": np.nan}
+    return {
+        "null_mean": float(null.mean()),
+        "null_p95": float(np.percentile(null, 95)),
+        "p_value": float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + null.size)),
+    }
+
+
+def squeeze_of(x: Tensor, n_channels: int) -> Tensor | None:
+    """GAP of a site module's input x: (B, C, ...) or channels-last (B, ..., C) -> (B, C);
+    None when no axis of x has the gate's C channels."""
+    if x.dim() < 2:
+        return None
+    if x.shape[1] == n_channels:
+        return x.reshape(x.shape[0], n_channels, -1).mean(dim=2)
+    if x.shape[-1] == n_channels:
+        return x.reshape(x.shape[0], -1, n_channels).mean(dim=1)
+    return None
+
+
 # ----------------------------------------------------------------------------- result
 @dataclass
 class SiteExcitation:
     """Excitation statistics of one site. Arrays over all C channels (float64).
 
-    ``class_mean`` / ``class_std`` are (K, C) in the order of ``ExcitationResult.classes``;
+    ``class_mean`` / ``class_std`` are (K, C) in the order of ``ExcitationProfileResult.classes``;
     ``mean`` / ``std`` (C,) over all images; ``channels`` the evenly spaced channel indices
-    that the figures draw.
+    that the figures draw. The squeeze input z = GAP(x): ``squeeze_class_mean`` (K, C) and
+    ``squeeze_std`` (C,) (empty when the site's input has no channel axis of size C).
+    ``null`` / ``squeeze_null``: the specificity under each label permutation (R,).
     """
 
     alias: str
@@ -248,6 +183,10 @@ class SiteExcitation:
     mean: np.ndarray
     std: np.ndarray
     channels: np.ndarray
+    squeeze_class_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    squeeze_std: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    null: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    squeeze_null: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n_channels(self) -> int:
@@ -264,22 +203,43 @@ class SiteExcitation:
     @property
     def specificity(self) -> float:
         """class_spread / mean_c sigma_c (see the module docstring)."""
-        total = float(self.std.mean())
-        spread = self.class_spread
-        if not np.isfinite(spread) or total <= 0:
+        return specificity_of(self.class_mean, self.std)
+
+    @property
+    def squeeze_specificity(self) -> float:
+        """The same specificity of the squeeze input z = GAP(x) (NaN if not recorded)."""
+        if self.squeeze_std.size == 0:
             return float("nan")
-        return spread / total
+        return specificity_of(self.squeeze_class_mean, self.squeeze_std)
+
+    def controls(self) -> dict[str, float]:
+        """Squeeze specificity, gate gain and the permutation null of gate and squeeze."""
+        spec, sq = self.specificity, self.squeeze_specificity
+        gate = null_summary(spec, self.null)
+        squeeze = null_summary(sq, self.squeeze_null)
+        return {
+            "specificity": spec,
+            "squeeze_specificity": sq,
+            "gate_gain": spec - sq,
+            **gate,
+            "squeeze_null_p95": squeeze["null_p95"],
+            "squeeze_p_value": squeeze["p_value"],
+        }
 
 
 @dataclass
-class ExcitationResult:
+class ExcitationProfileResult(Result):
     """Per site and class the mean / std excitation per channel (SENet Fig. 6 / 7).
 
     ``classes`` are the class labels recorded per class (indices into the model's outputs or
     the dataset's labels), ``class_names`` their names, ``counts`` the images per class (K,),
     ``n_images`` all images (including those of unrecorded classes, which count in the
-    all-image mean), ``label_source`` "given" or "prediction", ``skipped`` the unusable inputs.
+    all-image mean), ``label_source`` "given", "prediction" or "mixed", ``skipped`` the
+    unusable inputs; ``permutations`` and ``seed`` of the label-permutation null.
     """
+
+    kind: ClassVar[str] = "excitation_profile"
+    format_version: ClassVar[int] = 3
 
     sites: list[SiteExcitation]
     classes: list[int]
@@ -289,6 +249,8 @@ class ExcitationResult:
     label_source: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    permutations: int = 0
+    seed: int = 0
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -306,13 +268,16 @@ class ExcitationResult:
         if isinstance(cls, str):
             if cls in self.class_names:
                 return self.class_names.index(cls)
-            raise KeyError(f"no class {cls!r}; classes: {self.class_names}")
+            if not cls.lstrip("-").isdigit():
+                raise KeyError(f"no class {cls!r}; classes: {self.class_names}")
+            cls = int(cls)  # a label given as text (the command line)
         if int(cls) in self.classes:
             return self.classes.index(int(cls))
         raise KeyError(f"no class {cls!r}; classes: {self.classes}")
 
     def specificity_chance(self) -> float:
-        """sqrt((K - 1) / K * mean_k(1 / n_k)) over the K classes with images (see module doc)."""
+        """Analytic approximation sqrt((K - 1) / K * mean_k(1 / n_k)) (reference only; the
+        permutation null of :meth:`specificity` replaces it)."""
         n = np.asarray(self.counts, dtype=np.float64)
         n = n[n > 0]
         if n.size < 2:
@@ -320,8 +285,9 @@ class ExcitationResult:
         return float(np.sqrt((n.size - 1) / n.size * np.mean(1.0 / n)))
 
     def specificity(self) -> pd.DataFrame:
-        """One row per site (in depth order): alias, stage, block, class_spread, specificity."""
-        chance = self.specificity_chance()
+        """One row per site (in depth order): alias, stage, block, class_spread, specificity,
+        squeeze_specificity, gate_gain, null_mean, null_p95, p_value, squeeze_null_p95,
+        squeeze_p_value (see the module docstring)."""
         return pd.DataFrame(
             [
                 {
@@ -333,8 +299,7 @@ class ExcitationResult:
                     "channels": s.n_channels,
                     "mean_excitation": float(s.mean.mean()),
                     "class_spread": s.class_spread,
-                    "specificity": s.specificity,
-                    "specificity_chance": chance,
+                    **s.controls(),
                 }
                 for s in self.sites
             ]
@@ -362,19 +327,47 @@ class ExcitationResult:
             }
         )
 
-    # -- persistence ----------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``excitation.npz``, ``excitation.csv``, ``specificity.csv``, ``manifest.json``.
+    def summary(self) -> str:
+        """Specificity of gate and squeeze input per site, the gain and the permutation null."""
+        table = self.specificity()[
+            [
+                "site",
+                "channels",
+                "specificity",
+                "squeeze_specificity",
+                "gate_gain",
+                "null_mean",
+                "null_p95",
+                "p_value",
+            ]
+        ].rename(columns={"squeeze_specificity": "squeeze_spec", "specificity": "gate_spec"})
+        head = (
+            f"{self.n_images} images, {len(self.classes)} classes (classes from: "
+            f"{_SOURCE_WORDS.get(self.label_source, self.label_source)}); "
+            + (
+                f"null: {self.permutations} label permutations (seed {self.seed})"
+                if self.permutations
+                else "no permutation null (permutations=0)"
+            )
+        )
+        lines = [head]
+        if self.label_source != "given":
+            lines.append(f"WARNING: {PREDICTION_WARNING}")
+        lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        lines.append(
+            "gate_spec: excitation; squeeze_spec: its input GAP(x); gate_gain = gate_spec - "
+            "squeeze_spec; null_*: gate_spec under label permutations; p_value: share of "
+            "permutations at or above gate_spec"
+        )
+        return "\n".join(lines)
 
-        Written into a temporary folder next to ``directory`` and moved into place at once.
-        """
-        directory = Path(directory)
+    # -- Result ----------------------------------------------------------------------------
+    def _payload(self):
         arrays: dict[str, np.ndarray] = {"counts": np.asarray(self.counts)}
         for i, s in enumerate(self.sites):
-            for key in ("class_mean", "class_std", "mean", "std", "channels"):
+            for key in _SITE_ARRAYS:
                 arrays[f"site{i}/{key}"] = np.asarray(getattr(s, key))
-        manifest = {
-            "analysis": "excitation",
+        fields = {
             "paper": "Hu et al., Squeeze-and-Excitation Networks, TPAMI 2019, Fig. 6/7",
             "sites": [
                 {
@@ -390,38 +383,29 @@ class ExcitationResult:
             "class_names": self.class_names,
             "n_images": self.n_images,
             "label_source": self.label_source,
-            "skipped": [list(x) for x in self.skipped],
+            "permutations": self.permutations,
+            "seed": self.seed,
+            "skipped": records(self.skipped),
             "meta": self.meta,
-            "versions": versions(),
         }
         frames = {"excitation.csv": self.to_frame(), "specificity.csv": self.specificity()}
-        return save_result_dir(
-            directory,
-            arrays=arrays,
-            frames=frames,
-            manifest=manifest,
-            npz_name="excitation.npz",
-            keep_other_files=True,
-        )
+        return arrays, frames, fields
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> ExcitationResult:
-        manifest, data = load_result_dir(directory, "excitation.npz")
-        sites = [
-            SiteExcitation(
-                alias=d["alias"],
-                name=d["name"],
-                kind=d["kind"],
-                stage=d["stage"],
-                block=d["block"],
-                class_mean=data[f"site{i}/class_mean"],
-                class_std=data[f"site{i}/class_std"],
-                mean=data[f"site{i}/mean"],
-                std=data[f"site{i}/std"],
-                channels=data[f"site{i}/channels"],
+    def _restore(cls, manifest: dict[str, Any], data: dict[str, np.ndarray]):
+        sites = []
+        for i, d in enumerate(manifest["sites"]):
+            arrays = {k: data[f"site{i}/{k}"] for k in _SITE_ARRAYS if f"site{i}/{k}" in data}
+            sites.append(
+                SiteExcitation(
+                    alias=d["alias"],
+                    name=d["name"],
+                    kind=d["kind"],
+                    stage=d["stage"],
+                    block=d["block"],
+                    **arrays,
+                )
             )
-            for i, d in enumerate(manifest["sites"])
-        ]
         return cls(
             sites=sites,
             classes=[int(c) for c in manifest["classes"]],
@@ -429,42 +413,33 @@ class ExcitationResult:
             counts=data["counts"],
             n_images=int(manifest["n_images"]),
             label_source=manifest["label_source"],
-            skipped=[tuple(x) for x in manifest["skipped"]],
-            meta=manifest.get("meta", {}),
+            skipped=from_records(manifest.get("skipped")),
+            meta=dict(manifest.get("meta", {})),
+            permutations=int(manifest.get("permutations", 0)),
+            seed=int(manifest.get("seed", 0)),
         )
 
 
+_SITE_ARRAYS = (
+    "class_mean",
+    "class_std",
+    "mean",
+    "std",
+    "channels",
+    "squeeze_class_mean",
+    "squeeze_std",
+    "null",
+    "squeeze_null",
+)
+_SOURCE_WORDS = {
+    "given": "labels",
+    "prediction": "the model's predictions",
+    "mixed": "labels where known, else the model's predictions",
+}
+
+
 # ----------------------------------------------------------------------------- the analysis
-class _Accumulator:
-    """float64 per-class sums and sums of squares of one site's (B, C) excitations."""
-
-    def __init__(self) -> None:
-        self.sum: dict[int, np.ndarray] = {}
-        self.sumsq: dict[int, np.ndarray] = {}
-        self.count: dict[int, int] = {}
-        self.total_sum: np.ndarray | None = None
-        self.total_sumsq: np.ndarray | None = None
-
-    def add(self, s: np.ndarray, labels: np.ndarray) -> None:
-        s = s.astype(np.float64)
-        if self.total_sum is None:
-            self.total_sum = np.zeros(s.shape[1])
-            self.total_sumsq = np.zeros(s.shape[1])
-        self.total_sum += s.sum(axis=0)
-        self.total_sumsq += (s * s).sum(axis=0)
-        for label in np.unique(labels):
-            rows = s[labels == label]
-            key = int(label)
-            if key not in self.sum:
-                self.sum[key] = np.zeros(s.shape[1])
-                self.sumsq[key] = np.zeros(s.shape[1])
-                self.count[key] = 0
-            self.sum[key] += rows.sum(axis=0)
-            self.sumsq[key] += (rows * rows).sum(axis=0)
-            self.count[key] += rows.shape[0]
-
-
-def _mean_std(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _mean_std(total: np.ndarray, total_sq: np.ndarray, n: float) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         nan = np.full_like(total, np.nan)
         return nan, nan
@@ -489,111 +464,194 @@ def _resolve_classes(
     return out
 
 
-def excitation_profile(
-    model: nn.Module,
-    images: Any,
-    *,
-    labels: Sequence[int] | None = None,
-    classes: Sequence[int | str] | None = None,
-    sites: Iterable[str | Site] | str | None = None,
-    channels: int = 50,
-    batch_size: int = 16,
-    preprocess: Any = None,
-    limit: int | None = None,
-    progress: bool = True,
-) -> ExcitationResult:
-    """Class-wise excitation per channel at channel-attention sites (SENet TPAMI Fig. 6 / 7).
+class ExcitationProfile(Analysis):
+    """Per-class streaming sums of the excitation and of its squeeze input at every chosen
+    channel-gate site, and (for the permutation null) the per-image vectors."""
 
-    ``images``: a folder (class subfolders give labels), a list of paths, a (N, 3, H, W)
-    tensor, a Dataset of ``(image, label)`` or a DataLoader. Classes are the ground-truth
-    labels (``labels=`` or from the source); without labels the model's predictions are used
-    (``label_source="prediction"``). ``classes``: labels or class names to record per class
-    (default: every class present). ``sites``: names / aliases, ``"all"``, or None for the
-    paper's rule (see the module docstring). ``channels``: how many evenly spaced channels the
-    figures show (statistics are kept for all). The model runs in eval mode under
-    ``torch.no_grad``; its training flag is restored afterwards.
-    """
-    chosen = _channel_sites(model, sites)
-    stream = iter_image_batches(
-        images, model, labels=labels, batch_size=batch_size, preprocess=preprocess, limit=limit
-    )
-    acc = {s.name: _Accumulator() for s in chosen}
-    n_images = 0
-    label_source = "given"
-    sources: set[str] = set()
-    with eval_mode(model):
-        with torch.no_grad(), capture(model, sites=[s.name for s in chosen]) as cache:
-            total = None if stream.total is None else -(-stream.total // batch_size)
-            for batch in _progress(stream.batches, total, progress, "excitation"):
-                cache.clear()
-                device = next(model.parameters()).device
-                logits = model(batch.x.to(device))
-                y = np.asarray(batch.labels, dtype=np.int64)
-                if (y < 0).any():
-                    pred = logits.argmax(dim=1).cpu().numpy()
-                    y = np.where(y < 0, pred, y)
-                    sources.add("prediction")
-                if (np.asarray(batch.labels) >= 0).any():
-                    sources.add("given")
-                for s in chosen:
-                    a = cache[s.name]
-                    if a.shape[0] != y.shape[0]:
-                        raise RuntimeError(
-                            f"site {s.alias} fired {a.shape[0] // max(len(y), 1)} times per "
-                            "image; excitation needs one excitation per image and site"
-                        )
-                    acc[s.name].add(a.numpy(), y)
-                n_images += len(y)
-    if n_images == 0:
-        reasons = "; ".join(f"{p}: {r}" for p, r in stream.skipped[:5])
-        raise ValueError(f"no usable images ({len(stream.skipped)} skipped: {reasons})")
-    if sources == {"prediction"}:
-        label_source = "prediction"
-    elif len(sources) > 1:
-        label_source = "mixed"
+    name = "excitation_profile"
 
-    present = sorted(set().union(*(a.count.keys() for a in acc.values())))
-    names = stream.class_names
-    want = _resolve_classes(classes, present, names)
+    def __init__(
+        self,
+        sites: Iterable[str | Site] | str | None = None,
+        classes: Sequence[int | str] | None = None,
+        channels: int = 50,
+        permutations: int = DEFAULT_PERMUTATIONS,
+        seed: int = 0,
+    ):
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a whole number >= 1, got {channels!r}")
+        if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
+            raise ValueError(f"permutations must be a whole number >= 0, got {permutations!r}")
+        self.selection, self.classes, self.channels = sites, classes, channels
+        self.permutations, self.seed = permutations, int(seed)
+        self._sites: list[Site] = []
 
-    def name_of(label: int) -> str:
-        return names[label] if 0 <= label < len(names) else str(label)
+    def sites(self, model: nn.Module) -> list[Site]:
+        self._sites = choose_sites(
+            model,
+            kinds_with_role("channel"),
+            self.selection,
+            what="channel-attention site",
+            default=last_of_each_stage,
+        )
+        return self._sites
 
-    first = acc[chosen[0].name]
-    counts = np.asarray([first.count.get(k, 0) for k in want], dtype=np.int64)
-    results = []
-    for s in chosen:
-        a = acc[s.name]
-        mean, std = _mean_std(a.total_sum, a.total_sumsq, n_images)
-        cm, cs = [], []
-        for k in want:
-            if k in a.count:
-                m, sd = _mean_std(a.sum[k], a.sumsq[k], a.count[k])
+    def params(self) -> dict[str, Any]:
+        classes = None if self.classes is None else [str(c) for c in self.classes]
+        return {
+            "classes": classes,
+            "channels": self.channels,
+            "permutations": self.permutations,
+            "seed": self.seed,
+        }
+
+    def capture_options(self) -> dict[str, Any]:
+        return {"io": True}  # the gate module's input x, for the squeeze z = GAP(x)
+
+    def step(self, state: State, batch, cache, output) -> None:
+        given = [r.label for r in batch.records]
+        pred = output.argmax(dim=1).cpu().numpy() if any(v is None for v in given) else None
+        y = np.asarray(
+            [p if v is None else v for v, p in zip(given, pred if pred is not None else given)],
+            dtype=np.int64,
+        )
+        state.add("label_given", sum(v is not None for v in given))
+        state.add("label_predicted", sum(v is None for v in given))
+        state.add("n_images", len(y))
+        keep_rows = self.permutations > 0
+        if keep_rows:
+            for r, label in zip(batch.records, y):
+                state.put("y", r.index, np.asarray(label, dtype=np.int64))
+        for s in self._sites:
+            a = cache[s.name].double()
+            if a.shape[0] != len(y):
+                raise RuntimeError(
+                    f"site {s.alias} fired {a.shape[0] // max(len(y), 1)} times per image; the "
+                    "excitation profile needs one excitation per image and site"
+                )
+            a = a.reshape(a.shape[0], -1)
+            z = squeeze_of(cache.inputs(s.name).double(), a.shape[1])
+            arrays = {"": a.numpy()}
+            if z is not None:
+                arrays["z"] = z.numpy()
             else:
-                m, sd = _mean_std(np.zeros_like(mean), np.zeros_like(mean), 0)
-            cm.append(m)
-            cs.append(sd)
-        results.append(
-            SiteExcitation(
+                state.info[f"no_squeeze::{s.name}"] = True
+            for tag, v in arrays.items():
+                state.add(f"sum{tag}::{s.name}", v.sum(0))
+                state.add(f"sq{tag}::{s.name}", (v * v).sum(0))
+                for label in np.unique(y):
+                    rows = v[y == label]
+                    state.add(f"csum{tag}::{s.name}::{label}", rows.sum(0))
+                    state.add(f"csq{tag}::{s.name}::{label}", (rows * rows).sum(0))
+                if keep_rows:
+                    for r, row in zip(batch.records, v):
+                        state.put(f"v{tag}::{s.name}", r.index, row.astype(np.float32))
+        for label in y:
+            state.add(f"count::{int(label)}", 1)
+
+    def finalise(self, state: State, run: RunInfo) -> ExcitationProfileResult:
+        n_images = float(state.sum("n_images"))
+        given, predicted = float(state.sum("label_given")), float(state.sum("label_predicted"))
+        label_source = "given" if predicted == 0 else ("prediction" if given == 0 else "mixed")
+        if label_source != "given":
+            warnings.warn(PREDICTION_WARNING, UserWarning, stacklevel=4)
+        present = sorted(int(k.split("::")[1]) for k in state.sums if k.startswith("count::"))
+        names = run.class_names
+        want = _resolve_classes(self.classes, present, names)
+
+        def name_of(label: int) -> str:
+            return names[label] if 0 <= label < len(names) else str(label)
+
+        counts = np.asarray([state.sum(f"count::{k}") for k in want], dtype=np.int64)
+        labels = state.stacked("y")[1].astype(np.int64) if self.permutations else None
+
+        def profile(tag: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            mean, std = _mean_std(
+                state.sums[f"sum{tag}::{name}"], state.sums[f"sq{tag}::{name}"], n_images
+            )
+            cm = []
+            for k, count in zip(want, counts):
+                m, _ = _mean_std(
+                    state.sum(f"csum{tag}::{name}::{k}", np.zeros_like(mean)),
+                    state.sum(f"csq{tag}::{name}::{k}", np.zeros_like(mean)),
+                    float(count),
+                )
+                cm.append(m)
+            return mean, std, np.stack(cm) if cm else np.zeros((0, mean.shape[0]))
+
+        def null(tag: str, name: str) -> np.ndarray:
+            if not self.permutations or labels is None:
+                return np.zeros(0)
+            values = state.stacked(f"v{tag}::{name}")[1]
+            return permutation_specificity(values, labels, want, self.permutations, self.seed)
+
+        results = []
+        for s in self._sites:
+            mean, std, class_mean = profile("", s.name)
+            class_std = []
+            for k, count in zip(want, counts):
+                _, sd = _mean_std(
+                    state.sum(f"csum::{s.name}::{k}", np.zeros_like(mean)),
+                    state.sum(f"csq::{s.name}::{k}", np.zeros_like(mean)),
+                    float(count),
+                )
+                class_std.append(sd)
+            site = SiteExcitation(
                 alias=s.alias,
                 name=s.name,
                 kind=s.kind,
                 stage=s.stage,
                 block=s.block,
-                class_mean=np.stack(cm) if cm else np.zeros((0, mean.shape[0])),
-                class_std=np.stack(cs) if cs else np.zeros((0, mean.shape[0])),
+                class_mean=class_mean,
+                class_std=np.stack(class_std) if class_std else np.zeros((0, mean.shape[0])),
                 mean=mean,
                 std=std,
-                channels=evenly_spaced_channels(mean.shape[0], channels),
+                channels=evenly_spaced_channels(mean.shape[0], self.channels),
+                null=null("", s.name),
             )
+            if f"sumz::{s.name}" in state.sums and not state.info.get(f"no_squeeze::{s.name}"):
+                _, site.squeeze_std, site.squeeze_class_mean = profile("z", s.name)
+                site.squeeze_null = null("z", s.name)
+            results.append(site)
+        return ExcitationProfileResult(
+            sites=results,
+            classes=list(want),
+            class_names=[name_of(k) for k in want],
+            counts=counts,
+            n_images=int(n_images),
+            label_source=label_source,
+            skipped=run.skipped,
+            meta={"channels_shown": self.channels},
+            permutations=self.permutations,
+            seed=self.seed,
         )
-    return ExcitationResult(
-        sites=results,
-        classes=list(want),
-        class_names=[name_of(k) for k in want],
-        counts=counts,
-        n_images=n_images,
-        label_source=label_source,
-        skipped=list(stream.skipped),
-        meta={"model": type(model).__name__, "channels_shown": channels},
-    )
+
+
+def excitation_profile(
+    model: nn.Module,
+    images: Any,
+    *,
+    classes: Sequence[int | str] | None = None,
+    sites: Iterable[str | Site] | str | None = None,
+    channels: int = 50,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = 0,
+    **run_options: Any,
+) -> ExcitationProfileResult:
+    """Class-wise excitation per channel at channel-attention sites (SENet TPAMI Fig. 6 / 7),
+    with the squeeze-input control and a label-permutation null (see the module docstring).
+
+    Classes are the ground-truth labels (``labels=`` or from the source); without labels the
+    model's predictions are used (``label_source="prediction"``, with a ``UserWarning``).
+    ``classes``: labels or class names to record per class (default: every class present).
+    ``sites``: names / aliases, ``"all"``, or None for the paper's rule (see the module
+    docstring). ``channels``: how many evenly spaced channels the figures show (statistics
+    are kept for all). ``permutations``: label permutations of the null (0: none, and no
+    per-image vectors kept); ``seed`` seeds them. ``run_options``: those of
+    :func:`attnviz.analysis.runner.run` (``preprocess``, ``labels``, ``batch_size``,
+    ``limit``, ``workers``, ``checkpoint``, ...).
+    """
+    analysis = ExcitationProfile(sites, classes, channels, permutations, seed)
+    result = run(analysis, model, images, **run_options)
+    assert isinstance(result, ExcitationProfileResult)
+    return result

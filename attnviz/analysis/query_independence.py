@@ -23,6 +23,26 @@ describe weights the block never used. Whether rows are distributions is checked
 all four (cosine ignores the 1/N scale); an all-zero row (possible with ReLU) has cosine 0
 with every row, as in ``torch.nn.functional.normalize``.
 
+Full-size maps: the exact JSD is O(N^2 K) per map (N^2 K / 2 = 1.5e10 entropy terms at
+N = K = 3136, a 56x56 site). Above ``exact_rows`` query rows (default 256, a 16x16 grid such
+as the bundled nl_tiny's, whose exact mean costs 8e6 terms; a 28x28 site would already cost
+2.4e8) ``jsd_att`` is estimated from ``jsd_pairs`` (default 2048) pairs drawn uniformly from
+the same pairs, 2048 x K terms, seeded per image and site by (``seed``, the image's source
+position, the site's index) so that batch size, resume and sharding do not change it
+(:func:`attnviz.analysis.stats.sampled_jsd`). ``jsd_att_se`` holds each image's standard
+error of the estimate (0 where exact); the table shows the standard error of the mean over
+images, sqrt(sum se_i^2) / n, beside the std over images. ``exact=True`` forces the exact
+blocked computation everywhere. The cosines are O(N K) and always exact.
+
+Degeneracy beside the GCNet statistics (DESIGN.md section 7: query statistics must be read
+beside the entropy of the rows), per Non-local site and image
+(:func:`attnviz.analysis.stats.row_degeneracy`): ``row_entropy`` (mean row entropy, nats),
+``eff_keys`` = exp(row_entropy) (1 = one-hot, Nk = uniform), ``max_weight`` (median largest
+weight of a row) and ``argmax_keys`` (distinct keys that are some row's argmax). A site whose
+mean ``eff_keys`` is below ``NEAR_ONE_HOT_KEYS`` = 2 (row entropy below ln 2) is flagged
+"near one-hot" in the table and the summary: its rows are spikes, so a high cosine distance or
+JSD says the spikes sit at different keys, not that broad maps differ.
+
 Companion statistic at GC sites (GCNet Eq. 4, one context map per image): ``entropy`` of the
 map softmax_j(W_k x_j) in nats and ``entropy_norm`` = entropy / ln(HW) (1 = uniform).
 
@@ -33,27 +53,36 @@ images; results do not depend on the batch size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..capture import capture, is_query_kind, query_kinds
-from ..capture.core import select_sites
-from ..data.sources import image_source, iter_batches
-from ..results import load_result_dir, save_result_dir, versions
-from ._eval_mode import eval_mode
-from .query_maps import prepare_image, site_record
-from .stats import avg_cosine_distance, avg_jsd, entropy_stats, is_distribution
+from ..capture import Site, is_query_kind
+from ..results import Result, from_records, records
+from ._sites import choose_sites
+from .query_maps import (
+    QueryMapsResult,
+    cell_centre,
+    display_image,
+    grid_queries,
+    map_kinds,
+    site_record,
+    upsample,
+)
+from .runner import Analysis, RunInfo, State, run
+from .stats import attention_statistics, avg_cosine_distance, entropy_stats
 
 NL_METRICS = ("cos_input", "cos_output", "cos_att", "jsd_att")
+DEGENERACY_METRICS = ("row_entropy", "eff_keys", "max_weight", "argmax_keys")
 GC_METRICS = ("entropy", "entropy_norm")
+EXACT_ROWS = 256  # above this many query rows the JSD is sampled (unless exact=True)
+JSD_PAIRS = 2048  # pairs of the sampled JSD
+NEAR_ONE_HOT_KEYS = 2.0  # a site whose mean effective number of keys is below is near one-hot
+MAX_FIGURE_QUERIES = 16  # query maps a figure row can show legibly
 PAPER_TABLE1 = pd.DataFrame(
     [
         {
@@ -69,7 +98,7 @@ PAPER_TABLE1 = pd.DataFrame(
 
 
 @dataclass
-class QueryIndependenceResult:
+class QueryIndependenceResult(Result):
     """Per-image statistics of every Non-local / GC site of one model.
 
     ``values[metric]`` is an (n_images, n_sites) float64 array, NaN where the metric does not
@@ -78,13 +107,26 @@ class QueryIndependenceResult:
     ``notes`` explains NaNs per site alias.
     """
 
+    kind: ClassVar[str] = "query_independence"
+    format_version: ClassVar[int] = 3
+
     model: str
     sites: list[dict[str, Any]]
     metrics: list[str]
     values: dict[str, np.ndarray]
     include_diagonal: bool = True
     notes: dict[str, str] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    map_site: dict[str, Any] | None = None
+    map_cells: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    map_images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.uint8))
+    map_grid_maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0), np.float32))
+    meta: dict[str, Any] = field(default_factory=dict)
+    jsd_se: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    exact_rows: int | None = EXACT_ROWS
+    jsd_pairs: int = JSD_PAIRS
+    seed: int = 0
 
     @property
     def n_images(self) -> int:
@@ -107,8 +149,25 @@ class QueryIndependenceResult:
                 ok = col[~np.isnan(col)]
                 row[f"{m}_mean"] = float(ok.mean()) if ok.size else math.nan
                 row[f"{m}_std"] = float(ok.std()) if ok.size else math.nan
+            if "jsd_att" in self.metrics:
+                se = self.jsd_se[:, s] if self.jsd_se.size else np.zeros(0)
+                ok = se[~np.isnan(self.values["jsd_att"][:, s])] if se.size else se
+                row["jsd_att_se"] = float(np.sqrt(np.sum(ok**2)) / ok.size) if ok.size else math.nan
+                grid = site.get("query_grid") or [0, 0]
+                row["jsd_att_sampled"] = bool(
+                    self.exact_rows is not None and grid[0] * grid[1] > self.exact_rows
+                )
+            if "eff_keys" in self.metrics:
+                row["near_one_hot"] = bool(row["eff_keys_mean"] < NEAR_ONE_HOT_KEYS)
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def near_one_hot(self) -> list[str]:
+        """Aliases of the sites whose rows are near one-hot (mean eff_keys < 2)."""
+        frame = self.to_frame()
+        if "near_one_hot" not in frame:
+            return []
+        return frame.loc[frame["near_one_hot"].astype(bool), "site"].tolist()
 
     def per_image_frame(self) -> pd.DataFrame:
         """Long table: one row per (image, site) with every metric."""
@@ -120,35 +179,117 @@ class QueryIndependenceResult:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``values.npz``, ``statistics.csv``, ``per_image.csv``, ``manifest.json``
-        atomically (temp dir, then ``os.replace``)."""
-        manifest = {
-            "type": "QueryIndependenceResult",
+    def summary(self) -> str:
+        """Mean and std over images of every statistic, one row per site; the standard error
+        of sampled JSDs; which sites are near one-hot."""
+        frame = self.to_frame()
+        cols = ["site", "kind", "instantiation"] + [
+            c
+            for c in frame.columns
+            if c.endswith("_mean") or c.endswith("_std") or c in ("jsd_att_se", "near_one_hot")
+        ]
+        pairs = "pairs include i = j" if self.include_diagonal else "pairs i != j"
+        head = f"{self.model}: {self.n_images} images ({len(self.skipped)} skipped), {pairs}"
+        with pd.option_context("display.width", 250, "display.max_columns", 40):
+            table = frame[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        lines = [head, table]
+        if "jsd_att_sampled" in frame and frame["jsd_att_sampled"].any():
+            sampled = frame.loc[frame["jsd_att_sampled"].astype(bool), "site"].tolist()
+            lines.append(
+                f"jsd_att sampled at {', '.join(sampled)} (more than {self.exact_rows} query "
+                f"rows; {self.jsd_pairs} random pairs per image, seed {self.seed}): "
+                "jsd_att_se is the standard error of the mean over images; exact=True / "
+                "--exact computes it exactly"
+            )
+        for site in self.near_one_hot():
+            row = frame[frame["site"] == site].iloc[0]
+            lines.append(
+                f"{site}: NEAR ONE-HOT rows: effective number of keys "
+                f"{row['eff_keys_mean']:.2f}, median largest weight {row['max_weight_mean']:.3f}, "
+                f"{row['argmax_keys_mean']:.1f} distinct argmax keys of "
+                f"{self.sites[self._site_pos(site)].get('n_keys', '?')}: cosine distance and "
+                "JSD measure spikes at different keys, not broad maps that differ"
+            )
+        lines += [f"{site}: {note}" for site, note in self.notes.items()]
+        return "\n".join(lines)
+
+    def _site_pos(self, alias: str) -> int:
+        return [s["alias"] for s in self.sites].index(alias)
+
+    def query_maps(self) -> list[QueryMapsResult]:
+        """The per-query maps kept for figures (one :class:`QueryMapsResult` per image)."""
+        if self.map_site is None:
+            return []
+        out = []
+        for image, grid_maps in zip(self.map_images, self.map_grid_maps):
+            size = image.shape[:2]
+            grid = tuple(self.map_site.get("query_grid") or (0, 0))
+            gc = self.map_site["kind"] == "gc"
+            cells = np.zeros((0, 2), np.int64) if gc else self.map_cells
+            out.append(
+                QueryMapsResult(
+                    image=image,
+                    maps=np.stack([upsample(m, size) for m in grid_maps]),
+                    grid_maps=grid_maps,
+                    query_cells=cells,
+                    query_pixels=np.asarray(
+                        [cell_centre(tuple(c), grid, size) for c in cells], np.float64
+                    ).reshape(-1, 2),
+                    site=self.map_site,
+                    is_distribution=bool(self.map_site.get("is_distribution", False)),
+                    meta={"query_space": "cell", "input_size": list(size)},
+                )
+            )
+        return out
+
+    def _payload(self):
+        arrays = dict(self.values)
+        arrays.update(
+            {
+                "jsd::se": self.jsd_se,
+                "maps::cells": self.map_cells,
+                "maps::images": self.map_images,
+                "maps::grid_maps": self.map_grid_maps,
+            }
+        )
+        fields = {
             "model": self.model,
             "sites": self.sites,
             "metrics": self.metrics,
             "include_diagonal": self.include_diagonal,
             "notes": self.notes,
-            "info": self.info,
-            "versions": versions(),
+            "ids": self.ids,
+            "skipped": records(self.skipped),
+            "map_site": self.map_site,
+            "meta": self.meta,
+            "exact_rows": self.exact_rows,
+            "jsd_pairs": self.jsd_pairs,
+            "seed": self.seed,
         }
         frames = {"statistics.csv": self.to_frame(), "per_image.csv": self.per_image_frame()}
-        return save_result_dir(
-            directory, arrays=self.values, frames=frames, manifest=manifest, npz_name="values.npz"
-        )
+        return arrays, frames, fields
 
     @classmethod
-    def load(cls, directory: str | Path) -> QueryIndependenceResult:
-        manifest, values = load_result_dir(directory, "values.npz")
+    def _restore(cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray]):
+        metrics = list(manifest["metrics"])
         return cls(
             model=manifest["model"],
             sites=manifest["sites"],
-            metrics=list(manifest["metrics"]),
-            values=values,
+            metrics=metrics,
+            values={m: arrays[m] for m in metrics},
             include_diagonal=bool(manifest["include_diagonal"]),
             notes=manifest.get("notes", {}),
-            info=manifest.get("info", {}),
+            ids=list(manifest.get("ids", [])),
+            skipped=from_records(manifest.get("skipped")),
+            map_site=manifest.get("map_site"),
+            map_cells=arrays["maps::cells"],
+            map_images=arrays["maps::images"],
+            map_grid_maps=arrays["maps::grid_maps"],
+            meta=dict(manifest.get("meta", {})),
+            jsd_se=arrays.get("jsd::se", np.zeros((0, 0))),
+            exact_rows=manifest.get("exact_rows", EXACT_ROWS),
+            jsd_pairs=int(manifest.get("jsd_pairs", JSD_PAIRS)),
+            seed=int(manifest.get("seed", 0)),
         )
 
 
@@ -160,11 +301,17 @@ def nonlocal_statistics(
     metrics: Sequence[str] = NL_METRICS,
     *,
     include_diagonal: bool = True,
+    exact_rows: int | None = EXACT_ROWS,
+    jsd_pairs: int = JSD_PAIRS,
+    seed: int | Sequence[int] = 0,
 ) -> dict[str, float]:
     """GCNet's statistics for one image: x, output (C, H, W) of the block, att (N, Nk).
 
     o = output - x (the block output before the residual). ``jsd_att`` is NaN when the rows
-    are not distributions.
+    are not distributions; with more than ``exact_rows`` rows (None: never) it is sampled
+    from ``jsd_pairs`` pairs seeded by ``seed``, and ``jsd_att_se`` is its standard error
+    (0 when exact). The degeneracy figures (``row_entropy``, ``eff_keys``, ``max_weight``,
+    ``argmax_keys``) are always added.
     """
     c, h, w = x.shape
     n = h * w
@@ -178,22 +325,23 @@ def nonlocal_statistics(
     x64 = x.double().reshape(c, n).T
     out: dict[str, float] = {}
     for m in metrics:
-        if m == "cos_input":
-            out[m] = avg_cosine_distance(x64, include_diagonal=include_diagonal)
-        elif m == "cos_output":
-            o = (output.double() - x.double()).reshape(c, n).T
-            out[m] = avg_cosine_distance(o, include_diagonal=include_diagonal)
-        elif m == "cos_att":
-            out[m] = avg_cosine_distance(att, include_diagonal=include_diagonal)
-        elif m == "jsd_att":
-            out[m] = (
-                avg_jsd(att, include_diagonal=include_diagonal)
-                if is_distribution(att)
-                else math.nan
-            )
-        else:
+        if m not in NL_METRICS:
             raise ValueError(f"unknown metric {m!r}; valid: {NL_METRICS}")
-    return out
+    if "cos_input" in metrics:
+        out["cos_input"] = avg_cosine_distance(x64, include_diagonal=include_diagonal)
+    if "cos_output" in metrics:
+        o = (output.double() - x.double()).reshape(c, n).T
+        out["cos_output"] = avg_cosine_distance(o, include_diagonal=include_diagonal)
+    stats = attention_statistics(
+        att,
+        include_diagonal=include_diagonal,
+        exact_rows=exact_rows,
+        pairs=jsd_pairs,
+        seed=seed,
+        jsd="jsd_att" in metrics,
+        cos="cos_att" in metrics,
+    )
+    return out | stats
 
 
 def gc_statistics(context_map: Tensor) -> dict[str, float]:
@@ -202,116 +350,265 @@ def gc_statistics(context_map: Tensor) -> dict[str, float]:
     return {"entropy": float(h[0]), "entropy_norm": float(hn[0])}
 
 
-# -- the analysis ----------------------------------------------------------------------------------
-def _batches(images: Any, batch_size: int, preprocess: Any) -> Iterator[Tensor]:
-    """Batches (B, 3, H, W) from a tensor batch or any input of :func:`image_source`."""
-    if isinstance(images, Tensor):
-        if images.dim() == 3:
-            images = images[None]
-        for start in range(0, images.shape[0], batch_size):
-            yield images[start : start + batch_size]
-        return
-    source = image_source(images, id_style="path")
-    for batch in iter_batches(source, batch_size, lambda img: prepare_image(img, preprocess)[0]):
-        if batch.skipped:
-            reasons = "; ".join(f"{i}: {r}" for i, r in batch.skipped)
-            raise ValueError(f"unusable images: {reasons}")
-        if batch.indices:
-            yield batch.x
+# -- the analysis ---------------------------------------------------------------------------------
+class QueryIndependence(Analysis):
+    """GCNet Table 1 statistics per image, and (optionally) query maps for figures, from the
+    same forward."""
+
+    name = "query_independence"
+
+    def __init__(
+        self,
+        sites: Iterable[str | Site] | str | None = None,
+        metrics: Sequence[str] = NL_METRICS,
+        include_diagonal: bool = True,
+        n_queries: int = 4,
+        map_images: int = 0,
+        map_site: str | None = None,
+        model_name: str | None = None,
+        exact: bool = False,
+        exact_rows: int = EXACT_ROWS,
+        jsd_pairs: int = JSD_PAIRS,
+        seed: int = 0,
+    ):
+        metrics = list(metrics)
+        for m in metrics:
+            if m not in NL_METRICS:
+                raise ValueError(f"unknown metric {m!r}; valid: {NL_METRICS}")
+        if n_queries < 1 or map_images < 0:
+            raise ValueError("n_queries must be >= 1 and map_images >= 0")
+        if n_queries > MAX_FIGURE_QUERIES:
+            raise ValueError(
+                f"n_queries={n_queries}: the query-map figure shows at most "
+                f"{MAX_FIGURE_QUERIES} query points per image"
+            )
+        if exact_rows < 1 or jsd_pairs < 2:
+            raise ValueError("exact_rows must be >= 1 and jsd_pairs >= 2")
+        self.exact, self.exact_rows, self.jsd_pairs, self.seed = (
+            bool(exact),
+            int(exact_rows),
+            int(jsd_pairs),
+            int(seed),
+        )
+        self.selection, self.metrics, self.include_diagonal = sites, metrics, include_diagonal
+        self.n_queries, self.map_images, self.map_selection = n_queries, map_images, map_site
+        self.model_name = model_name
+        self.keep_images = map_images > 0
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        self._sites = choose_sites(
+            model, map_kinds(), self.selection, what="per-query (Non-local) or GC site"
+        )
+        self._map_site = None
+        if self.map_images:
+            key = self.map_selection
+            pool = [s for s in self._sites if key in (None, s.name, s.alias)]
+            if not pool:
+                valid = ", ".join(s.alias for s in self._sites)
+                raise ValueError(f"unknown site {key!r} for the query maps; valid: {valid}")
+            self._map_site = pool[0]
+        self._model_name = self.model_name or type(model).__name__
+        has_nl = any(is_query_kind(s.kind) for s in self._sites)
+        has_gc = any(s.kind == "gc" for s in self._sites)
+        nl = self.metrics + list(DEGENERACY_METRICS) if has_nl else []
+        self._all_metrics = nl + (list(GC_METRICS) if has_gc else [])
+        return self._sites
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "include_diagonal": self.include_diagonal,
+            "n_queries": self.n_queries,
+            "map_images": self.map_images,
+            "exact": self.exact,
+            "exact_rows": self.exact_rows,
+            "jsd_pairs": self.jsd_pairs,
+            "seed": self.seed,
+        }
+
+    def capture_options(self) -> dict[str, Any]:
+        return {"io": True}
+
+    def step(self, state: State, batch, cache, output) -> None:
+        b = len(batch)
+        rows = {m: np.full((b, len(self._sites)), np.nan) for m in self._all_metrics}
+        se = np.full((b, len(self._sites)), np.nan)
+        for s, site in enumerate(self._sites):
+            att = cache[site.name]
+            if site.kind == "gc":
+                for i in range(b):
+                    for m, v in gc_statistics(att[i]).items():
+                        rows[m][i, s] = v
+                continue
+            xs, outs = cache.inputs(site.name), cache.outputs(site.name)
+            meta = cache.meta.get(site.name, {})
+            state.info.setdefault(
+                f"grid::{site.name}",
+                {
+                    "query_grid": list(meta.get("query_grid", xs.shape[-2:])),
+                    "key_grid": list(meta.get("key_grid") or []),
+                    "n_keys": int(att.shape[-1]),
+                },
+            )
+            for i in range(b):
+                st = nonlocal_statistics(
+                    xs[i],
+                    outs[i],
+                    att[i],
+                    self.metrics,
+                    include_diagonal=self.include_diagonal,
+                    exact_rows=None if self.exact else self.exact_rows,
+                    jsd_pairs=self.jsd_pairs,
+                    seed=(self.seed, batch.records[i].index, s),
+                )
+                se[i, s] = st.pop("jsd_att_se", np.nan)
+                for m, v in st.items():
+                    rows[m][i, s] = v
+                if "jsd_att" in st and math.isnan(st["jsd_att"]):
+                    state.info[f"note::{site.alias}"] = (
+                        "jsd_att not reported: attention rows are not probability "
+                        "distributions (negative or not summing to 1), as in the "
+                        "dot-product and concatenation instantiations"
+                    )
+        for i, r in enumerate(batch.records):
+            state.put("id", r.index, np.asarray(r.id))
+            for m in self._all_metrics:
+                state.put(m, r.index, rows[m][i])
+            state.put("jsd::se", r.index, se[i])
+        if self._map_site is not None:
+            self._keep_maps(state, batch, cache)
+
+    def _keep_maps(self, state: State, batch, cache) -> None:
+        site = self._map_site
+        att = cache[site.name]
+        if site.kind == "gc":
+            grid_maps = att[:, None].numpy()
+        else:
+            meta = cache.meta.get(site.name, {})
+            grid = tuple(int(v) for v in meta["query_grid"])
+            kg = meta.get("key_grid") or grid
+            if self.n_queries > grid[0] * grid[1]:
+                raise ValueError(
+                    f"n_queries={self.n_queries}: site {site.alias} has a {grid[0]}x{grid[1]} "
+                    f"query grid, at most {grid[0] * grid[1]} query points"
+                )
+            cells = grid_queries(grid, self.n_queries)
+            if len(set(cells)) < len(cells):  # evenly spread points repeat on a small grid
+                most = max(
+                    n for n in range(1, self.n_queries) if len(set(grid_queries(grid, n))) == n
+                )
+                raise ValueError(
+                    f"n_queries={self.n_queries}: site {site.alias}'s {grid[0]}x{grid[1]} query "
+                    f"grid holds at most {most} distinct evenly spread query points"
+                )
+            state.info["map_cells"] = [list(c) for c in cells]
+            state.info["map_grid"] = list(grid)
+            idx = [y * grid[1] + x for y, x in cells]
+            grid_maps = att[:, idx].reshape(att.shape[0], len(idx), kg[0], kg[1]).numpy()
+        kept = state.rows.get("map", {})
+        for j, r in enumerate(batch.records):
+            if r.index < self.map_images or len(kept) < self.map_images:
+                state.put("map", r.index, grid_maps[j].astype(np.float32))
+                disp = display_image(batch.images[j], batch.x[j], self.transform)
+                state.put("map_image", r.index, disp)
+                kept = state.rows["map"]
+
+    def finalise(self, state: State, run: RunInfo) -> QueryIndependenceResult:
+        site_dicts = []
+        for s in self._sites:
+            d = site_record(s)
+            d.update(state.info.get(f"grid::{s.name}", {}))
+            site_dicts.append(d)
+        values = {
+            m: state.stacked(m)[1].reshape(-1, len(self._sites)).astype(np.float64)
+            for m in self._all_metrics
+        }
+        notes = {k.split("::", 1)[1]: v for k, v in state.info.items() if k.startswith("note::")}
+        result = QueryIndependenceResult(
+            model=self._model_name,
+            sites=site_dicts,
+            metrics=list(self._all_metrics),
+            values=values,
+            include_diagonal=self.include_diagonal,
+            notes=notes,
+            ids=[str(v) for v in state.stacked("id")[1]],
+            skipped=run.skipped,
+            jsd_se=state.stacked("jsd::se")[1].reshape(-1, len(self._sites)).astype(np.float64)
+            if "jsd_att" in self._all_metrics
+            else np.zeros((0, 0)),
+            exact_rows=None if self.exact else self.exact_rows,
+            jsd_pairs=self.jsd_pairs,
+            seed=self.seed,
+        )
+        if self._map_site is not None and "map" in state.rows:
+            idx, maps = state.stacked("map")
+            order = np.argsort(idx)[: self.map_images]
+            site = site_record(self._map_site)
+            site["query_grid"] = state.info.get("map_grid")
+            flat = maps.reshape(*maps.shape[:2], -1).astype(np.float64)
+            site["is_distribution"] = bool(
+                flat.size and (flat >= 0).all() and np.allclose(flat.sum(-1), 1.0, atol=1e-4)
+            )
+            result.map_site = site
+            result.map_cells = np.asarray(state.info.get("map_cells", []), np.int64).reshape(-1, 2)
+            result.map_grid_maps = maps[order]
+            result.map_images = state.stacked("map_image")[1][order]
+        return result
 
 
 def query_independence(
     model: nn.Module,
     images: Any,
     *,
-    sites: Sequence[str] | None = None,
+    sites: Iterable[str | Site] | str | None = None,
     metrics: Sequence[str] = NL_METRICS,
-    batch_size: int = 8,
-    progress: bool = True,
     include_diagonal: bool = True,
-    preprocess: Any = None,
     model_name: str | None = None,
+    n_queries: int = 4,
+    map_images: int = 0,
+    map_site: str | None = None,
+    exact: bool = False,
+    exact_rows: int = EXACT_ROWS,
+    jsd_pairs: int = JSD_PAIRS,
+    seed: int = 0,
+    **run_options: Any,
 ) -> QueryIndependenceResult:
-    """GCNet Table 1 statistics at every Non-local site (and entropy at GC sites) of ``model``.
+    """GCNet Table 1 statistics at every per-query site (and entropy at GC sites) of ``model``.
 
-    ``images``: a tensor (B, 3, H, W) of model inputs, or anything
-    :func:`attnviz.data.sources.image_source` reads (folder, paths, Dataset / list of PIL
-    images, arrays, tensors or (image, label) pairs, DataLoader); non-tensors go through
-    ``preprocess`` (see :func:`attnviz.analysis.query_maps.prepare_image`); an unusable image
-    raises. ``sites``: names or aliases (default: all Non-local and GC sites). Images are
-    streamed: ``batch_size`` at a time, the cache is cleared after each batch. The model runs
-    in eval mode (its mode is restored).
+    ``images``: anything :func:`attnviz.analysis.runner.run` reads (folder, paths, a
+    (N, 3, H, W) tensor of prepared inputs, Dataset, DataLoader). ``sites``: names or aliases
+    (default: all per-query and GC sites). ``map_images`` > 0 also keeps, from the same
+    forward, the maps of ``n_queries`` evenly spread query cells at ``map_site`` (default the
+    first site) for that many images (:meth:`QueryIndependenceResult.query_maps`); at most
+    ``MAX_FIGURE_QUERIES`` (16) and at most the site's grid cells, else ValueError.
+    Above ``exact_rows`` query rows the JSD is estimated from ``jsd_pairs`` seeded random
+    pairs with a standard error; ``exact=True`` computes it exactly everywhere (see the
+    module docstring). The degeneracy figures are always reported at Non-local sites.
+    ``run_options``: those of :func:`attnviz.analysis.runner.run`.
     """
-    metrics = list(metrics)
-    for m in metrics:
-        if m not in NL_METRICS:
-            raise ValueError(f"unknown metric {m!r}; valid: {NL_METRICS}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    selected = select_sites(model, kinds=[*query_kinds(), "gc"], sites=sites)
-    site_objs = [s for s, _, _ in selected]
-    has_gc = any(s.kind == "gc" for s in site_objs)
-    has_nl = any(is_query_kind(s.kind) for s in site_objs)
-    all_metrics = (metrics if has_nl else []) + (list(GC_METRICS) if has_gc else [])
-    per_image: dict[str, list[list[float]]] = {m: [] for m in all_metrics}
-    site_dicts = [site_record(s) for s in site_objs]
-    notes: dict[str, str] = {}
-    with eval_mode(model):
-        bar = tqdm(desc="query independence", unit="img", disable=not progress)
-        with capture(model, sites=[s.name for s in site_objs], io=True) as cache:
-            for batch in _batches(images, batch_size, preprocess):
-                with torch.no_grad():
-                    model(batch)
-                b = batch.shape[0]
-                rows = {m: [[math.nan] * len(site_objs) for _ in range(b)] for m in all_metrics}
-                for s, site in enumerate(site_objs):
-                    att = cache[site.name]
-                    if site.kind == "gc":
-                        for i in range(b):
-                            for m, v in gc_statistics(att[i]).items():
-                                rows[m][i][s] = v
-                        continue
-                    xs, outs = cache.inputs(site.name), cache.outputs(site.name)
-                    meta = cache.meta.get(site.name, {})
-                    site_dicts[s]["query_grid"] = list(meta.get("query_grid", xs.shape[-2:]))
-                    site_dicts[s]["key_grid"] = list(meta.get("key_grid") or [])
-                    site_dicts[s]["n_keys"] = int(att.shape[-1])
-                    for i in range(b):
-                        st = nonlocal_statistics(
-                            xs[i], outs[i], att[i], metrics, include_diagonal=include_diagonal
-                        )
-                        for m, v in st.items():
-                            rows[m][i][s] = v
-                        if "jsd_att" in st and math.isnan(st["jsd_att"]):
-                            notes[site.alias] = (
-                                "jsd_att not reported: attention rows are not probability "
-                                "distributions (negative or not summing to 1), as in the "
-                                "dot-product and concatenation instantiations"
-                            )
-                for m in all_metrics:
-                    per_image[m].extend(rows[m])
-                cache.clear()
-                bar.update(b)
-        bar.close()
-    n = len(next(iter(per_image.values()))) if per_image else 0
-    if n == 0:
-        raise ValueError("no images were given")
-    values = {
-        m: np.asarray(v, dtype=np.float64).reshape(n, len(site_objs)) for m, v in per_image.items()
-    }
-    return QueryIndependenceResult(
-        model=model_name or type(model).__name__,
-        sites=site_dicts,
-        metrics=all_metrics,
-        values=values,
-        include_diagonal=include_diagonal,
-        notes=notes,
-        info={"batch_size": batch_size},
+    analysis = QueryIndependence(
+        sites,
+        metrics,
+        include_diagonal,
+        n_queries,
+        map_images,
+        map_site,
+        model_name,
+        exact=exact,
+        exact_rows=exact_rows,
+        jsd_pairs=jsd_pairs,
+        seed=seed,
     )
+    result = run(analysis, model, images, **run_options)
+    assert isinstance(result, QueryIndependenceResult)
+    return result
 
 
 __all__ = [
+    "DEGENERACY_METRICS",
+    "EXACT_ROWS",
     "GC_METRICS",
+    "MAX_FIGURE_QUERIES",
     "NL_METRICS",
     "PAPER_TABLE1",
     "QueryIndependenceResult",

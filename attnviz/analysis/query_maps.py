@@ -9,76 +9,65 @@ upsamples them to the image with the same ``cv2.resize`` as the overlays. At GC 
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..capture import capture, query_kinds
-from ..capture.core import select_sites
-from ..errors import NoAttentionSitesError
-from ..plot.overlay import upsample
-from ..results import load_result_dir, save_result_dir, versions
-from ._eval_mode import eval_mode
+from ..capture import Site, query_kinds
+from ..data.preprocess import EvalTransform, preprocess_for
+from ..results import Result
+from ._sites import choose_sites
+from .runner import Analysis, RunInfo, State, run
 from .stats import is_distribution
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ImageLike = "Image.Image | np.ndarray | Tensor"
-Preprocess = "Callable[[Image.Image], Tensor] | Any | None"
-
-
-# -- inputs ---------------------------------------------------------------------------------------
+# -- inputs and the one pixel <-> cell rule -------------------------------------------------------
 def _as_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise ValueError(f"expected an HxWx3 image array, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = np.clip(np.round(arr * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255)
-        return Image.fromarray(arr[:, :, :3].astype(np.uint8), "RGB")
-    raise TypeError(f"expected a PIL image, an HxWx3 array or a tensor, got {type(image).__name__}")
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 image array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.round(arr * (255.0 if arr.max() <= 1.0 else 1.0)), 0, 255)
+    return Image.fromarray(arr[:, :, :3].astype(np.uint8), "RGB")
 
 
-def _resize_for(pil: Image.Image, preprocess: Any) -> Image.Image:
-    """Resize / centre-crop like a PreprocessConfig (input_size, crop_pct, interpolation)."""
-    size = getattr(preprocess, "input_size", None)
-    if size is None:
-        return pil
-    h, w = int(size[-2]), int(size[-1])
-    crop_pct = float(getattr(preprocess, "crop_pct", 1.0) or 1.0)
-    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
-        str(getattr(preprocess, "interpolation", "bilinear")), Image.BILINEAR
-    )
-    if crop_pct >= 1.0:
-        return pil.resize((w, h), interp)
-    short = int(round(min(h, w) / crop_pct))
-    iw, ih = pil.size
-    scale = short / min(iw, ih)
-    pil = pil.resize((max(w, round(iw * scale)), max(h, round(ih * scale))), interp)
-    iw, ih = pil.size
-    left, top = (iw - w) // 2, (ih - h) // 2
-    return pil.crop((left, top, left + w, top + h))
+def display_of(x: Tensor) -> np.ndarray:
+    """A prepared (3, H, W) input as HxWx3 uint8, min-max scaled (for overlays)."""
+    t = x.detach().float().cpu()
+    lo, hi = float(t.min()), float(t.max())
+    d = (t - lo) / (hi - lo) if hi > lo else t * 0
+    arr = (d.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def display_image(image: Any, x: Tensor, transform: EvalTransform | None) -> np.ndarray:
+    """What the model saw, as HxWx3 uint8: the transform's view of a PIL image, else the
+    prepared input ``x`` min-max scaled."""
+    if isinstance(image, Image.Image) and transform is not None and transform.geometry:
+        return np.asarray(transform.view(image).convert("RGB"), dtype=np.uint8)
+    return display_of(x)
 
 
 def prepare_image(image: Any, preprocess: Any = None) -> tuple[Tensor, np.ndarray]:
-    """``(input tensor (3, H, W), display image HxWx3 uint8)`` for one image.
+    """``(model input (3, H, W), display image HxWx3 uint8)`` of one image.
 
-    ``image``: a PIL image or HxWx3 array (resized / normalised by ``preprocess``: a callable
-    PIL -> tensor, or an object with ``input_size``, ``mean``, ``std`` such as
-    ``attnviz.models.PreprocessConfig``; default: no resize, ImageNet mean/std), or an already
-    normalised tensor (3, H, W) / (1, 3, H, W), displayed min-max scaled.
+    ``image``: a PIL image or HxWx3 array, prepared by
+    :func:`attnviz.data.preprocess.preprocess_for` ``(preprocess)`` (displayed as the view the
+    model sees), or an already prepared tensor (3, H, W) / (1, 3, H, W), displayed min-max
+    scaled.
     """
     if isinstance(image, Tensor):
         t = image.detach().float().cpu()
@@ -86,31 +75,50 @@ def prepare_image(image: Any, preprocess: Any = None) -> tuple[Tensor, np.ndarra
             t = t[0]
         if t.dim() != 3:
             raise ValueError(f"expected an image tensor (3, H, W), got shape {tuple(image.shape)}")
-        lo, hi = float(t.min()), float(t.max())
-        disp = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
-        disp_np = (disp.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        if disp_np.shape[2] == 1:
-            disp_np = np.repeat(disp_np, 3, axis=2)
-        return t, disp_np
+        return t, display_of(t)
+    transform = preprocess_for(preprocess)
     pil = _as_pil(image)
-    if callable(preprocess):
-        t = preprocess(pil)
-        if not isinstance(t, Tensor):
-            raise TypeError("preprocess must return a tensor (3, H, W)")
-        disp = np.asarray(pil.resize((t.shape[-1], t.shape[-2]), Image.BILINEAR), dtype=np.uint8)
-        return t.float(), disp
-    pil = _resize_for(pil, preprocess)
-    mean = tuple(getattr(preprocess, "mean", None) or IMAGENET_MEAN)
-    std = tuple(getattr(preprocess, "std", None) or IMAGENET_STD)
-    disp = np.asarray(pil, dtype=np.uint8).copy()
-    t = torch.from_numpy(disp).permute(2, 0, 1).float() / 255.0
-    t = (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return t, disp
+    x = transform(pil)
+    if transform.geometry is not None:
+        return x, np.asarray(transform.view(pil).convert("RGB"), dtype=np.uint8).copy()
+    return x, display_of(x)
+
+
+def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear ``cv2.resize`` of an HxW map to ``size`` = (height, width), as float32."""
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.ndim != 2:
+        raise ValueError(f"expected a 2-D heatmap, got shape {h.shape}")
+    if h.shape == tuple(size):
+        return h.copy()
+    return cv2.resize(h, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def pixel_to_cell(
+    pixel: tuple[float, float], grid: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int]:
+    """The (y, x) grid cell that contains image point (y, x): floor((p + 0.5) * grid / size).
+
+    Coordinates put pixel centres at integers (as matplotlib's ``imshow`` and
+    :func:`cell_centre` do): the image spans [-0.5, H - 0.5) and cell r spans
+    [r * H / gh - 0.5, (r + 1) * H / gh - 0.5). A whole pixel belongs to the cell holding its
+    centre, and ``pixel_to_cell(cell_centre(c)) == c``. The one rule for the analyses and the
+    viewers.
+    """
+    (y, x), (gh, gw), (h, w) = pixel, grid, size
+    if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
+        raise ValueError(
+            f"query pixel (y={y}, x={x}) is outside the {h}x{w} image "
+            f"(y in [-0.5, {h - 0.5}), x in [-0.5, {w - 0.5}))"
+        )
+    cy = min(max(int(math.floor((y + 0.5) * gh / h)), 0), gh - 1)
+    cx = min(max(int(math.floor((x + 0.5) * gw / w)), 0), gw - 1)
+    return cy, cx
 
 
 # -- result ---------------------------------------------------------------------------------------
 @dataclass
-class QueryMapsResult:
+class QueryMapsResult(Result):
     """Maps of a few query points at one site for one image.
 
     ``maps`` (Q, H, W): attention over the keys upsampled to the image (bilinear ``cv2.resize``
@@ -120,6 +128,9 @@ class QueryMapsResult:
     the cells given). GC sites have one map (Q = 1) and no query points.
     """
 
+    kind: ClassVar[str] = "query_maps"
+    format_version: ClassVar[int] = 2
+
     image: np.ndarray
     maps: np.ndarray
     grid_maps: np.ndarray
@@ -127,7 +138,7 @@ class QueryMapsResult:
     query_pixels: np.ndarray
     site: dict[str, Any]
     is_distribution: bool
-    info: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_queries(self) -> int:
@@ -180,8 +191,13 @@ class QueryMapsResult:
             return out
         raise ValueError("metric must be 'cosine' or 'jsd'")
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``maps.npz``, ``queries.csv``, ``manifest.json`` atomically into ``directory``."""
+    def summary(self) -> str:
+        """One line per query: cell, pixel, largest weight and where it falls."""
+        head = f"{self.n_queries} query maps at {self.site.get('alias')} ({self.site.get('kind')})"
+        frame = self.to_frame()
+        return head + "\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+    def _payload(self):
         arrays = {
             "image": self.image,
             "maps": self.maps,
@@ -189,25 +205,15 @@ class QueryMapsResult:
             "query_cells": self.query_cells,
             "query_pixels": self.query_pixels,
         }
-        manifest = {
-            "type": "QueryMapsResult",
-            "site": self.site,
-            "is_distribution": self.is_distribution,
-            "info": self.info,
-            "versions": versions(),
-        }
-        frames = {"queries.csv": self.to_frame()}
-        return save_result_dir(
-            directory, arrays=arrays, frames=frames, manifest=manifest, npz_name="maps.npz"
-        )
+        fields = {"site": self.site, "is_distribution": self.is_distribution, "meta": self.meta}
+        return arrays, {"queries.csv": self.to_frame()}, fields
 
     @classmethod
-    def load(cls, directory: str | Path) -> QueryMapsResult:
-        manifest, arrays = load_result_dir(directory, "maps.npz")
+    def _restore(cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray]):
         return cls(
             site=manifest["site"],
             is_distribution=bool(manifest["is_distribution"]),
-            info=manifest.get("info", {}),
+            meta=dict(manifest.get("meta", {})),
             **arrays,
         )
 
@@ -224,16 +230,20 @@ def jsd_of(p: np.ndarray, q: np.ndarray) -> float:
 
 
 # -- analysis -------------------------------------------------------------------------------------
-def pick_site(model: nn.Module, site: str | None, kinds: Sequence[str] | None = None):
-    """The (Site, module, adapter) of ``site`` (name or alias), default the first map site.
+def map_kinds() -> list[str]:
+    """Kinds with per-query maps (role ``query``) and GC's single context map."""
+    return [*query_kinds(), "gc"]
 
-    Map sites are the per-query kinds (Non-local, self-attention, DANet position) and GC.
-    """
-    kinds = [*query_kinds(), "gc"] if kinds is None else list(kinds)
-    selected = select_sites(model, kinds=kinds, sites=None if site is None else [site])
-    if not selected:  # pragma: no cover - select_sites raises first
-        raise NoAttentionSitesError(f"{type(model).__name__} has no Non-local or GC site")
-    return selected[0]
+
+def pick_site(
+    model: nn.Module, site: str | Site | None, kinds: Sequence[str] | None = None
+) -> Site:
+    """The site ``site`` (name or alias), default the first per-query or GC site."""
+    kinds = map_kinds() if kinds is None else list(kinds)
+    chosen = choose_sites(
+        model, kinds, None if site is None else [site], what="per-query (Non-local) or GC site"
+    )
+    return chosen[0]
 
 
 def site_record(site: Any) -> dict[str, Any]:
@@ -246,6 +256,102 @@ def site_record(site: Any) -> dict[str, Any]:
     }
 
 
+class QueryMaps(Analysis):
+    """The maps of a few query points at one site, for each image (one forward per batch)."""
+
+    name = "query_maps"
+    keep_images = True
+
+    def __init__(
+        self,
+        queries: Sequence[tuple[float, float]] | Callable[[tuple[int, int]], Sequence] | None,
+        site: str | Site | None = None,
+        query_space: str = "pixel",
+    ):
+        if query_space not in ("pixel", "cell"):
+            raise ValueError("query_space must be 'pixel' or 'cell'")
+        if queries is not None and not callable(queries):
+            queries = [tuple(q) for q in queries]
+            for q in queries:
+                if len(q) != 2:
+                    raise ValueError(f"a query is a (y, x) pair, got {q!r}")
+                if query_space == "cell" and any(float(v) != int(v) for v in q):
+                    raise ValueError(f"query cells are integer (y, x) pairs, got {q!r}")
+        self.queries, self.selection, self.query_space = queries, site, query_space
+        self._size: tuple[int, int] | None = None
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        self.site = pick_site(model, self.selection)
+        if self.site.kind != "gc" and not self.queries:
+            raise ValueError("give at least one query point (y, x) for a per-query site")
+        return [self.site]
+
+    def params(self) -> dict[str, Any]:
+        q = "callable" if callable(self.queries) else self.queries
+        return {"queries": q, "query_space": self.query_space}
+
+    def capture_options(self) -> dict[str, Any]:
+        if self.site.kind == "gc":
+            return {}
+        if self.query_space == "pixel":  # pixels become cells once the hook knows the grid
+            return {
+                "queries": lambda grid: [pixel_to_cell(q, grid, self._size) for q in self.queries]
+            }
+        if callable(self.queries):
+            return {"queries": self.queries}
+        return {"queries": [(int(y), int(x)) for y, x in self.queries]}
+
+    def inputs(self, x: Tensor) -> Tensor:
+        self._size = (int(x.shape[-2]), int(x.shape[-1]))  # for pixel queries, in the forward
+        return x
+
+    def step(self, state: State, batch, cache, output) -> None:
+        name = self.site.name
+        meta = cache.meta.get(name, {})
+        rows = cache[name]
+        if self.site.kind == "gc":
+            grid_maps = rows[:, None].numpy()  # (B, 1, H, W)
+            cells = np.zeros((0, 2), dtype=np.int64)
+        else:
+            cells = np.asarray(meta["queries"], dtype=np.int64).reshape(-1, 2)
+            kh, kw = meta.get("key_grid") or _square(rows.shape[-1])
+            if kh * kw != rows.shape[-1]:
+                raise ValueError(f"key grid {kh}x{kw} does not match {rows.shape[-1]} keys")
+            grid_maps = rows.reshape(rows.shape[0], -1, kh, kw).numpy()
+            state.info["query_grid"] = [int(v) for v in meta["query_grid"]]
+        state.info["cells"] = cells.tolist()
+        for j, r in enumerate(batch.records):
+            state.put("grid_maps", r.index, grid_maps[j].astype(np.float32))
+            state.put(
+                "display", r.index, display_image(batch.images[j], batch.x[j], self.transform)
+            )
+
+    def finalise(self, state: State, run: RunInfo) -> QueryMapsResult:
+        _, grid_maps = state.stacked("grid_maps")
+        _, display = state.stacked("display")
+        g = grid_maps[0]
+        size = display[0].shape[:2]
+        cells = np.asarray(state.info.get("cells", []), dtype=np.int64).reshape(-1, 2)
+        if self.site.kind == "gc":
+            pixels = np.zeros((0, 2), dtype=np.float64)
+        elif self.query_space == "pixel":
+            pixels = np.asarray([(float(y), float(x)) for y, x in self.queries])
+        else:
+            grid = tuple(state.info["query_grid"])
+            pixels = np.asarray([cell_centre(tuple(c), grid, size) for c in cells], np.float64)
+        return QueryMapsResult(
+            image=display[0],
+            maps=np.stack([upsample(m, size) for m in g]),
+            grid_maps=g,
+            query_cells=cells,
+            query_pixels=pixels.reshape(-1, 2),
+            site=site_record(self.site),
+            is_distribution=self.site.kind == "gc"
+            or is_distribution(torch.from_numpy(g.reshape(len(g), -1)).double()),
+            meta={"query_space": self.query_space, "input_size": list(size)},
+        )
+
+
 def query_maps(
     model: nn.Module,
     image: Any,
@@ -255,64 +361,34 @@ def query_maps(
     query_space: str = "pixel",
     preprocess: Any = None,
 ) -> QueryMapsResult:
-    """Attention maps of the given query points at one Non-local (or GC) site of ``model``.
+    """Attention maps of the given query points at one per-query (or GC) site of ``model``.
 
     ``queries``: (y, x) points, image pixels of the model input when ``query_space="pixel"``
-    (mapped to the query-grid cell that contains them: cell = floor(pixel * grid / size)),
-    or query-grid cells when ``query_space="cell"`` (also as a callable ``grid -> cells``,
-    e.g. ``lambda g: grid_queries(g, 4)``). Only these rows are captured, in the one forward
-    (``capture(..., queries=...)``). ``site``: name or alias (default: the first Non-local or
-    GC site). At a GC site ``queries`` is ignored and the single context map is returned.
-    ``image``/``preprocess``: see :func:`prepare_image`. The model is run in eval mode (its
-    mode is restored afterwards).
+    (mapped to the query-grid cell that contains them, :func:`pixel_to_cell`), or query-grid
+    cells when ``query_space="cell"`` (also as a callable ``grid -> cells``, e.g.
+    ``lambda g: grid_queries(g, 4)``). Only these rows are captured, in the one forward
+    (``capture(..., queries=...)``). ``site``: name or alias (default: the first per-query
+    or GC site). At a GC site ``queries`` is ignored and the single context map is returned.
+    ``image``: an image file, a PIL image or array (prepared by ``preprocess``, default the
+    model's own) or a prepared (3, H, W) tensor. The model runs in eval mode (its mode is restored).
     """
-    if query_space not in ("pixel", "cell"):
-        raise ValueError("query_space must be 'pixel' or 'cell'")
-    site_obj, module, _ = pick_site(model, site)
-    x, disp = prepare_image(image, preprocess)
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    with eval_mode(model):
-        if site_obj.kind == "gc":
-            with capture(model, sites=[site_obj.name]) as cache, torch.no_grad():
-                model(x[None])
-            grid_maps = cache[site_obj.name][0][None].numpy().astype(np.float32)
-            cells = np.zeros((0, 2), dtype=np.int64)
-            pixels = np.zeros((0, 2), dtype=np.float64)
-            is_dist = True
-        else:
-            if not queries:
-                raise ValueError("give at least one query point (y, x) for a Non-local site")
-            # pixel queries become cells once the hook knows the query grid (same forward);
-            # cells are checked against the grid by capture itself
-            if query_space == "pixel":
-                selection = lambda grid: _cells(queries, query_space, grid, size)  # noqa: E731
-            elif callable(queries):  # cells chosen from the grid, e.g. grid_queries(grid, n)
-                selection = queries
-            else:
-                selection = [tuple(c) for c in _cells(queries, query_space, None, size)]
-            with capture(model, sites=[site_obj.name], queries=selection) as cache:
-                with torch.no_grad():
-                    model(x[None])
-            rows = cache[site_obj.name][0]  # (Q, Nk)
-            grid = tuple(int(v) for v in cache.meta[site_obj.name]["query_grid"])
-            cells = np.asarray(cache.meta[site_obj.name]["queries"], dtype=np.int64).reshape(-1, 2)
-            pixels = _pixels(queries, query_space, cells, grid, size)
-            kh, kw = cache.meta[site_obj.name].get("key_grid") or _square(rows.shape[1])
-            if kh * kw != rows.shape[1]:
-                raise ValueError(f"key grid {kh}x{kw} does not match {rows.shape[1]} keys")
-            grid_maps = rows.reshape(-1, kh, kw).numpy().astype(np.float32)
-            is_dist = is_distribution(rows.double())
-    maps = np.stack([upsample(g, size) for g in grid_maps])
-    return QueryMapsResult(
-        image=disp,
-        maps=maps,
-        grid_maps=grid_maps,
-        query_cells=np.asarray(cells, dtype=np.int64),
-        query_pixels=np.asarray(pixels, dtype=np.float64),
-        site=site_record(site_obj),
-        is_distribution=is_dist,
-        info={"query_space": query_space, "input_size": list(size)},
+    if isinstance(image, Tensor):
+        images: Any = image[None] if image.dim() == 3 else image[:1]
+    elif isinstance(image, (str, os.PathLike)):
+        images = [image]
+    else:
+        images = [_as_pil(image)]
+    result = run(
+        QueryMaps(queries, site, query_space),
+        model,
+        images,
+        preprocess=preprocess,
+        batch_size=1,
+        progress=False,
+        strict=True,
     )
+    assert isinstance(result, QueryMapsResult)
+    return result
 
 
 def _square(n: int) -> tuple[int, int]:
@@ -320,45 +396,6 @@ def _square(n: int) -> tuple[int, int]:
     if s * s != n:
         raise ValueError(f"cannot infer the key grid of {n} keys")
     return s, s
-
-
-def _cells(
-    queries: Sequence[tuple[float, float]],
-    query_space: str,
-    grid: tuple[int, int] | None,
-    size: tuple[int, int],
-) -> list[tuple[int, int]]:
-    """(Q, 2) query-grid cells: pixels map to the cell containing them (floor(p * grid / size))."""
-    h, w = size
-    cells = []
-    for q in queries:
-        if len(q) != 2:
-            raise ValueError(f"a query is a (y, x) pair, got {q!r}")
-        y, x = float(q[0]), float(q[1])
-        if query_space == "pixel":
-            assert grid is not None
-            gh, gw = grid
-            if not (0 <= y < h and 0 <= x < w):
-                raise ValueError(f"query pixel (y={y}, x={x}) is outside the {h}x{w} image")
-            cells.append((min(int(y * gh / h), gh - 1), min(int(x * gw / w), gw - 1)))
-        else:
-            if y != int(y) or x != int(x):
-                raise ValueError(f"query cells are integer (y, x) pairs, got {q!r}")
-            cells.append((int(y), int(x)))
-    return cells
-
-
-def _pixels(
-    queries: Sequence[tuple[float, float]],
-    query_space: str,
-    cells: np.ndarray,
-    grid: tuple[int, int],
-    size: tuple[int, int],
-) -> np.ndarray:
-    """(Q, 2) pixels the queries stand for: the pixels given, or the centres of the cells."""
-    if query_space == "pixel":
-        return np.asarray([(float(q[0]), float(q[1])) for q in queries], dtype=np.float64)
-    return np.asarray([cell_centre(tuple(c), grid, size) for c in cells], dtype=np.float64)
 
 
 def cell_centre(cell: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]) -> tuple:
@@ -380,8 +417,12 @@ def grid_queries(grid: tuple[int, int], n: int) -> list[tuple[int, int]]:
 
 
 __all__ = [
+    "QueryMaps",
     "QueryMapsResult",
+    "pixel_to_cell",
+    "upsample",
     "cell_centre",
+    "display_image",
     "grid_queries",
     "pick_site",
     "prepare_image",

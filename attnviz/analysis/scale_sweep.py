@@ -1,69 +1,60 @@
 """SKNet object-scale sweep (Li et al., "Selective Kernel Networks", CVPR 2019, Sec. 4.4).
 
 Each image is shown at the scales 1.0x, 1.5x, 2.0x (:mod:`attnviz.data.views`). At every SK
-unit the selection weights a (branch 0, the smallest receptive field) and b (the largest; the
-paper's "5x5") are captured, softmax over the M branches (Eq. 5). Per image and unit the mean
+site the selection weights a (branch 0, the smallest receptive field) and b (the largest; the
+paper's "5x5") are captured, softmax over the M branches (Eq. 5). Per image and site the mean
 attention difference is
 
     D = mean_c(b_c) - mean_c(a_c)
 
 (Fig. 3 right, Fig. 4). The paper's finding: D grows with object scale in early and middle
-units (the large kernel is selected more for larger objects), not consistently in the last
+sites (the large kernel is selected more for larger objects), not consistently in the last
 stage.
 
-The sweep streams: all views of a batch go through the model in one forward, and per unit and
-scale only float64 sums (per branch and channel: sum and sum of squares of the attention;
-sum and sum of squares of D, overall and per class) are kept, so memory does not depend on the
-number of images (unless ``per_image=True``).
+The sweep streams through :func:`attnviz.analysis.runner.run`: all views of a batch go
+through the model in one forward, and per site and scale only float64 sums (per branch and
+channel: sum and sum of squares of the attention; sum and sum of squares of D, overall and
+per class) are kept, so memory does not depend on the number of images (unless
+``per_image=True``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
-from .. import distributed as dist_utils
-from ..capture import capture, find_sites
-from ..capture.core import select_sites
-from ..data.sources import image_source, to_pil
-from ..data.views import ViewSpec, scale_views, view_spec
-from ..errors import AttnvizError, NoAttentionSitesError
-from ..results import MANIFEST_FILE, load_result_dir, save_result_dir, versions
-from ._eval_mode import eval_mode
+from ..capture import Site
+from ..capture.kinds import kinds_with_role
+from ..data.preprocess import EvalTransform
+from ..data.shapes import split_strip
+from ..data.views import resolution_control, zoom_geometry, zoom_views
+from ..results import Result, from_records, keyed, records, unkeyed
+from ._sites import choose_sites
+from .runner import Analysis, RunInfo, State, run
 
-__all__ = [
-    "BadImageError",
-    "ScaleSweepResult",
-    "UnitInfo",
-    "resolve_preprocess",
-    "scale_sweep",
-    "stage_last_units",
-]
+__all__ = ["ScaleSweepResult", "SweepSite", "scale_sweep", "stage_last_sites"]
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 1.5, 2.0)
-_FORMAT_VERSION = 1
+ZOOM, CONTROL = "zoom", "resolution_control"
+CONDITIONS = (ZOOM, CONTROL)
 
 
-class BadImageError(AttnvizError):
-    """An image was skipped while the sweep ran with ``strict=True``."""
+def _sx(s: float) -> str:
+    """A scale as the paper writes it: 1.0x, 1.5x, 2.0x."""
+    return f"{s:.1f}x" if float(s).is_integer() else f"{s:g}x"
 
 
-# --------------------------------------------------------------------------- result
 @dataclass(frozen=True)
-class UnitInfo:
-    """One SK unit of the swept model."""
+class SweepSite:
+    """One SK site of the swept model."""
 
     alias: str
     name: str
@@ -72,6 +63,18 @@ class UnitInfo:
     branches: int
     channels: int
     receptive_fields: tuple[int, ...] = ()
+    kernels: tuple[tuple[int, int], ...] = ()  # (kernel size, dilation) per branch
+    split_input: bool | None = None  # timm: the branches share (False) or split the input
+
+    def branch_text(self) -> str:
+        """``3x3 d1 | 3x3 d2`` (kernel and dilation of each branch, smallest field first)."""
+        if not self.kernels:
+            return " | ".join(f"field {f}" for f in self.receptive_fields) or "?"
+        text = " | ".join(f"{k}x{k} d{d}" for k, d in self.kernels)
+        if self.split_input is not None:
+            text += ", input " + ("split between" if self.split_input else "shared by")
+            text += " the branches"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,40 +85,63 @@ class UnitInfo:
             "branches": self.branches,
             "channels": self.channels,
             "receptive_fields": list(self.receptive_fields),
+            "kernels": [list(k) for k in self.kernels],
+            "split_input": self.split_input,
         }
 
 
-def stage_last_units(units: Sequence[UnitInfo]) -> list[str]:
+def stage_last_sites(sites: Sequence[Any]) -> list[str]:
     """Alias of the highest block of each stage (SK_2_3, SK_3_4, SK_4_6, SK_5_3 in SKNet-50)."""
-    last: dict[int, UnitInfo] = {}
-    for u in units:
-        if u.stage is None:
+    last: dict[int, Any] = {}
+    for s in sites:
+        if s.stage is None:
             continue
-        if u.stage not in last or (u.block or 0) > (last[u.stage].block or 0):
-            last[u.stage] = u
-    if not last:  # no stage structure: every unit
-        return [u.alias for u in units]
+        if s.stage not in last or (s.block or 0) > (last[s.stage].block or 0):
+            last[s.stage] = s
+    if not last:  # no stage structure: every site
+        return [s.alias for s in sites]
     return [last[s].alias for s in sorted(last)]
 
 
 @dataclass
-class ScaleSweepResult:
-    """Per SK unit and view scale: attention per branch and channel, D and its spread.
+class ScaleSweepResult(Result):
+    """Per SK site and view scale: attention per branch and channel, D and its spread.
 
-    Arrays are keyed by unit alias; ``S`` = number of scales, ``M`` branches, ``C`` channels,
+    Arrays are keyed by site alias; ``S`` = number of scales, ``M`` branches, ``C`` channels,
     ``K`` classes, ``N`` images:
 
-    * ``branch_mean[u]``, ``branch_std[u]``: (S, M, C) mean / std over images of the attention
+    * ``branch_mean[a]``, ``branch_std[a]``: (S, M, C) mean / std over images of the attention
       of each branch and channel (branch 0 = smallest receptive field);
-    * ``d_mean[u]``, ``d_std[u]``, ``d_sem[u]``: (S,) mean of D over images, its standard
+    * ``d_mean[a]``, ``d_std[a]``, ``d_sem[a]``: (S,) mean of D over images, its standard
       deviation (ddof=1) and standard error;
-    * ``class_d_mean[u]``, ``class_d_sem[u]``: (S, K) the same per class (NaN for a class
+    * ``class_d_mean[a]``, ``class_d_sem[a]``: (S, K) the same per class (NaN for a class
       without images); ``class_count``: (K,);
-    * ``image_d[u]``: (N, S) per-image D and ``image_attention[u]``: (N, S, M, C) float32, only
+    * ``image_d[a]``: (N, S) per-image D and ``image_attention[a]``: (N, S, M, C) float32, only
       with ``per_image=True``; ``image_ids`` / ``image_labels`` name those images.
+
+    Views and paired statistics (V views: the zoom view of every scale, then the resolution
+    control of every scale > 1 when there are controls; ``view_conditions`` / ``view_scales``
+    name them, condition ``"zoom"`` or ``"resolution_control"``):
+
+    * ``view_count``: (V,) images counted in each view (a control counts only the images
+      whose zoom view needed upsampling); ``class_view_count``: (V, K);
+    * ``view_d_mean[a]``, ``view_d_sem[a]``: (V,) D of each view over its images;
+    * ``delta_mean[a]``, ``delta_se[a]``: (V,) the paired change delta_D = D(view) - D(1.0x)
+      per image, its mean and paired standard error (std of the per-image deltas, ddof=1,
+      over sqrt(n)); ``class_delta_mean[a]``, ``class_delta_se[a]``: (V, K);
+    * ``zoom_delta[a]``: (V,) for a control, the zoom's delta_D on the same images;
+      ``excess_mean[a]``, ``excess_se[a]``: (V,) paired D(zoom) - D(control): the change
+      with object scale beyond what the lost resolution alone gives;
+    * ``upsampling``: (2, S) mean upsampling factor of each zoom view and the number of
+      images whose zoom view needed upsampling; ``image_upsampling`` (N, S) and
+      ``image_view_d[a]`` (N, V) with ``per_image=True``; ``view_records``: per image (scene)
+      and view, its box and upsampling (written as ``views.csv``).
     """
 
-    units: list[UnitInfo]
+    kind: ClassVar[str] = "scale_sweep"
+    format_version: ClassVar[int] = 3
+
+    sites: list[SweepSite]
     scales: tuple[float, ...]
     n_images: int
     branch_mean: dict[str, np.ndarray]
@@ -133,22 +159,78 @@ class ScaleSweepResult:
     image_labels: list[int] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    view_conditions: list[str] = field(default_factory=list)
+    view_scales: list[float] = field(default_factory=list)
+    view_count: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    class_view_count: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    view_d_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    view_d_sem: dict[str, np.ndarray] = field(default_factory=dict)
+    delta_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    delta_se: dict[str, np.ndarray] = field(default_factory=dict)
+    class_delta_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    class_delta_se: dict[str, np.ndarray] = field(default_factory=dict)
+    zoom_delta: dict[str, np.ndarray] = field(default_factory=dict)
+    excess_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    excess_se: dict[str, np.ndarray] = field(default_factory=dict)
+    upsampling: np.ndarray = field(default_factory=lambda: np.zeros((2, 0)))
+    image_view_d: dict[str, np.ndarray] | None = None
+    image_upsampling: np.ndarray | None = None
+    views_native: bool = False
+    view_records: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- views and paired statistics -------------------------------------------------------
+    def view_index(self, scale: float, condition: str = ZOOM) -> int:
+        """Index of the view of ``condition`` at ``scale`` (KeyError if there is none)."""
+        for i, (c, s) in enumerate(zip(self.view_conditions, self.view_scales)):
+            if c == condition and math.isclose(s, float(scale), rel_tol=0, abs_tol=1e-9):
+                return i
+        raise KeyError(f"no {condition} view at {scale}x; views: {self.views()}")
+
+    def views(self) -> list[tuple[str, float]]:
+        return list(zip(self.view_conditions, self.view_scales))
+
+    def has_control(self, scale: float) -> bool:
+        try:
+            return bool(self.view_count[self.view_index(scale, CONTROL)] > 0)
+        except KeyError:
+            return False
+
+    def delta(
+        self, site: str, scale: float, condition: str = ZOOM, cls: int | None = None
+    ) -> tuple[float, float, float]:
+        """(mean delta_D, paired s.e., z) of a site at a scale (of a class if ``cls``)."""
+        a, v = self.site(site).alias, self.view_index(scale, condition)
+        if cls is None:
+            m, se = self.delta_mean[a][v], self.delta_se[a][v]
+        else:
+            m, se = self.class_delta_mean[a][v, cls], self.class_delta_se[a][v, cls]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = float(m / se) if se > 0 else float("nan")
+        return float(m), float(se), z
+
+    @property
+    def reference_scale(self) -> float:
+        return float(min(self.scales))
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.get("model") or self.meta.get("run", {}).get("model_class", "model"))
 
     # -- lookup ----------------------------------------------------------------------------
     @property
-    def unit_aliases(self) -> list[str]:
-        return [u.alias for u in self.units]
+    def site_aliases(self) -> list[str]:
+        return [s.alias for s in self.sites]
 
-    def unit(self, key: str) -> UnitInfo:
-        """A unit by alias or module name."""
-        for u in self.units:
-            if key in (u.alias, u.name):
-                return u
-        raise KeyError(f"unknown unit {key!r}; units: {self.unit_aliases}")
+    def site(self, key: str) -> SweepSite:
+        """A site by alias or module name."""
+        for s in self.sites:
+            if key in (s.alias, s.name):
+                return s
+        raise KeyError(f"unknown site {key!r}; sites: {self.site_aliases}")
 
-    def stage_last_units(self) -> list[str]:
-        """Aliases of the last unit of each stage (the paper's Fig. 3 bars)."""
-        return stage_last_units(self.units)
+    def stage_last_sites(self) -> list[str]:
+        """Aliases of the last site of each stage (the paper's Fig. 3 bars)."""
+        return stage_last_sites(self.sites)
 
     def scale_index(self, scale: float) -> int:
         for i, s in enumerate(self.scales):
@@ -157,17 +239,17 @@ class ScaleSweepResult:
         raise KeyError(f"scale {scale} was not swept; scales: {list(self.scales)}")
 
     def d_table(self) -> pd.DataFrame:
-        """Mean D as a units x scales table (rows in model order)."""
+        """Mean D as a sites x scales table (rows in model order)."""
         return pd.DataFrame(
-            [self.d_mean[a] for a in self.unit_aliases],
-            index=pd.Index(self.unit_aliases, name="unit"),
+            [self.d_mean[a] for a in self.site_aliases],
+            index=pd.Index(self.site_aliases, name="site"),
             columns=pd.Index([f"{s:g}x" for s in self.scales], name="scale"),
         )
 
     # -- frames ----------------------------------------------------------------------------
     def to_frame(self, what: str = "D") -> pd.DataFrame:
-        """Tidy tables: ``"D"`` (unit, scale, class -> D, D_sem; class ``"all"`` = whole set),
-        ``"channels"`` (unit, scale, branch, channel -> mean, std), ``"images"`` (image, unit,
+        """Tidy tables: ``"D"`` (site, scale, class -> D, D_sem; class ``"all"`` = whole set),
+        ``"channels"`` (site, scale, branch, channel -> mean, std), ``"images"`` (image, site,
         scale -> D; needs ``per_image=True``)."""
         if what == "D":
             return self._d_frame()
@@ -178,43 +260,79 @@ class ScaleSweepResult:
         raise ValueError(f"unknown table {what!r}; valid: 'D', 'channels', 'images'")
 
     def _d_frame(self) -> pd.DataFrame:
+        nan = float("nan")
+
+        def z(m: float, se: float) -> float:
+            return float(m / se) if se > 0 and math.isfinite(se) else nan
+
         rows = []
-        for u in self.units:
+        for u in self.sites:
             bm = self.branch_mean[u.alias]
-            for si, s in enumerate(self.scales):
-                base = {"unit": u.alias, "site": u.name, "stage": u.stage, "block": u.block}
+            base = {"site": u.alias, "name": u.name, "stage": u.stage, "block": u.block}
+            for vi, (cond, s) in enumerate(self.views()):
+                zoom = cond == ZOOM
+                si = self.scale_index(s)
+                if not zoom and self.view_count[vi] == 0:
+                    continue
+                dm, dse = float(self.delta_mean[u.alias][vi]), float(self.delta_se[u.alias][vi])
+                extra = {
+                    "zoom_delta_D": nan if zoom else float(self.zoom_delta[u.alias][vi]),
+                    "zoom_minus_control": nan if zoom else float(self.excess_mean[u.alias][vi]),
+                    "zoom_minus_control_se": nan if zoom else float(self.excess_se[u.alias][vi]),
+                }
+                extra["zoom_minus_control_z"] = z(
+                    extra["zoom_minus_control"], extra["zoom_minus_control_se"]
+                )
                 rows.append(
                     {
                         **base,
+                        "condition": cond,
                         "scale": s,
                         "class": "all",
-                        "n_images": self.n_images,
-                        "D": float(self.d_mean[u.alias][si]),
-                        "D_sem": float(self.d_sem[u.alias][si]),
-                        "D_std": float(self.d_std[u.alias][si]),
-                        "mean_a": float(bm[si, 0].mean()),
-                        "mean_b": float(bm[si, -1].mean()),
+                        "n_images": int(self.view_count[vi]) if len(self.view_count) else
+                        self.n_images,
+                        "D": float(self.d_mean[u.alias][si]) if zoom else
+                        float(self.view_d_mean[u.alias][vi]),
+                        "D_sem": float(self.d_sem[u.alias][si]) if zoom else
+                        float(self.view_d_sem[u.alias][vi]),
+                        "D_std": float(self.d_std[u.alias][si]) if zoom else nan,
+                        "mean_a": float(bm[si, 0].mean()) if zoom else nan,
+                        "mean_b": float(bm[si, -1].mean()) if zoom else nan,
+                        "delta_D": dm,
+                        "delta_D_se": dse,
+                        "delta_D_z": z(dm, dse),
+                        **extra,
                     }
-                )
+                )  # fmt: skip
                 for k, name in enumerate(self.class_names):
+                    cm = float(self.class_delta_mean[u.alias][vi, k])
+                    cse = float(self.class_delta_se[u.alias][vi, k])
                     rows.append(
                         {
                             **base,
+                            "condition": cond,
                             "scale": s,
                             "class": name,
-                            "n_images": int(self.class_count[k]),
-                            "D": float(self.class_d_mean[u.alias][si, k]),
-                            "D_sem": float(self.class_d_sem[u.alias][si, k]),
-                            "D_std": float("nan"),
-                            "mean_a": float("nan"),
-                            "mean_b": float("nan"),
+                            "n_images": int(self.class_view_count[vi, k]),
+                            "D": float(self.class_d_mean[u.alias][si, k]) if zoom else nan,
+                            "D_sem": float(self.class_d_sem[u.alias][si, k]) if zoom else nan,
+                            "D_std": nan,
+                            "mean_a": nan,
+                            "mean_b": nan,
+                            "delta_D": cm,
+                            "delta_D_se": cse,
+                            "delta_D_z": z(cm, cse),
+                            "zoom_delta_D": nan,
+                            "zoom_minus_control": nan,
+                            "zoom_minus_control_se": nan,
+                            "zoom_minus_control_z": nan,
                         }
                     )
         return pd.DataFrame(rows)
 
     def _channel_frame(self) -> pd.DataFrame:
         parts = []
-        for u in self.units:
+        for u in self.sites:
             mean, std = self.branch_mean[u.alias], self.branch_std[u.alias]
             s_idx, m_idx, c_idx = np.meshgrid(
                 np.arange(len(self.scales)),
@@ -225,7 +343,7 @@ class ScaleSweepResult:
             parts.append(
                 pd.DataFrame(
                     {
-                        "unit": u.alias,
+                        "site": u.alias,
                         "scale": np.asarray(self.scales)[s_idx.ravel()],
                         "branch": m_idx.ravel(),
                         "channel": c_idx.ravel(),
@@ -240,7 +358,7 @@ class ScaleSweepResult:
         if self.image_d is None or self.image_ids is None:
             raise ValueError("per-image D was not kept: run scale_sweep(..., per_image=True)")
         rows = []
-        for u in self.units:
+        for u in self.sites:
             d = self.image_d[u.alias]
             for i, image in enumerate(self.image_ids):
                 label = self.image_labels[i] if self.image_labels else None
@@ -249,366 +367,210 @@ class ScaleSweepResult:
                         {
                             "image": image,
                             "label": label,
-                            "unit": u.alias,
+                            "site": u.alias,
                             "scale": s,
                             "D": float(d[i, si]),
                         }
                     )
         return pd.DataFrame(rows)
 
-    # -- save / load -----------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``scale_sweep.npz``, ``D.csv``, ``channels.csv`` (and ``images.csv``) and
-        ``manifest.json`` into ``directory``, atomically (temporary folder, then rename)."""
+    # -- Result ----------------------------------------------------------------------------
+    def summary(self, digits: int = 4) -> str:
+        """Plain text: the branches of each site, the table of D (mean ± s.e.) per site and
+        scale, the paired change delta_D ± paired s.e. (! = |z| >= 3) and, where there are
+        resolution controls, how much of each site's change the control alone reproduces."""
+
+        def table(header: list[str], body: list[list[str]]) -> list[str]:
+            rows = [header, *body]
+            widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+            lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+            lines.insert(1, "  ".join("-" * w for w in widths))
+            return lines
+
+        last = set(self.stage_last_sites())
+        mark = {u.alias: u.alias + (" *" if u.alias in last else "") for u in self.sites}
+        views = "native renders" if self.views_native else "crops of the original pixels"
+        out = [f"SKNet scale sweep of {self.model_name}: {self.n_images} images, views = {views}"]
+        out.append("branches (kernel, dilation):")
+        for u in self.sites:
+            out.append(f"  {u.alias}: {u.branch_text()}")
+        out.append("")
+        header = ["site"] + [f"D @ {_sx(s)}" for s in self.scales]
+        body = [
+            [mark[u.alias]]
+            + [
+                f"{self.d_mean[u.alias][i]:+.{digits}f} ± {self.d_sem[u.alias][i]:.{digits}f}"
+                for i in range(len(self.scales))
+            ]
+            for u in self.sites
+        ]
+        out += table(header, body)
+        out.append(
+            f"D = mean_c(b_c) - mean_c(a_c) over {self.n_images} images "
+            f"(mean ± standard error; * = last site of its stage)"
+        )
+        ref = self.reference_scale
+        others = [s for s in self.scales if s != ref]
+        if others and self.delta_mean:
+            out.append("")
+            header = ["site"] + [f"dD @ {_sx(s)}" for s in others]
+            body = []
+            for u in self.sites:
+                cells = []
+                for s in others:
+                    m, se, z = self.delta(u.alias, s)
+                    flag = " !" if math.isfinite(z) and abs(z) >= 3 else ""
+                    cells.append(f"{m:+.{digits}f} ± {se:.{digits}f} (z {z:+.1f}){flag}")
+                body.append([mark[u.alias], *cells])
+            out += table(header, body)
+            out.append(
+                f"dD = D(s) - D({_sx(ref)}) per image: mean ± paired standard error, z = mean / "
+                "s.e.; ! = |z| >= 3"
+            )
+        controlled = [s for s in others if self.has_control(s)]
+        if controlled:
+            out.append("")
+            header = ["site"]
+            for s in controlled:
+                header += [f"control dD @ {_sx(s)}", "share", f"zoom - control @ {_sx(s)}"]
+            body = []
+            for u in self.sites:
+                cells = [mark[u.alias]]
+                for s in controlled:
+                    v = self.view_index(s, CONTROL)
+                    m, se, _ = self.delta(u.alias, s, CONTROL)
+                    zd = self.zoom_delta[u.alias][v]
+                    ex, exse = self.excess_mean[u.alias][v], self.excess_se[u.alias][v]
+                    exz = ex / exse if exse > 0 else float("nan")
+                    zz = self.delta(u.alias, s)[2]
+                    share = f"{m / zd:.0%}" if math.isfinite(zz) and abs(zz) >= 3 else "n.s."
+                    flag = " !" if math.isfinite(exz) and abs(exz) >= 3 else ""
+                    cells += [
+                        f"{m:+.{digits}f} ± {se:.{digits}f}",
+                        share,
+                        f"{ex:+.{digits}f} ± {exse:.{digits}f} (z {exz:+.1f}){flag}",
+                    ]
+                body.append(cells)
+            out += table(header, body)
+            counts = ", ".join(
+                f"{_sx(s)}: {int(self.view_count[self.view_index(s, CONTROL)])}" for s in controlled
+            )
+            out.append(
+                "resolution control = the 1.0x view resized down by the zoom view's upsampling "
+                f"factor and back up, no zoom (images whose zoom view needed upsampling: "
+                f"{counts}); share = control dD / zoom dD on the same images (the part of the "
+                "change the lost resolution alone reproduces; n.s. where the zoom change has "
+                "|z| < 3); zoom - control = the change with "
+                "object scale beyond resolution (paired s.e.; ! = |z| >= 3)"
+            )
+        if self.skipped:
+            out.append(f"{len(self.skipped)} file(s) skipped (listed in manifest.json)")
+        return "\n".join(out)
+
+    def _payload(self):
         arrays: dict[str, np.ndarray] = {"class_count": self.class_count}
-        per_unit = {
-            "branch_mean": self.branch_mean,
-            "branch_std": self.branch_std,
-            "d_mean": self.d_mean,
-            "d_std": self.d_std,
-            "d_sem": self.d_sem,
-            "class_d_mean": self.class_d_mean,
-            "class_d_sem": self.class_d_sem,
-            "image_d": self.image_d or {},
-            "image_attention": self.image_attention or {},
-        }
-        for key, table in per_unit.items():
-            for alias, arr in table.items():
-                arrays[f"{key}::{alias}"] = arr
-        frames = {
-            "D.csv": self.to_frame("D"),
-            "channels.csv": self.to_frame("channels"),
-        }
+        for key in (
+            "branch_mean",
+            "branch_std",
+            "d_mean",
+            "d_std",
+            "d_sem",
+            "class_d_mean",
+            "class_d_sem",
+            "image_d",
+            "image_attention",
+            "view_d_mean",
+            "view_d_sem",
+            "delta_mean",
+            "delta_se",
+            "class_delta_mean",
+            "class_delta_se",
+            "zoom_delta",
+            "excess_mean",
+            "excess_se",
+            "image_view_d",
+        ):
+            arrays.update(keyed(key, getattr(self, key) or {}))
+        arrays["view_count"] = np.asarray(self.view_count)
+        arrays["class_view_count"] = np.asarray(self.class_view_count)
+        arrays["upsampling"] = np.asarray(self.upsampling, dtype=np.float64)
+        if self.image_upsampling is not None:
+            arrays["image_upsampling"] = np.asarray(self.image_upsampling)
+        frames = {"D.csv": self.to_frame("D"), "channels.csv": self.to_frame("channels")}
         if self.image_d is not None:
             frames["images.csv"] = self.to_frame("images")
-        manifest = {
-            "analysis": "scale_sweep",
-            "format_version": _FORMAT_VERSION,
+        if self.view_records:
+            frames["views.csv"] = pd.DataFrame(self.view_records)
+        fields = {
+            "view_conditions": list(self.view_conditions),
+            "view_scales": list(self.view_scales),
+            "views_native": self.views_native,
+            "view_records": self.view_records,
             "scales": list(self.scales),
             "n_images": self.n_images,
-            "units": [u.as_dict() for u in self.units],
+            "sites": [u.as_dict() for u in self.sites],
             "class_names": self.class_names,
             "per_image": self.image_d is not None,
             "image_ids": self.image_ids,
             "image_labels": self.image_labels,
-            "n_skipped": len(self.skipped),
-            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
-            **{k: v for k, v in self.meta.items() if k not in _MANIFEST_KEYS},
-            "versions": self.meta.get("versions") or versions(),
+            "skipped": records(self.skipped),
+            "meta": self.meta,
         }
-        return save_result_dir(
-            directory,
-            arrays=arrays,
-            frames=frames,
-            manifest=manifest,
-            npz_name="scale_sweep.npz",
-            compress=False,
-        )
+        return arrays, frames, fields
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> ScaleSweepResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        if manifest.get("analysis") != "scale_sweep":
-            raise ValueError(f"{directory} does not hold a scale-sweep result")
-        _, npz = load_result_dir(directory, "scale_sweep.npz")
-        class_count = npz["class_count"]
-        tables: dict[str, dict[str, np.ndarray]] = {}
-        for key, arr in npz.items():
-            if "::" in key:
-                name, alias = key.split("::", 1)
-                tables.setdefault(name, {})[alias] = arr
-        units = [
-            UnitInfo(
-                alias=u["alias"],
-                name=u["name"],
-                stage=u["stage"],
-                block=u["block"],
-                branches=u["branches"],
-                channels=u["channels"],
-                receptive_fields=tuple(u.get("receptive_fields", ())),
+    def _restore(cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray]):
+        per_image = bool(manifest.get("per_image"))
+        sites = [
+            SweepSite(
+                **{
+                    **u,
+                    "receptive_fields": tuple(u.get("receptive_fields", ())),
+                    "kernels": tuple(tuple(k) for k in u.get("kernels", ())),
+                }
             )
-            for u in manifest["units"]
+            for u in manifest["sites"]
         ]
-        per_image = manifest.get("per_image", False)
-        meta = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
-        meta["versions"] = manifest.get("versions")
+        s = len(manifest["scales"])
+        v_scales = [float(x) for x in manifest.get("view_scales", manifest["scales"])]
+        extra: dict[str, Any] = {
+            "view_conditions": list(manifest.get("view_conditions", [ZOOM] * s)),
+            "view_scales": v_scales,
+            "views_native": bool(manifest.get("views_native", False)),
+            "view_records": list(manifest.get("view_records", [])),
+            "view_count": arrays.get("view_count", np.zeros(0, dtype=np.int64)),
+            "class_view_count": arrays.get("class_view_count", np.zeros((0, 0), np.int64)),
+            "upsampling": arrays.get("upsampling", np.zeros((2, 0))),
+            "image_upsampling": arrays.get("image_upsampling"),
+            "image_view_d": unkeyed(arrays, "image_view_d") if per_image else None,
+        }
+        for key in ("view_d_mean", "view_d_sem", "delta_mean", "delta_se", "class_delta_mean",
+                    "class_delta_se", "zoom_delta", "excess_mean", "excess_se"):  # fmt: skip
+            extra[key] = unkeyed(arrays, key)
         return cls(
-            units=units,
+            sites=sites,
             scales=tuple(float(s) for s in manifest["scales"]),
             n_images=int(manifest["n_images"]),
-            branch_mean=tables.get("branch_mean", {}),
-            branch_std=tables.get("branch_std", {}),
-            d_mean=tables.get("d_mean", {}),
-            d_std=tables.get("d_std", {}),
-            d_sem=tables.get("d_sem", {}),
+            branch_mean=unkeyed(arrays, "branch_mean"),
+            branch_std=unkeyed(arrays, "branch_std"),
+            d_mean=unkeyed(arrays, "d_mean"),
+            d_std=unkeyed(arrays, "d_std"),
+            d_sem=unkeyed(arrays, "d_sem"),
             class_names=list(manifest.get("class_names", [])),
-            class_count=class_count,
-            class_d_mean=tables.get("class_d_mean", {}),
-            class_d_sem=tables.get("class_d_sem", {}),
-            image_d=tables.get("image_d", {}) if per_image else None,
-            image_attention=tables.get("image_attention", {}) if per_image else None,
+            class_count=arrays["class_count"],
+            class_d_mean=unkeyed(arrays, "class_d_mean"),
+            class_d_sem=unkeyed(arrays, "class_d_sem"),
+            image_d=unkeyed(arrays, "image_d") if per_image else None,
+            image_attention=unkeyed(arrays, "image_attention") if per_image else None,
             image_ids=manifest.get("image_ids") if per_image else None,
             image_labels=manifest.get("image_labels") if per_image else None,
-            skipped=[(s["file"], s["reason"]) for s in manifest.get("skipped", [])],
-            meta=meta,
+            skipped=from_records(manifest.get("skipped")),
+            meta=dict(manifest.get("meta", {})),
+            **extra,
         )
 
-    def summary(self, digits: int = 4) -> str:
-        """Plain-text table of D (mean +- standard error) per unit and scale."""
-        header = ["unit"] + [f"D @ {s:g}x" for s in self.scales]
-        rows = [header]
-        last = set(self.stage_last_units())
-        for u in self.units:
-            mark = " *" if u.alias in last else ""
-            cells = [
-                f"{self.d_mean[u.alias][i]:+.{digits}f} ± {self.d_sem[u.alias][i]:.{digits}f}"
-                for i in range(len(self.scales))
-            ]
-            rows.append([u.alias + mark, *cells])
-        widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(
-            f"D = mean_c(b_c) - mean_c(a_c) over {self.n_images} images "
-            f"(mean ± standard error; * = last unit of its stage)"
-        )
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} file(s) skipped (listed in manifest.json)")
-        return "\n".join(lines)
 
-
-_MANIFEST_KEYS = frozenset(
-    {
-        "analysis",
-        "format_version",
-        "scales",
-        "n_images",
-        "units",
-        "class_names",
-        "per_image",
-        "image_ids",
-        "image_labels",
-        "n_skipped",
-        "skipped",
-        "versions",
-    }
-)
-
-
-# --------------------------------------------------------------------------- preprocessing
-def resolve_preprocess(model: nn.Module, preprocess: Any = None) -> Any:
-    """The views' preprocessing config: ``preprocess`` if given, else the config attached to
-    the model by ``attnviz.models.load_model``, else timm's ``resolve_data_config``."""
-    if preprocess is not None:
-        return preprocess
-    for attr in ("preprocess_config", "attnviz_preprocess", "preprocess"):
-        cfg = getattr(model, attr, None)
-        if cfg is not None and not callable(cfg):
-            return cfg
-    from ..models.tiny import TinyResNet
-
-    if isinstance(model, TinyResNet):  # attnviz's tiny models: 64 px, as trained
-        from ..models.train import IMAGE_SIZE, MEAN, STD
-
-        return {
-            "input_size": (3, IMAGE_SIZE, IMAGE_SIZE),
-            "mean": MEAN,
-            "std": STD,
-            "interpolation": "bilinear",
-            "crop_pct": 1.0,
-        }
-    if getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None):
-        from timm.data import resolve_data_config
-
-        return resolve_data_config(model=model)
-    raise ValueError(
-        f"cannot tell the input preprocessing of {type(model).__name__}: pass "
-        "preprocess=PreprocessConfig (from attnviz.models.load_model) or a dict with "
-        "input_size, mean, std, interpolation and crop_pct"
-    )
-
-
-def _source_meta(preprocess: Any) -> dict[str, Any]:
-    src = getattr(preprocess, "source", None)
-    if src is None and isinstance(preprocess, Mapping):
-        src = preprocess.get("source")
-    if src is None:
-        return {}
-    if isinstance(src, Mapping):
-        return {k: v for k, v in src.items()}
-    if hasattr(src, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(src)
-    return {"source": str(src)}
-
-
-# --------------------------------------------------------------------------- accumulation
-class _Accumulators:
-    """float64 sums per unit and scale; plain tensors so they can be all-reduced and saved."""
-
-    def __init__(self, units: list[UnitInfo], n_scales: int, n_classes: int, per_image: bool):
-        self.units = units
-        self.n_scales = n_scales
-        self.per_image = per_image
-        self.t: dict[str, Tensor] = {"count": torch.zeros(1, dtype=torch.float64)}
-        self.t["class_count"] = torch.zeros(n_classes, dtype=torch.float64)
-        for u in units:
-            shape = (n_scales, u.branches, u.channels)
-            self.t[f"att_sum::{u.alias}"] = torch.zeros(shape, dtype=torch.float64)
-            self.t[f"att_sq::{u.alias}"] = torch.zeros(shape, dtype=torch.float64)
-            self.t[f"d_sum::{u.alias}"] = torch.zeros(n_scales, dtype=torch.float64)
-            self.t[f"d_sq::{u.alias}"] = torch.zeros(n_scales, dtype=torch.float64)
-            self.t[f"cd_sum::{u.alias}"] = torch.zeros(n_scales, n_classes, dtype=torch.float64)
-            self.t[f"cd_sq::{u.alias}"] = torch.zeros(n_scales, n_classes, dtype=torch.float64)
-        # per image (only with per_image): source index, D (U, S), attention per unit
-        self.image_index: list[int] = []
-        self.image_label: list[int] = []
-        self.image_d: dict[str, list[Tensor]] = {u.alias: [] for u in units}
-        self.image_att: dict[str, list[Tensor]] = {u.alias: [] for u in units}
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.t["class_count"].shape[0])
-
-    def grow_classes(self, n: int) -> None:
-        extra = n - self.n_classes
-        if extra <= 0:
-            return
-        for key, val in list(self.t.items()):
-            if key == "class_count" or key.startswith(("cd_sum::", "cd_sq::")):
-                pad = torch.zeros(*val.shape[:-1], extra, dtype=val.dtype)
-                self.t[key] = torch.cat([val, pad], dim=-1)
-
-    def update(
-        self, att: Mapping[str, Tensor], labels: Tensor | None, indices: Sequence[int]
-    ) -> None:
-        """``att[alias]``: (S, B, M, C) attention of one batch; labels (B,) or None."""
-        b = len(indices)
-        self.t["count"] += b
-        if labels is not None:
-            self.grow_classes(int(labels.max()) + 1)
-            self.t["class_count"].index_add_(0, labels, torch.ones(b, dtype=torch.float64))
-        for u in self.units:
-            a = att[u.alias].to(torch.float64)
-            self.t[f"att_sum::{u.alias}"] += a.sum(dim=1)
-            self.t[f"att_sq::{u.alias}"] += (a * a).sum(dim=1)
-            d = a[:, :, -1].mean(dim=-1) - a[:, :, 0].mean(dim=-1)  # (S, B)
-            self.t[f"d_sum::{u.alias}"] += d.sum(dim=1)
-            self.t[f"d_sq::{u.alias}"] += (d * d).sum(dim=1)
-            if labels is not None:
-                self.t[f"cd_sum::{u.alias}"].index_add_(1, labels, d)
-                self.t[f"cd_sq::{u.alias}"].index_add_(1, labels, d * d)
-            if self.per_image:
-                self.image_d[u.alias].append(d.t().contiguous())  # (B, S)
-                self.image_att[u.alias].append(a.transpose(0, 1).to(torch.float32))
-        if self.per_image:
-            self.image_index.extend(int(i) for i in indices)
-            lab = labels.tolist() if labels is not None else [-1] * b
-            self.image_label.extend(int(v) for v in lab)
-
-    # -- checkpoint state (plain tensors, lists, strings: torch.load(weights_only=True)) ----
-    def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"t": dict(self.t)}
-        if self.per_image:
-            state["image_index"] = torch.tensor(self.image_index, dtype=torch.int64)
-            state["image_label"] = torch.tensor(self.image_label, dtype=torch.int64)
-            state["image_d"] = {k: _cat(v, (0, self.n_scales)) for k, v in self.image_d.items()}
-            state["image_att"] = {
-                u.alias: _cat(self.image_att[u.alias], (0, self.n_scales, u.branches, u.channels))
-                for u in self.units
-            }
-        return state
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.t = {k: v.clone() for k, v in state["t"].items()}
-        if self.per_image:
-            self.image_index = [int(i) for i in state["image_index"].tolist()]
-            self.image_label = [int(i) for i in state["image_label"].tolist()]
-            self.image_d = {k: [v] for k, v in state["image_d"].items()}
-            self.image_att = {k: [v] for k, v in state["image_att"].items()}
-
-
-def _cat(chunks: list[Tensor], empty_shape: tuple[int, ...]) -> Tensor:
-    return torch.cat(chunks, dim=0) if chunks else torch.zeros(empty_shape)
-
-
-def _finalise(
-    acc: _Accumulators,
-    scales: tuple[float, ...],
-    class_names: list[str],
-    image_ids: list[str],
-    skipped: list[tuple[str, str]],
-    meta: dict[str, Any],
-) -> ScaleSweepResult:
-    n = float(acc.t["count"].item())
-    if n == 0:
-        raise ValueError(
-            "no usable image: every input was skipped"
-            + (f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else "")
-        )
-    k = acc.n_classes
-    if len(class_names) < k:
-        class_names = list(class_names) + [str(i) for i in range(len(class_names), k)]
-    class_count = acc.t["class_count"].numpy()
-    branch_mean, branch_std, d_mean, d_std, d_sem = {}, {}, {}, {}, {}
-    class_d_mean, class_d_sem = {}, {}
-    for u in acc.units:
-        a = u.alias
-        mean = acc.t[f"att_sum::{a}"].numpy() / n
-        branch_mean[a] = mean
-        branch_std[a] = np.sqrt(np.maximum(acc.t[f"att_sq::{a}"].numpy() / n - mean**2, 0.0))
-        dm = acc.t[f"d_sum::{a}"].numpy() / n
-        d_mean[a] = dm
-        d_std[a] = _sample_std(acc.t[f"d_sq::{a}"].numpy(), dm, n)
-        d_sem[a] = d_std[a] / math.sqrt(n)
-        cs, cq = acc.t[f"cd_sum::{a}"].numpy(), acc.t[f"cd_sq::{a}"].numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cm = np.where(class_count > 0, cs / np.maximum(class_count, 1), np.nan)
-            cstd = _sample_std(cq, np.nan_to_num(cm), class_count)
-            class_d_mean[a] = cm
-            class_d_sem[a] = np.where(
-                class_count > 0, cstd / np.sqrt(np.maximum(class_count, 1)), np.nan
-            )
-    image_d = image_att = None
-    ids = labels = None
-    if acc.per_image:
-        order = np.argsort(np.asarray(acc.image_index, dtype=np.int64), kind="stable")
-        image_d = {
-            u.alias: _cat(acc.image_d[u.alias], (0, len(scales))).numpy()[order] for u in acc.units
-        }
-        image_att = {
-            u.alias: _cat(acc.image_att[u.alias], (0, len(scales), u.branches, u.channels)).numpy()[
-                order
-            ]
-            for u in acc.units
-        }
-        ids = [image_ids[acc.image_index[i]] for i in order]
-        labels = [acc.image_label[i] for i in order]
-    return ScaleSweepResult(
-        units=list(acc.units),
-        scales=scales,
-        n_images=int(n),
-        branch_mean=branch_mean,
-        branch_std=branch_std,
-        d_mean=d_mean,
-        d_std=d_std,
-        d_sem=d_sem,
-        class_names=class_names if k else [],
-        class_count=class_count.astype(np.int64),
-        class_d_mean=class_d_mean,
-        class_d_sem=class_d_sem,
-        image_d=image_d,
-        image_attention=image_att,
-        image_ids=ids,
-        image_labels=labels,
-        skipped=skipped,
-        meta=meta,
-    )
-
-
+# --------------------------------------------------------------------------- the analysis
 def _sample_std(sq: np.ndarray, mean: np.ndarray, n: np.ndarray | float) -> np.ndarray:
     """Sample std (ddof=1) from the sum of squares and the mean; 0 for n < 2."""
     n_arr = np.asarray(n, dtype=np.float64)
@@ -616,289 +578,391 @@ def _sample_std(sq: np.ndarray, mean: np.ndarray, n: np.ndarray | float) -> np.n
     return np.where(n_arr > 1, np.sqrt(np.maximum(var, 0.0)), 0.0)
 
 
-# --------------------------------------------------------------------------- checkpoints
-def _fingerprint(
-    units: list[UnitInfo], scales: tuple[float, ...], ids: list[str], per_image: bool
-) -> str:
-    digest = hashlib.sha256()
-    for item in ids:
-        digest.update(item.encode() + b"\n")
-    h = digest.hexdigest()
-    return json.dumps(
-        {
-            "units": [u.alias for u in units],
-            "scales": list(scales),
-            "n_items": len(ids),
-            "items_sha256": h,
-            "per_image": per_image,
-            "world_size": dist_utils.world_size(),
-            "rank": dist_utils.rank(),
-        },
-        sort_keys=True,
-    )
+def _mean_se(total: np.ndarray, sq: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error (ddof=1) from streaming sums; NaN where n == 0 (se: n < 2)."""
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        var = (sq - n * np.nan_to_num(mean) ** 2) / np.maximum(n - 1.0, 1.0)
+        se = np.where(n > 1, np.sqrt(np.maximum(var, 0.0) / np.maximum(n, 1)), np.nan)
+    return mean, se
 
 
-def _checkpoint_path(directory: Path) -> Path:
-    return directory / f"scale_sweep-rank{dist_utils.rank()}-of{dist_utils.world_size()}.pt"
+def _image_size(image: Any) -> tuple[int, int]:
+    """(W, H) of a PIL image or of a (C, H, W) / (H, W, C) tensor or array item."""
+    if isinstance(image, Image.Image):
+        return image.size
+    shape = tuple(image.shape)
+    if isinstance(image, Tensor) and len(shape) == 3 and shape[0] in (1, 3, 4):
+        return int(shape[2]), int(shape[1])
+    return int(shape[1]), int(shape[0])
 
 
-def _save_checkpoint(
-    path: Path, fingerprint: str, position: int, acc: _Accumulators, skipped: list
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": fingerprint,
-        "position": position,
-        "acc": acc.state(),
-        "skipped": json.dumps(skipped),
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+def _branch_kernels(model: nn.Module, site: Site) -> tuple[tuple[tuple[int, int], ...], Any]:
+    """((kernel, dilation) per branch, split_input or None) read from the SK module."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        module = model.get_submodule(site.name)
+    except AttributeError:
+        return (), None
+    paths = getattr(module, "paths", None)
+    if paths is None:
+        return (), None
+    kernels = []
+    for path in paths:
+        conv = next((m for m in path.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            return (), None
+        kernels.append((int(conv.kernel_size[0]), int(conv.dilation[0])))
+    split = getattr(module, "split_input", None)
+    return tuple(kernels), (None if split is None else bool(split))
 
 
-def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        raise AttnvizError(
-            f"checkpoint {path} belongs to a different sweep (model units, scales, images or "
-            "number of processes differ); delete it or run without resume"
+class ScaleSweep(Analysis):
+    """The sweep as an :class:`~attnviz.analysis.runner.Analysis` (see the module doc).
+
+    Per image it builds V views: the zoom views at every scale and, with ``controls``, one
+    resolution control per scale > 1 (the 1.0x view degraded by that zoom view's upsampling
+    factor; counted only where the zoom view needed upsampling). With ``native=True`` the
+    items are :class:`~attnviz.data.shapes.ShapeScenes` strips (the views rendered natively)
+    and no control is needed.
+    """
+
+    name = "scale_sweep"
+    accepts_prepared = False
+
+    def __init__(
+        self,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        sites: Iterable[str | Site] | str | None = None,
+        per_image: bool = False,
+        *,
+        controls: bool = True,
+        native: bool = False,
+    ):
+        scales = tuple(float(s) for s in scales)
+        if not scales:
+            raise ValueError("give at least one scale")
+        if any(not (math.isfinite(s) and s >= 1.0) for s in scales):
+            raise ValueError(f"view scales must be finite numbers >= 1.0, got {list(scales)}")
+        self.scales, self.selection, self.per_image = scales, sites, per_image
+        self.native = bool(native)
+        self.ref = int(np.argmin(scales))  # delta_D(s) = D(s) - D(reference = smallest scale)
+        has_one = any(s == 1.0 for s in scales)
+        self.controls = bool(controls) and not self.native and has_one
+        cond = [(ZOOM, s) for s in scales]
+        if self.controls:
+            cond += [(CONTROL, s) for s in scales if s > 1.0]
+        self.views = cond
+        self.keep_images = True  # step() needs each image's size (upsampling factors)
+        self._sites: list[Site] = []
+        self._kernels: dict[str, Any] = {}
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        self._sites = choose_sites(
+            model, kinds_with_role("branch"), self.selection, what="SK (selective kernel) site"
         )
-    return state
+        self._kernels = {s.alias: _branch_kernels(model, s) for s in self._sites}
+        return self._sites
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "scales": list(self.scales),
+            "per_image": self.per_image,
+            "controls": self.controls,
+            "native": self.native,
+        }
+
+    # -- views -----------------------------------------------------------------------------
+    def view_images(
+        self, image: Image.Image, transform: EvalTransform
+    ) -> tuple[list[Image.Image], list[float]]:
+        """The V views of one item (PIL, before normalisation) and each zoom's upsampling."""
+        if self.native:
+            views = [transform.view(v) for v in split_strip(image, len(self.scales))]
+            h, _ = transform.input_size
+            up = [h / image.height] * len(self.scales)
+            return views, up
+        zooms, geos = zoom_views(image, transform, self.scales)
+        up = [g.upsampling for g in geos]
+        views = list(zooms)
+        if self.controls:
+            base = zooms[self.scales.index(1.0)]
+            for s in self.scales:
+                if s > 1.0:
+                    views.append(resolution_control(base, up[self.scales.index(s)], transform))
+        return views, up
+
+    def prepare(self, image: Image.Image | Tensor, transform: EvalTransform | None) -> Tensor:
+        assert transform is not None and isinstance(image, Image.Image)
+        views, _ = self.view_images(image, transform)
+        return torch.stack([transform.tensor(v) for v in views])  # (V, 3, H, W)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        # (B, V, 3, H, W) -> view-major (V * B, 3, H, W): one forward for all views
+        b, v = x.shape[:2]
+        return x.transpose(0, 1).reshape(v * b, *x.shape[2:])
+
+    def _upsampling(self, batch) -> np.ndarray:
+        """(S, B) upsampling factor of each zoom view of the batch."""
+        s, b = len(self.scales), len(batch)
+        sizes = [_image_size(im) for im in batch.images]
+        if self.native:  # every view is a full render: the model's own resize only
+            h = self.transform.input_size[0]
+            return np.asarray([[h / hh for _, hh in sizes]] * s, dtype=np.float64)
+        out = np.ones((s, b))
+        for j, size in enumerate(sizes):
+            try:
+                geos = zoom_geometry(size, self.transform, self.scales)
+                out[:, j] = [g.upsampling for g in geos]
+            except ValueError:
+                out[:, j] = self.scales
+        return out
+
+    # -- per batch -------------------------------------------------------------------------
+    def step(self, state: State, batch, cache, output) -> None:
+        b, s, v = len(batch), len(self.scales), len(self.views)
+        labels = batch.labels
+        known = [lab for lab in labels if lab is not None]
+        if known and len(known) != len(labels):
+            raise ValueError("some images have a label and some do not")
+        for lab in known:
+            if lab < 0:
+                raise ValueError(f"labels must be >= 0, got {lab}")
+        up = self._upsampling(batch)  # (S, B)
+        # which images count in each view: zoom views all, controls where upsampling was needed
+        counted = np.ones((v, b), dtype=bool)
+        zoom_of = np.arange(v)  # the zoom view a view is compared with
+        for vi, (cond, sc) in enumerate(self.views):
+            if cond == CONTROL:
+                zi = self.scales.index(sc)
+                zoom_of[vi] = zi
+                counted[vi] = up[zi] > 1.0 + 1e-9
+        state.add("count", b)
+        state.add("view_count", counted.sum(1))
+        state.add("up_sum", up.sum(1))
+        state.add("up_count", (up > 1.0 + 1e-9).sum(1))
+        for lab in set(known):
+            cols = [j for j, x in enumerate(labels) if x == lab]
+            state.add(f"class_view_count::{lab}", counted[:, cols].sum(1))
+        for site in self._sites:
+            t = cache[site.name]
+            if t.shape[0] != v * b:
+                raise ValueError(
+                    f"SK site {site.alias} ran {t.shape[0] // max(v * b, 1)} times per image; "
+                    "the sweep needs one call per image"
+                )
+            a = t.reshape(v, b, *t.shape[1:]).double().numpy()  # (V, B, M, C)
+            if "shape::" + site.alias not in state.info:
+                state.info["shape::" + site.alias] = [int(a.shape[2]), int(a.shape[3])]
+            d_all = a[:, :, -1].mean(-1) - a[:, :, 0].mean(-1)  # (V, B)
+            d, az = d_all[:s], a[:s]  # the zoom views
+            state.add(f"att_sum::{site.alias}", az.sum(1))
+            state.add(f"att_sq::{site.alias}", (az * az).sum(1))
+            state.add(f"d_sum::{site.alias}", d.sum(1))
+            state.add(f"d_sq::{site.alias}", (d * d).sum(1))
+            w = counted.astype(np.float64)
+            delta = d_all - d_all[self.ref][None, :]  # paired change per image
+            excess = d_all[zoom_of] - d_all  # zoom minus its control (0 for zoom views)
+            zdelta = delta[zoom_of]  # the zoom's change on the same images
+            for key, val in (
+                ("vd", d_all),
+                ("dd", delta),
+                ("ex", excess),
+            ):
+                state.add(f"{key}_sum::{site.alias}", (w * val).sum(1))
+                state.add(f"{key}_sq::{site.alias}", (w * val * val).sum(1))
+            state.add(f"zd_sum::{site.alias}", (w * zdelta).sum(1))
+            for lab in set(known):
+                cols = [j for j, x in enumerate(labels) if x == lab]
+                state.add(f"cd_sum::{site.alias}::{lab}", d[:, cols].sum(1))
+                state.add(f"cd_sq::{site.alias}::{lab}", (d[:, cols] ** 2).sum(1))
+                wc, dc = w[:, cols], delta[:, cols]
+                state.add(f"cdd_sum::{site.alias}::{lab}", (wc * dc).sum(1))
+                state.add(f"cdd_sq::{site.alias}::{lab}", (wc * dc * dc).sum(1))
+            if self.per_image:
+                for j, r in enumerate(batch.records):
+                    state.put(f"image_d::{site.alias}", r.index, d[:, j])
+                    state.put(
+                        f"image_view_d::{site.alias}",
+                        r.index,
+                        np.where(counted[:, j], d_all[:, j], np.nan),
+                    )
+                    state.put(f"image_att::{site.alias}", r.index, a[:s, j].astype(np.float32))
+        for j, r in enumerate(batch.records):
+            if r.label is not None:
+                state.add(f"class_count::{r.label}", 1)
+            if self.per_image:
+                state.put("id", r.index, np.asarray(r.id))
+                state.put("label", r.index, -1 if r.label is None else r.label)
+                state.put("upsampling", r.index, up[:, j])
+
+    def finalise(self, state: State, run: RunInfo) -> ScaleSweepResult:
+        n = float(state.sum("count"))
+        labels = sorted(int(k.split("::")[1]) for k in state.sums if k.startswith("class_count::"))
+        k = max([len(run.class_names)] + [lab + 1 for lab in labels]) if labels else 0
+        names = list(run.class_names) + [str(i) for i in range(len(run.class_names), k)]
+        class_count = np.asarray([state.sum(f"class_count::{i}") for i in range(k)])
+        v, s = len(self.views), len(self.scales)
+        view_count = state.sum("view_count", np.zeros(v))
+        zeros_v = np.zeros(v)
+        class_view_count = (
+            np.stack([state.sum(f"class_view_count::{i}", zeros_v) for i in range(k)], 1)
+            if k
+            else np.zeros((v, 0))
+        )
+        keys = (
+            "branch_mean", "branch_std", "d_mean", "d_std", "d_sem", "class_d_mean",
+            "class_d_sem", "view_d_mean", "view_d_sem", "delta_mean", "delta_se",
+            "class_delta_mean", "class_delta_se", "zoom_delta", "excess_mean", "excess_se",
+        )  # fmt: skip
+        out: dict[str, dict[str, np.ndarray]] = {key: {} for key in keys}
+        swept = []
+        for site in self._sites:
+            a = site.alias
+            shape = state.info.get("shape::" + a)
+            if shape is None:
+                raise ValueError(f"SK site {a} ({site.name}) did not run in a forward")
+            kernels, split = self._kernels.get(a, ((), None))
+            swept.append(
+                SweepSite(
+                    a,
+                    site.name,
+                    site.stage,
+                    site.block,
+                    shape[0],
+                    shape[1],
+                    tuple(site.info.get("branch_receptive_field", ())),
+                    tuple(kernels),
+                    split,
+                )
+            )
+            mean = state.sums[f"att_sum::{a}"] / n
+            out["branch_mean"][a] = mean
+            out["branch_std"][a] = np.sqrt(np.maximum(state.sums[f"att_sq::{a}"] / n - mean**2, 0))
+            dm = state.sums[f"d_sum::{a}"] / n
+            out["d_mean"][a] = dm
+            out["d_std"][a] = _sample_std(state.sums[f"d_sq::{a}"], dm, n)
+            out["d_sem"][a] = out["d_std"][a] / math.sqrt(n)
+            zeros = np.zeros(s)
+
+            def per_class(key: str, zero: np.ndarray, width: int, a: str = a) -> np.ndarray:
+                if not k:
+                    return np.zeros((width, 0))
+                return np.stack([state.sum(f"{key}::{a}::{i}", zero) for i in range(k)], 1)
+
+            cm, cse = _mean_se(per_class("cd_sum", zeros, s), per_class("cd_sq", zeros, s),
+                               np.broadcast_to(class_count, (s, k)))  # fmt: skip
+            out["class_d_mean"][a], out["class_d_sem"][a] = cm, cse
+            out["view_d_mean"][a], out["view_d_sem"][a] = _mean_se(
+                state.sum(f"vd_sum::{a}", zeros_v), state.sum(f"vd_sq::{a}", zeros_v), view_count
+            )
+            out["delta_mean"][a], out["delta_se"][a] = _mean_se(
+                state.sum(f"dd_sum::{a}", zeros_v), state.sum(f"dd_sq::{a}", zeros_v), view_count
+            )
+            out["class_delta_mean"][a], out["class_delta_se"][a] = _mean_se(
+                per_class("cdd_sum", zeros_v, v), per_class("cdd_sq", zeros_v, v), class_view_count
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["zoom_delta"][a] = np.where(
+                    view_count > 0, state.sum(f"zd_sum::{a}", zeros_v) / view_count, np.nan
+                )
+            out["excess_mean"][a], out["excess_se"][a] = _mean_se(
+                state.sum(f"ex_sum::{a}", zeros_v), state.sum(f"ex_sq::{a}", zeros_v), view_count
+            )
+        image_d = image_att = ids = image_labels = image_view_d = image_up = None
+        if self.per_image:
+            image_d = {s_.alias: state.stacked(f"image_d::{s_.alias}")[1] for s_ in swept}
+            image_view_d = {s_.alias: state.stacked(f"image_view_d::{s_.alias}")[1] for s_ in swept}
+            image_att = {s_.alias: state.stacked(f"image_att::{s_.alias}")[1] for s_ in swept}
+            ids = [str(x) for x in state.stacked("id")[1]]
+            image_labels = [int(x) for x in state.stacked("label")[1]]
+            image_up = state.stacked("upsampling")[1]
+        up_mean = state.sum("up_sum", np.zeros(s)) / max(n, 1)
+        return ScaleSweepResult(
+            sites=swept,
+            scales=self.scales,
+            n_images=int(n),
+            class_names=names if k else [],
+            class_count=class_count.astype(np.int64),
+            image_d=image_d,
+            image_attention=image_att,
+            image_ids=ids,
+            image_labels=image_labels,
+            skipped=run.skipped,
+            meta={"analysis_sites": [s_.alias for s_ in swept]},
+            view_conditions=[c for c, _ in self.views],
+            view_scales=[sc for _, sc in self.views],
+            view_count=view_count.astype(np.int64),
+            class_view_count=class_view_count.astype(np.int64),
+            upsampling=np.stack([up_mean, state.sum("up_count", np.zeros(s))]),
+            image_view_d=image_view_d,
+            image_upsampling=image_up,
+            views_native=self.native,
+            **out,
+        )
 
 
-# --------------------------------------------------------------------------- the sweep
 def scale_sweep(
     model: nn.Module,
     images: Any,
     *,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    labels: Sequence[int] | None = None,
-    batch_size: int = 32,
-    preprocess: Any = None,
+    scales: Sequence[float] | None = None,
+    sites: Iterable[str | Site] | str | None = None,
     per_image: bool = False,
-    units: Iterable[str] | str | None = None,
-    progress: bool = True,
-    strict: bool = False,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 50,
-    resume: bool = False,
-    limit: int | None = None,
+    controls: bool = True,
+    **run_options: Any,
 ) -> ScaleSweepResult:
     """Run the SKNet object-scale sweep of ``model`` over ``images``.
 
-    ``images``: a folder (class subfolders give labels), a list of paths, a torch Dataset
-    yielding PIL images or ``(image, label)``, or a DataLoader (its dataset and sampler order
-    are used; batches of ``loader.batch_size``). ``labels`` overrides the labels. ``units``
-    selects SK sites by alias or name (default: all). ``preprocess``: a ``PreprocessConfig``,
-    a timm data-config dict, or None for the model's own. Unusable images are skipped and
-    listed in ``result.skipped`` (``strict=True`` raises :class:`BadImageError` instead).
-    With ``checkpoint_dir`` the sums are saved atomically every ``checkpoint_every`` batches
-    and ``resume=True`` continues from there. Under ``torch.distributed`` each rank sweeps a
-    disjoint shard and the sums are all-reduced; every rank returns the full result.
-
-    The model runs in eval mode (SK units hold a BatchNorm on a 1x1 map); its training flags
-    are restored afterwards.
+    ``images``: a :class:`~attnviz.data.shapes.ShapeScenes` (generated scenes rendered
+    natively at each of its scales: no resampling, no control needed), or image files /
+    PIL images / a Dataset of them, whose zoom views are cropped from the original pixels
+    (:func:`attnviz.data.views.zoom_views`); ``controls`` then adds a resolution control for
+    every zoom view that needed upsampling. ``scales`` default (1.0, 1.5, 2.0) (a
+    ShapeScenes' own scales). ``sites`` selects SK sites by alias or name (default: all).
+    ``per_image`` also keeps every image's D, attention and upsampling. ``run_options`` are
+    those of :func:`attnviz.analysis.runner.run` (``preprocess``, ``labels``, ``batch_size``,
+    ``workers``, ``limit``, ``strict``, ``progress``, ``checkpoint``, ``resume``, ...). The
+    model runs in eval mode; its training flags are restored afterwards.
     """
-    scales = tuple(float(s) for s in scales)
-    if not scales:
-        raise ValueError("give at least one scale")
-    if any(s < 1.0 for s in scales):
-        raise ValueError(f"view scales must be >= 1.0, got {list(scales)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    config = resolve_preprocess(model, preprocess)
-    spec = view_spec(config)
-    kinds = sorted({s.kind for s in find_sites(model)})
-    if "sk" not in kinds:
-        raise NoAttentionSitesError(
-            f"{type(model).__name__} has no SK (selective kernel) unit, which the scale sweep "
-            "needs (timm skresnet18/34, skresnext50_32x4d, attnviz SKConv / sk_tiny); "
-            + (f"its attention sites are of kind {kinds}" if kinds else "it has no attention site")
-        )
-    selected = select_sites(model, kinds="sk", sites=units)
-    source = image_source(images, labels, id_style="relative")
-    if limit is not None:
-        source.ids = source.ids[:limit]
-    if source.batch_size:
-        batch_size = source.batch_size
-    n_items = len(source)
+    from ..data.shapes import ShapeScenes
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    shard = range(rank, n_items, world)
-
-    with eval_mode(model):
-        unit_infos = _probe_units(model, selected, spec, device)
-        n_classes = len(source.class_names)
-        acc = _Accumulators(unit_infos, len(scales), n_classes, per_image)
-        skipped: list[tuple[str, str]] = []
-        position = 0
-        fingerprint = _fingerprint(unit_infos, scales, source.ids, per_image)
-        ckpt = _checkpoint_path(Path(checkpoint_dir)) if checkpoint_dir is not None else None
-        if ckpt is not None and resume:
-            state = _load_checkpoint(ckpt, fingerprint)
-            if state is not None:
-                acc.load_state(state["acc"])
-                skipped = [tuple(s) for s in json.loads(state["skipped"])]
-                position = int(state["position"])
-        bar = _progress(progress and rank == 0, total=len(shard), initial=position)
-        batches_done = 0
-        names = {u.alias: s.name for u, (s, _, _) in zip(unit_infos, selected)}
-        with (
-            capture(model, kinds="sk", sites=[s.name for s, _, _ in selected]) as cache,
-            torch.no_grad(),
-        ):
-            while position < len(shard):
-                chunk = shard[position : position + batch_size]
-                views, batch_labels, batch_index = [], [], []
-                for i in chunk:
-                    img, label, reason = source.load(i)
-                    if isinstance(img, Tensor):  # a dataset of [0, 1] image tensors
-                        try:
-                            img = to_pil(img)
-                        except (TypeError, ValueError) as exc:
-                            img, reason = None, f"could not read item: {exc}"
-                    if img is None:
-                        skipped.append((source.ids[i], reason or "unknown"))
-                        if strict and world == 1:
-                            raise BadImageError(f"skipped {source.ids[i]}: {reason}")
-                        continue
-                    views.append(scale_views(img, spec, scales))
-                    batch_labels.append(label)
-                    batch_index.append(i)
-                if views:
-                    _forward_batch(
-                        model, cache, views, batch_labels, batch_index, names, acc, device
-                    )
-                position += len(chunk)
-                batches_done += 1
-                if bar is not None:
-                    bar.update(len(chunk))
-                if ckpt is not None and batches_done % max(1, checkpoint_every) == 0:
-                    _save_checkpoint(ckpt, fingerprint, position, acc, skipped)
-        if bar is not None:
-            bar.close()
-        if ckpt is not None:
-            _save_checkpoint(ckpt, fingerprint, position, acc, skipped)
-
-    acc, skipped = _reduce_ranks(acc, skipped, source.ids)
-    if strict and skipped:  # distributed runs check after all ranks finished their shards
-        raise BadImageError(f"skipped {skipped[0][0]}: {skipped[0][1]} ({len(skipped)} in all)")
-    meta = {
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "preprocess": spec.as_dict(),
-        "n_items": n_items,
-        "world_size": world,
-        **_source_meta(config),
-    }
-    return _finalise(acc, scales, list(source.class_names), source.ids, skipped, meta)
-
-
-def _probe_units(
-    model: nn.Module, selected: list, spec: ViewSpec, device: torch.device
-) -> list[UnitInfo]:
-    """Shapes (M, C) of every selected unit, from one forward of a blank 2-image batch."""
-    x = torch.zeros(2, 3, *spec.size, device=device)
-    with (
-        capture(model, kinds="sk", sites=[s.name for s, _, _ in selected]) as cache,
-        torch.no_grad(),
-    ):
-        model(x)
-    infos = []
-    for site, _, _ in selected:
-        if site.name not in cache:
-            raise AttnvizError(f"SK unit {site.alias} ({site.name}) did not run in a forward")
-        t = cache[site.name]
-        if t.shape[0] != 2:
-            raise AttnvizError(
-                f"SK unit {site.alias} ran {t.shape[0] // 2} times per forward; the sweep "
-                "needs one call per image"
+    native = isinstance(images, ShapeScenes)
+    if native:
+        if scales is not None and tuple(float(x) for x in scales) != images.scales:
+            raise ValueError(
+                f"the scenes were rendered at {list(images.scales)}; sweep those scales (or "
+                f"make ShapeScenes(..., scales={list(scales)}))"
             )
-        infos.append(
-            UnitInfo(
-                alias=site.alias,
-                name=site.name,
-                stage=site.stage,
-                block=site.block,
-                branches=int(t.shape[1]),
-                channels=int(t.shape[2]),
-                receptive_fields=tuple(site.info.get("branch_receptive_field", ())),
-            )
-        )
-    return infos
+        scales = images.scales
+    analysis = ScaleSweep(
+        DEFAULT_SCALES if scales is None else scales,
+        sites,
+        per_image,
+        controls=controls,
+        native=native,
+    )
+    result = run(analysis, model, images, **run_options)
+    assert isinstance(result, ScaleSweepResult)
+    if native:
+        result.meta["scenes"] = images.params()
+        result.view_records = _scene_view_records(images)
+    elif per_image and result.image_upsampling is not None and result.image_ids is not None:
+        result.view_records = [
+            {"image": ident, "scale": sc, "upsampling": float(result.image_upsampling[i, j])}
+            for i, ident in enumerate(result.image_ids)
+            for j, sc in enumerate(result.scales)
+        ]
+    return result
 
 
-def _forward_batch(
-    model: nn.Module,
-    cache: Any,
-    views: list[Tensor],
-    batch_labels: list[int | None],
-    batch_index: list[int],
-    names: dict[str, str],
-    acc: _Accumulators,
-    device: torch.device,
-) -> None:
-    """One forward of all views of a batch (scale-major along the batch axis)."""
-    b = len(views)
-    x = torch.stack(views, dim=1)  # (S, B, 3, H, W)
-    s = x.shape[0]
-    model(x.reshape(s * b, *x.shape[2:]).to(device))
-    att = {}
-    for alias, name in names.items():
-        t = cache[name]
-        att[alias] = t.reshape(s, b, *t.shape[1:])
-    cache.clear()
-    labels = None
-    if any(lab is not None for lab in batch_labels):
-        if any(lab is None for lab in batch_labels):
-            raise ValueError("some images have a label and some do not")
-        labels = torch.tensor(batch_labels, dtype=torch.int64)
-        if labels.min() < 0:
-            raise ValueError(f"labels must be >= 0, got {labels.min().item()}")
-    acc.update(att, labels, batch_index)
-
-
-def _reduce_ranks(
-    acc: _Accumulators, skipped: list[tuple[str, str]], ids: list[str]
-) -> tuple[_Accumulators, list[tuple[str, str]]]:
-    """Sum the accumulators over ranks (no-op in one process)."""
-    if not dist_utils.is_distributed():
-        return acc, skipped
-    acc.grow_classes(dist_utils.all_reduce_max(acc.n_classes))
-    dist_utils.all_reduce_sum_(acc.t)
-    position = {name: i for i, name in enumerate(ids)}
-    all_skipped = [s for part in dist_utils.all_gather_objects(skipped) for s in part]
-    all_skipped.sort(key=lambda s: position.get(s[0], -1))
-    if acc.per_image:
-        parts = dist_utils.all_gather_objects(
-            (acc.image_index, acc.image_label, acc.state()["image_d"], acc.state()["image_att"])
-        )
-        acc.image_index = [i for p in parts for i in p[0]]
-        acc.image_label = [i for p in parts for i in p[1]]
-        acc.image_d = {u.alias: [p[2][u.alias] for p in parts] for u in acc.units}
-        acc.image_att = {u.alias: [p[3][u.alias] for p in parts] for u in acc.units}
-    return acc, [tuple(s) for s in all_skipped]
-
-
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="scale sweep", leave=False)
-
-
-def find_sk_units(model: nn.Module) -> list[str]:
-    """Aliases of the model's SK sites in model order."""
-    return [s.alias for s in find_sites(model) if s.kind == "sk"]
+def _scene_view_records(scenes: Any) -> list[dict[str, Any]]:
+    rows = []
+    for k, rec in enumerate(scenes.records):
+        for sc, box in zip(rec.scales, rec.boxes):
+            rows.append(
+                {"image": f"#{k}", "scene_index": rec.index, "label": rec.label,
+                 "class": rec.class_name, "size": rec.size, "scale": sc, "x0": box[0],
+                 "y0": box[1], "x1": box[2], "y1": box[3], "upsampling": 1.0}
+            )  # fmt: skip
+    return rows

@@ -23,12 +23,22 @@ have no closed form: they are evaluated in blocks of query rows (i-block x all j
 symmetry H(m_ij) = H(m_ji) to visit only j >= i (about N^2 K / 2 entropy terms). Time
 O(N^2 K); memory O(block * N * K), with block <= N / 8 rows and at most ``max_elements``
 numbers per block (at least one row).
+
+JSD, sampled (:func:`sampled_jsd`): the mean over a seeded uniform sample of pairs, with its
+standard error; O(pairs * K). Used above a row count where the exact O(N^2 K) is too slow.
+
+Degeneracy of attention rows (:func:`row_degeneracy`): mean row entropy (nats), effective
+number of keys exp(mean entropy), median largest weight and the number of distinct argmax
+keys. Near one-hot rows make cosine distance and JSD read "query-dependent" because the maps
+are spikes at different keys, not because they are broad maps that differ.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -143,3 +153,144 @@ def entropy_stats(p: Tensor) -> tuple[Tensor, Tensor]:
     h = row_entropy(p)
     k = p.shape[-1]
     return h, h / math.log(k) if k > 1 else torch.zeros_like(h)
+
+
+def pair_jsd(p: Tensor, i: Tensor, j: Tensor, h: Tensor | None = None) -> Tensor:
+    """JSD (nats) of the row pairs (p[i], p[j]) of a (N, K) matrix of distributions, float64.
+
+    ``h``: the rows' entropies if already known. Works in ``p``'s dtype, pairs at once.
+    """
+    tiny = float(torch.finfo(p.dtype).tiny)
+    if h is None:
+        h = _neg_sum_xlogx(p.clone(), tiny)
+    m = (p[i] + p[j]).mul_(0.5)
+    return (_neg_sum_xlogx(m, tiny) - 0.5 * (h[i] + h[j])).clamp_min_(0.0)
+
+
+def sampled_jsd(
+    p: Tensor,
+    *,
+    pairs: int = 2048,
+    include_diagonal: bool = True,
+    seed: int | Sequence[int] = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """Mean JSD over pairs of rows estimated from a seeded random sample of pairs, and its
+    standard error: ``(estimate, se)``.
+
+    ``pairs`` ordered pairs (i, j) are drawn uniformly with replacement from the pairs the exact
+    mean runs over (all N^2 with ``include_diagonal``, else the N(N-1) with i != j) by
+    ``numpy.random.default_rng(seed)``; the estimate is their mean JSD (unbiased), the
+    standard error std(ddof=1) / sqrt(pairs). O(pairs * K) time instead of O(N^2 K): at
+    N = K = 3136 and 2048 pairs about 770x fewer entropy terms than :func:`avg_jsd`.
+    """
+    p = _as_2d(p)
+    if not is_distribution(p):
+        raise ValueError("sampled_jsd needs rows that are probability distributions")
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 2:
+        raise ValueError(f"pairs must be a whole number >= 2, got {pairs!r}")
+    n, k = p.shape
+    if not include_diagonal and n < 2:
+        return float("nan"), float("nan")
+    p = p.to(dtype)
+    h = _neg_sum_xlogx(p.clone(), float(torch.finfo(dtype).tiny)).to(dtype)
+    return _sampled_pairs(p, h, pairs, include_diagonal, seed)
+
+
+def row_degeneracy(p: Tensor) -> dict[str, float]:
+    """How spiky the rows of a (N, K) attention matrix are.
+
+    ``row_entropy``: mean over rows of the Shannon entropy (nats); ``eff_keys``: exp of that
+    mean entropy, the number of keys a uniform row with the same entropy would spread over
+    (1 = one-hot, K = uniform); ``max_weight``: median over rows of the largest weight;
+    ``argmax_keys``: how many distinct keys are some row's largest weight (first on ties).
+    Entropy, eff_keys and max_weight need distributions (NaN otherwise); argmax_keys does not.
+    """
+    p = _as_2d(p)
+    argmax = int(torch.unique(p.argmax(dim=1)).numel())
+    if not is_distribution(p):
+        nan = float("nan")
+        return {"row_entropy": nan, "eff_keys": nan, "max_weight": nan, "argmax_keys": argmax}
+    h = float(row_entropy(p).mean())
+    return {
+        "row_entropy": h,
+        "eff_keys": math.exp(h),
+        "max_weight": float(p.max(dim=1).values.median()),
+        "argmax_keys": float(argmax),
+    }
+
+
+def attention_statistics(
+    att: Tensor,
+    *,
+    include_diagonal: bool = True,
+    exact_rows: int | None = None,
+    pairs: int = 2048,
+    seed: int | Sequence[int] = 0,
+    jsd: bool = True,
+    cos: bool = True,
+    atol: float = 1e-4,
+) -> dict[str, float]:
+    """Every statistic of one (N, K) attention matrix in few passes, in its own dtype.
+
+    ``cos_att`` (avg cosine distance of the rows), ``jsd_att`` and ``jsd_att_se`` (exact, se 0,
+    up to ``exact_rows`` rows, None = always; sampled from ``pairs`` seeded pairs above),
+    and :func:`row_degeneracy`'s figures; the row entropies are computed once and shared by
+    the JSD and the degeneracy. Rows that are not distributions (negative, or row sums off 1
+    by more than ``atol``) get NaN for the JSD and the entropies. Equal to the separate
+    functions up to float rounding; this is the form the query analysis uses at full size.
+    """
+    if att.dim() != 2 or att.shape[0] < 1:
+        raise ValueError(f"expected a (N, K) matrix of N >= 1 rows, got shape {tuple(att.shape)}")
+    a = att if att.dtype in (torch.float32, torch.float64) else att.float()
+    n, k = a.shape
+    nan = float("nan")
+    out: dict[str, float] = {}
+    if cos:
+        out["cos_att"] = avg_cosine_distance(a, include_diagonal=include_diagonal)
+    top = a.max(dim=1)
+    out["argmax_keys"] = float(torch.unique(top.indices).numel())
+    dist = bool(a.min() >= 0) and bool(((a.sum(dim=1).double() - 1.0).abs() <= atol).all())
+    if not dist:
+        out.update(row_entropy=nan, eff_keys=nan, max_weight=nan)
+        if jsd:
+            out.update(jsd_att=nan, jsd_att_se=nan)
+        return out
+    tiny = float(torch.finfo(a.dtype).tiny)
+    h = _neg_sum_xlogx(a, tiny)  # (N,) float64, the row entropies
+    mean_h = float(h.mean())
+    out.update(
+        row_entropy=mean_h,
+        eff_keys=math.exp(mean_h),
+        max_weight=float(top.values.median()),
+    )
+    if jsd:
+        if not include_diagonal and n < 2:
+            out.update(jsd_att=nan, jsd_att_se=nan)
+        elif exact_rows is None or n <= exact_rows:
+            out.update(jsd_att=avg_jsd(a, include_diagonal=include_diagonal), jsd_att_se=0.0)
+        else:
+            est, se = _sampled_pairs(a, h.to(a.dtype), pairs, include_diagonal, seed)
+            out.update(jsd_att=est, jsd_att_se=se)
+    return out
+
+
+def _sampled_pairs(
+    p: Tensor, h: Tensor, pairs: int, include_diagonal: bool, seed: int | Sequence[int]
+) -> tuple[float, float]:
+    """Mean and standard error of the JSD over ``pairs`` seeded uniform pairs of rows of ``p``
+    (rows' entropies ``h``); small chunks of pairs so that the mixtures stay in cache."""
+    n, k = p.shape
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, pairs)
+    j = rng.integers(0, n, pairs) if include_diagonal else (i + rng.integers(1, n, pairs)) % n
+    it, jt = torch.from_numpy(i), torch.from_numpy(j)
+    tiny = float(torch.finfo(p.dtype).tiny)
+    chunk = max(1, (1 << 18) // max(k, 1))  # ~1 MB of float32 per mixture block
+    values = torch.empty(pairs, dtype=torch.float64)
+    for s in range(0, pairs, chunk):
+        a, b = it[s : s + chunk], jt[s : s + chunk]
+        m = torch.index_select(p, 0, a).add_(torch.index_select(p, 0, b)).mul_(0.5)
+        hm = _neg_sum_xlogx(m, tiny)
+        values[s : s + chunk] = (hm - 0.5 * (h[a] + h[b]).double()).clamp_min_(0.0)
+    return float(values.mean()), float(values.std(correction=1)) / math.sqrt(pairs)

@@ -30,13 +30,13 @@ ATTN_BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "nl": NonLocalBlock,
     "sa": SelfAttention2d,
     "danet": DualAttention,
-    "danet_position": PositionAttention,
-    "danet_channel": ChannelAttention,
+    "pam": PositionAttention,
+    "cam": ChannelAttention,
     "cse": ChannelSE,
     "sse": SpatialSE,
     "scse": SCSE,
     "bam": BAM,
-    "residual_attention": ResidualAttention,
+    "ram": ResidualAttention,
     "stn": SpatialTransformer,
 }
 

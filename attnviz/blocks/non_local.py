@@ -1,6 +1,6 @@
 """Non-local block (Wang et al., "Non-local Neural Networks", CVPR 2018).
 
-The module is named ``non_local`` because ``nonlocal`` is a Python keyword.
+The module is named ``non_local`` because ``nl`` is a Python keyword.
 """
 
 from __future__ import annotations

@@ -3,17 +3,27 @@
 from .core import (
     AttentionCache,
     Capture,
+    CompiledModelError,
     capture,
     find_sites,
-    is_query_kind,
-    query_kinds,
-    register_query_kind,
+    unread_modules,
 )
-from .kinds import KINDS, Kind, get_kind, register_kind
+from .kinds import (
+    KINDS,
+    ROLES,
+    Kind,
+    get_kind,
+    is_query_kind,
+    kinds_with_role,
+    query_kinds,
+    register_kind,
+    window_to_grid,
+)
 from .reductions import REDUCTIONS
 from .registry import (
     Adapter,
     Computed,
+    Intercepted,
     Reading,
     adapter_for,
     register_adapter,
@@ -25,11 +35,14 @@ from .site import Site, stage_block
 
 __all__ = [
     "KINDS",
+    "ROLES",
+    "CompiledModelError",
     "REDUCTIONS",
     "Adapter",
     "AttentionCache",
     "Capture",
     "Computed",
+    "Intercepted",
     "Kind",
     "Reading",
     "Site",
@@ -38,12 +51,14 @@ __all__ = [
     "find_sites",
     "get_kind",
     "is_query_kind",
+    "kinds_with_role",
     "query_kinds",
     "register_adapter",
     "register_kind",
-    "register_query_kind",
     "registered_adapters",
     "softmax_over_positions",
     "stage_block",
+    "unread_modules",
     "unregister_adapter",
+    "window_to_grid",
 ]

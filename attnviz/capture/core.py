@@ -5,17 +5,47 @@ This file is the only place in attnviz that registers hooks.
 
 from __future__ import annotations
 
+import math
+import numbers
+import re
+import sys
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-from ..errors import NoAttentionSitesError
-from .kinds import get_kind
+from ..errors import AttnvizError, NoAttentionSitesError
+from .kinds import Kind, get_kind, query_kinds
 from .reductions import Reduction, resolve_reduction
-from .registry import Adapter, adapter_for, qualified_name, registered_adapters
-from .site import Site, assign_aliases
+from .registry import Adapter, _adapter_lookup, qualified_name, registered_adapters
+from .site import Site, assign_aliases, feature_stages
+
+#: Capture warns before the full per-query maps it keeps exceed this many bytes (1 GiB).
+FULL_MAP_WARN_BYTES = 1 << 30
+
+
+class CompiledModelError(AttnvizError, TypeError):
+    """``capture`` was given a ``torch.compile``d module, whose compiled code skips hooks."""
+
+
+class _CallRecorder(TorchFunctionMode):
+    """Records the outputs of the named torch functions called while it is active."""
+
+    def __init__(self, names: tuple[str, ...], stash: dict[str, list[Any]]):
+        super().__init__()
+        self.names = names
+        self.stash = stash
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", None)
+        if name in self.names:
+            self.stash.setdefault(f"{name}()", []).append(out)
+        return out
 
 
 def _is_tracing() -> bool:
@@ -25,21 +55,97 @@ def _is_tracing() -> bool:
     return bool(check()) or torch.compiler.is_compiling()
 
 
-def _find(model: nn.Module) -> list[tuple[Site, nn.Module, Adapter]]:
+def _orig_module(model: nn.Module) -> nn.Module | None:
+    """The original module of a ``torch.compile``d model (an ``OptimizedModule``), else None."""
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return orig
+    return None
+
+
+_ATTENTION_NAME = re.compile(
+    r"attn|attention|excit|selectivekernel|globalcontext|nonlocal|lambdalayer", re.IGNORECASE
+)
+
+
+#: The names in timm's attention registry (``timm.layers.create_attn.get_attn``), timm 1.0.x.
+TIMM_REGISTRY = (
+    *("se", "ese", "eca", "ecam", "ceca", "ge", "gc", "gca", "cbam", "lcbam", "coord"),
+    *("scoord", "ela", "strip", "sk", "splat", "lambda", "bottleneck", "halo", "nl", "bat"),
+)
+
+
+_REGISTRY_TYPES: set[str] | None = None
+
+
+def _registry_types() -> set[str]:
+    """Qualified names of the classes in timm's attention registry (if timm is imported)."""
+    global _REGISTRY_TYPES
+    if _REGISTRY_TYPES is not None:
+        return _REGISTRY_TYPES
+    create_attn = sys.modules.get("timm.layers.create_attn")
+    if create_attn is None:
+        return set()
+    out = set()
+    for name in TIMM_REGISTRY:
+        try:
+            cls = create_attn.get_attn(name)
+        except Exception:  # a registry entry this timm version cannot resolve
+            continue
+        cls = getattr(cls, "func", cls)  # functools.partial entries (ecam, gca)
+        if isinstance(cls, type):
+            out.add(qualified_name(cls))
+    _REGISTRY_TYPES = out
+    return out
+
+
+def _scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]], list[tuple[str, str]]]:
+    """Sites (name, module, adapter) and unread attention-like modules (name, class name)."""
     found: list[tuple[str, nn.Module, Adapter]] = []
+    candidates: list[tuple[str, nn.Module]] = []
+    known: list[str] = []  # modules an adapter knows (sites, and those it vetoes)
+    registry = None
     for name, module in model.named_modules():
-        adapter = adapter_for(module)
+        adapter, matched = _adapter_lookup(module)
         if adapter is not None:
             found.append((name, module, adapter))
-    aliases = assign_aliases([(name, a.kind) for name, _, a in found])
+        if matched:
+            known.append(name)
+            continue
+        cls = type(module)
+        if _ATTENTION_NAME.search(cls.__name__):
+            candidates.append((name, module))
+        else:
+            if registry is None:
+                registry = _registry_types()
+            if qualified_name(cls) in registry:
+                candidates.append((name, module))
+    marked = known + [n for n, _ in candidates]
+    unread = []
+    for name, module in candidates:
+        inside_known = any(name.startswith(k + ".") or k == "" for k in known)
+        holds_marked = any(m.startswith(name + ".") or (name == "" and m) for m in marked)
+        if not inside_known and not holds_marked:
+            unread.append((name, type(module).__name__))
+    return found, unread
+
+
+def _find(
+    model: nn.Module, found: list[tuple[str, nn.Module, Adapter]] | None = None
+) -> list[tuple[Site, nn.Module, Adapter]]:
+    if found is None:
+        found, _ = _scan(model)
+    stages = feature_stages(model)
+    kinds = [adapter.kind_for(module) for _, module, adapter in found]
+    aliases = assign_aliases([(name, k) for (name, _, _), k in zip(found, kinds)], stages)
     out = []
-    for (name, module, adapter), (alias, stage, block) in zip(found, aliases):
+    for (name, module, adapter), kind, (alias, stage, block) in zip(found, kinds, aliases):
         info = adapter.describe(module) if adapter.describe is not None else {}
         site = Site(
             name=name,
-            kind=adapter.kind,
+            kind=kind,
             alias=alias,
-            dims=get_kind(adapter.kind).dims,
+            dims=get_kind(kind).dims,
             module_type=qualified_name(type(module)),
             family=adapter.family,
             stage=stage,
@@ -50,15 +156,65 @@ def _find(model: nn.Module) -> list[tuple[Site, nn.Module, Adapter]]:
     return out
 
 
+def unread_modules(model: nn.Module) -> dict[str, list[str]]:
+    """Attention-like modules that no adapter reads: {class name: [module names]}.
+
+    A module counts as attention-like when its class name says so (``...Attn``,
+    ``...Attention``, ``...Excite``...) or its class is in timm's attention registry; containers
+    of sites or of other such modules, and the insides of sites, are not counted.
+    """
+    model = _orig_module(model) or model
+    out: dict[str, list[str]] = {}
+    for name, cls_name in _scan(model)[1]:
+        out.setdefault(cls_name, []).append(name)
+    return out
+
+
+def unread_message(unread: Mapping[str, Sequence[str]]) -> str:
+    """'3 HaloAttn modules are not read (no adapter): ...' lines, or '' when all are read."""
+    lines = []
+    for cls_name, names in unread.items():
+        n = len(names)
+        shown = ", ".join(names[:4]) + (", ..." if n > 4 else "")
+        lines.append(
+            f"{n} {cls_name} module{'s are' if n > 1 else ' is'} not read (no adapter): {shown}; "
+            f"to read them, call attnviz.register_adapter({cls_name}, kind=..., read=...)"
+        )
+    return "\n".join(lines)
+
+
 def find_sites(model: nn.Module) -> list[Site]:
-    """All attention sites of ``model`` in module order, without running it."""
-    return [site for site, _, _ in _find(model)]
+    """All attention sites of ``model`` in module order, without running it.
+
+    Attention-like modules that no adapter reads are named in a ``UserWarning`` (see
+    :func:`unread_modules`). A ``torch.compile``d model is listed through its original module
+    (``model._orig_mod``; site names are relative to it), with a warning.
+    """
+    orig = _orig_module(model)
+    if orig is not None:
+        warnings.warn(
+            "this is a torch.compile'd model: its sites are listed from the original module "
+            "model._orig_mod (names are relative to it); capture needs the original module, "
+            "run eagerly: `with capture(model._orig_mod) as cache: model._orig_mod(x)`",
+            UserWarning,
+            stacklevel=2,
+        )
+        model = orig
+    found, unread = _scan(model)
+    if unread:
+        grouped: dict[str, list[str]] = {}
+        for name, cls_name in unread:
+            grouped.setdefault(cls_name, []).append(name)
+        warnings.warn(unread_message(grouped), UserWarning, stacklevel=2)
+    return [site for site, _, _ in _find(model, found)]
 
 
 def _no_sites_error(model: nn.Module, detail: str = "") -> NoAttentionSitesError:
-    types = ", ".join(t.rsplit(".", 1)[-1] for t in sorted(registered_adapters()))
+    types = ", ".join(sorted({t.rsplit(".", 1)[-1] for t in registered_adapters()}))
+    unread = unread_modules(model)
+    note = f" {unread_message(unread).replace(chr(10), '; ')}." if unread else ""
     return NoAttentionSitesError(
-        f"{type(model).__name__} has no attention module that attnviz can read{detail}. "
+        f"{type(model).__name__} has no attention module that attnviz can read{detail}.{note} "
         f"Supported module types: {types}. To support your own module class, call "
         "attnviz.register_adapter(YourModule, kind=..., read='submodule_name')."
     )
@@ -71,6 +227,13 @@ def select_sites(
     sites: Iterable[str | Site] | None = None,
 ) -> list[tuple[Site, nn.Module, Adapter]]:
     """The model's sites filtered by kind and by name or alias (errors list the valid ones)."""
+    if _orig_module(model) is not None:
+        raise CompiledModelError(
+            "this is a torch.compile'd model (OptimizedModule): compiled code does not run the "
+            "Python hooks attnviz reads attention with, so its capture would be empty. Capture "
+            "the original module and run it eagerly: "
+            "`with attnviz.capture(model._orig_mod) as cache: model._orig_mod(x)`"
+        )
     found = _find(model)
     if not found:
         raise _no_sites_error(model)
@@ -105,9 +268,10 @@ class AttentionCache(Mapping[str, Tensor]):
     Several forwards inside one ``capture`` context accumulate along the batch axis (axis 0):
     two forwards of batch 4 give tensors of batch 8, in call order. A module called twice in
     one forward contributes twice. ``meta[name]`` holds facts about the last forward of a site
-    (``query_grid`` / ``key_grid`` for nonlocal sites, ``query_index`` when ``queries`` was
-    given); ``inputs`` / ``outputs`` hold the site module's input and output when
-    ``capture(..., io=True)``.
+    (``query_grid`` / ``key_grid`` for per-query sites, ``query_index`` and ``queries`` when
+    ``queries`` was given, ``key_index`` / ``window`` for halo sites, ``parts`` for coord / ela);
+    ``parts(name)`` splits a tensor made of named parts; ``inputs`` / ``outputs`` hold the site
+    module's input and output when ``capture(..., io=True)``.
     """
 
     def __init__(self, sites: Sequence[Site]):
@@ -142,6 +306,17 @@ class AttentionCache(Mapping[str, Tensor]):
         if site is None:
             raise KeyError(f"unknown site {key!r}; sites: {[s.alias for s in self.sites]}")
         return site
+
+    def parts(self, key: str) -> dict[str, Tensor]:
+        """The named parts of a site's tensor (coord / ela: ``height`` (B, C, H) and ``width``
+        (B, C, W)), split along the last axis by the sizes in ``meta[name]["parts"]``."""
+        site = self.site(key)
+        kind = get_kind(site.kind)
+        if not kind.parts:
+            return {kind.name: self[site.name]}
+        sizes = self.meta[site.name]["parts"]
+        chunks = torch.split(self[site.name], [sizes[p] for p in kind.parts], dim=-1)
+        return dict(zip(kind.parts, chunks))
 
     def by_kind(self, kind: str) -> dict[str, Tensor]:
         """{site name: tensor} for the captured sites of one kind."""
@@ -217,18 +392,40 @@ def _to_cache_tensor(t: Tensor, sources: Sequence[Tensor]) -> Tensor:
 Queries = Sequence[tuple[int, int]] | Callable[[tuple[int, int]], Sequence[tuple[int, int]]]
 
 
+def _cell_coordinate(v: Any, cell: Any) -> int:
+    if isinstance(v, Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"query cell {cell!r}: coordinates must be integers, got {v!r}")
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if not math.isfinite(float(v)) or not float(v).is_integer():
+        raise ValueError(
+            f"query cell {cell!r}: coordinates must be whole grid cells (y, x), got {v!r}; "
+            "round or floor them yourself"
+        )
+    return int(v)
+
+
 def _validated_queries(queries: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    queries = [tuple(q) for q in queries]
-    if not queries or any(len(q) != 2 for q in queries):
+    if isinstance(queries, (str, bytes)):
         raise ValueError("queries must be a non-empty sequence of (y, x) grid cells")
-    return queries
+    out = []
+    for q in queries:
+        if isinstance(q, (str, bytes)) or not hasattr(q, "__len__") or len(q) != 2:
+            raise ValueError(
+                f"queries must be a non-empty sequence of (y, x) grid cells, got {q!r} among them"
+            )
+        out.append((_cell_coordinate(q[0], q), _cell_coordinate(q[1], q)))
+    if not out:
+        raise ValueError("queries must be a non-empty sequence of (y, x) grid cells")
+    return out
 
 
 def _query_rows(queries: Sequence[tuple[int, int]], grid: tuple[int, int], site: Site) -> Tensor:
     h, w = grid
     rows = []
-    for q in queries:
-        y, x = int(q[0]), int(q[1])
+    for y, x in queries:
         if not (0 <= y < h and 0 <= x < w):
             raise ValueError(
                 f"query (y={y}, x={x}) is outside the {h}x{w} query grid of site "
@@ -242,7 +439,9 @@ class Capture:
     """Context manager that records attention; ``with capture(model) as cache: model(x)``.
 
     Hooks are registered on ``__enter__`` and always removed on ``__exit__``, also when the
-    forward raises. Nothing about the model is changed: no parameter, buffer or mode.
+    forward raises. Nothing about the model is changed: no parameter, buffer or mode. Only
+    forwards run by the thread that entered the context are recorded, so two threads may
+    capture the same model at once, each in its own context.
     """
 
     def __init__(
@@ -258,16 +457,30 @@ class Capture:
         self.model = model
         self._selected = select_sites(model, kinds=kinds, sites=sites)
         self._reduce = resolve_reduction(reduce)
-        if queries is not None and not callable(queries):
-            queries = _validated_queries(queries)
+        if queries is not None:
+            if not callable(queries):
+                queries = _validated_queries(queries)
+            if not any(get_kind(s.kind).per_query for s, _, _ in self._selected):
+                present = sorted({s.kind for s, _, _ in self._selected})
+                raise ValueError(
+                    "queries= selects rows of per-query attention maps, but none of the selected "
+                    f"sites is per-query (their kinds: {present}; per-query kinds: "
+                    f"{list(query_kinds())}); "
+                    "drop queries= or select a per-query site"
+                )
         self._queries = queries
         self._io = io
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._recorders: list[_CallRecorder] = []  # active while an intercepting site runs
+        self._thread: int | None = None
+        self._full_map_bytes = 0
+        self._warned_size = False
         self.cache = AttentionCache([s for s, _, _ in self._selected])
 
     def __enter__(self) -> AttentionCache:
         if self._handles:
             raise RuntimeError("this capture context is already active")
+        self._thread = threading.get_ident()
         try:
             for site, module, adapter in self._selected:
                 self._hook_site(site, module, adapter)
@@ -283,35 +496,72 @@ class Capture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        while self._recorders:  # a forward raised inside an intercepting site
+            self._recorders.pop().__exit__(None, None, None)
+        self._thread = None
+
+    def _mine(self) -> bool:
+        """True in the thread that entered this context (other threads' forwards are ignored)."""
+        return threading.get_ident() == self._thread
 
     def _hook_site(self, site: Site, module: nn.Module, adapter: Adapter) -> None:
         stash: dict[str, Any] = {}
+        every_call = adapter.every_call
         for path in adapter.taps:
-            sub = module.get_submodule(path) if path else module
             if path:
-                self._handles.append(sub.register_forward_hook(_tap_hook(stash, path)))
+                sub = module.get_submodule(path)
+                self._handles.append(sub.register_forward_hook(self._tap_hook(stash, path)))
+
+        intercepts = adapter.intercepts
+        recorder: list[_CallRecorder] = []
 
         def pre_hook(mod: nn.Module, inputs: tuple) -> None:
-            stash.clear()
+            if self._mine():
+                stash.clear()
+                if intercepts and not _is_tracing():
+                    mode = _CallRecorder(intercepts, stash)
+                    mode.__enter__()
+                    recorder.append(mode)
+                    self._recorders.append(mode)
 
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
+            if not self._mine():
+                return
+            if recorder:
+                mode = recorder.pop()
+                mode.__exit__(None, None, None)
+                self._recorders.remove(mode)
+            elif intercepts:
+                stash.clear()
+                return
             if _is_tracing() or not isinstance(output, Tensor):
                 stash.clear()
                 return
             if "" in adapter.taps:
-                stash[""] = output
+                stash[""] = [output]
             missing = [p for p in adapter.taps if p not in stash]
+            missing += [f"{f}()" for f in intercepts if f"{f}()" not in stash]
             if missing:
                 stash.clear()
                 raise RuntimeError(
                     f"attnviz adapter for {adapter.module_type} expected outputs of {missing} "
                     f"in {site.name}, but they did not run; the adapter does not fit this module"
                 )
-            self._record(site, mod, adapter, stash, inputs, output)
+            taps = {
+                p: (tuple(v) if every_call or p.endswith("()") else v[-1]) for p, v in stash.items()
+            }
+            self._record(site, mod, adapter, taps, inputs, output)
             stash.clear()
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
         self._handles.append(module.register_forward_hook(hook))
+
+    def _tap_hook(self, stash: dict[str, list[Any]], path: str):
+        def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
+            if self._mine():
+                stash.setdefault(path, []).append(output)
+
+        return hook
 
     def _record(
         self,
@@ -322,28 +572,33 @@ class Capture:
         inputs: tuple,
         output: Any,
     ) -> None:
+        kind = get_kind(site.kind)
         rows = None
         grid = None
-        if self._queries is not None and site.kind in _QUERY_KINDS:
-            grid = _query_grid(inputs)
-            cells = self._queries
-            if callable(cells):  # chosen from the grid, known only now
-                cells = _validated_queries(cells(grid))
-            rows = _query_rows(cells, grid, site)
+        cells = None
+        if kind.per_query:
+            grid = adapter.grid_for(module, inputs)
+            if self._queries is not None:
+                cells = self._queries
+                if callable(cells):  # chosen from the grid, known only now
+                    cells = _validated_queries(cells(grid))
+                rows = _query_rows(cells, grid, site)
         with torch.no_grad():
             reading = adapter.read_attention(module, taps, inputs, output, rows)
             att = reading.attention
             meta = dict(reading.meta)
             if rows is not None:
                 if not reading.rows_selected:
-                    att = att[:, rows.to(att.device)]
+                    att = att.index_select(kind.query_axis, rows.to(att.device))
                 meta["query_index"] = rows
                 meta["queries"] = list(cells)
-            if site.kind in _QUERY_KINDS and "query_grid" not in meta:
-                meta["query_grid"] = grid or _query_grid(inputs)
-            sources = [t for t in taps.values() if isinstance(t, Tensor)] + [output]
+            if kind.per_query:
+                meta.setdefault("query_grid", grid)
+            sources = [t for t in _flat_tensors(taps.values())] + [output]
             if self._reduce is not None:
                 att = self._reduce(att, site)
+            elif kind.per_query and rows is None:
+                self._check_full_map_size(site, kind, att)
             if att is not None:
                 self.cache._append(site.name, _to_cache_tensor(att, sources))
             self.cache.meta[site.name] = meta
@@ -352,43 +607,29 @@ class Capture:
                 self.cache._append_io(site.name, "input", x.detach().float().cpu().clone())
                 self.cache._append_io(site.name, "output", output.detach().float().cpu().clone())
 
-
-_QUERY_KINDS = frozenset({"nonlocal"})
-
-
-def register_query_kind(kind: str) -> None:
-    """Mark a kind as (B, Nq, Nk) per-query attention, so ``queries=`` applies to it."""
-    get_kind(kind)
-    global _QUERY_KINDS
-    _QUERY_KINDS = _QUERY_KINDS | {kind}
-
-
-def is_query_kind(kind: str) -> bool:
-    """True for (B, Nq, Nk) per-query kinds (nonlocal, and those added by register_query_kind)."""
-    from .registry import _ensure_builtin_adapters
-
-    _ensure_builtin_adapters()
-    return kind in _QUERY_KINDS
+    def _check_full_map_size(self, site: Site, kind: Kind, att: Tensor) -> None:
+        """Warn once, before the full per-query maps kept by this capture pass the threshold."""
+        self._full_map_bytes += att.numel() * 4  # kept as float32
+        if self._warned_size or self._full_map_bytes <= FULL_MAP_WARN_BYTES:
+            return
+        self._warned_size = True
+        gib = self._full_map_bytes / 2**30
+        warnings.warn(
+            f"capture is keeping full per-query attention maps of about {gib:.2f} GiB "
+            f"(so far; site {site.alias} alone is {tuple(att.shape)} per forward). Pass "
+            "queries=[(y, x), ...] to keep only some query rows, or reduce= (e.g. "
+            "reduce='entropy' or a callable) to keep a summary instead of the maps.",
+            ResourceWarning,
+            stacklevel=2,
+        )
 
 
-def query_kinds() -> tuple[str, ...]:
-    """All per-query kinds, built-in adapters' kinds included."""
-    from .registry import _ensure_builtin_adapters
-
-    _ensure_builtin_adapters()
-    return tuple(sorted(_QUERY_KINDS))
-
-
-def _query_grid(inputs: tuple) -> tuple[int, int]:
-    x = inputs[0]
-    return int(x.shape[-2]), int(x.shape[-1])
-
-
-def _tap_hook(stash: dict[str, Any], path: str):
-    def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
-        stash[path] = output
-
-    return hook
+def _flat_tensors(values: Iterable[Any]) -> Iterator[Tensor]:
+    for v in values:
+        if isinstance(v, Tensor):
+            yield v
+        elif isinstance(v, tuple):
+            yield from (t for t in v if isinstance(t, Tensor))
 
 
 def capture(

@@ -32,7 +32,9 @@ def _channel_mean(t: Tensor, site: Site) -> Tensor:
 
 
 def _spatial_mean(t: Tensor, site: Site) -> Tensor:
-    axes = tuple(i for i, d in enumerate(site.dims) if d in ("height", "width", "key"))
+    axes = tuple(
+        i for i, d in enumerate(site.dims) if d in ("height", "width", "key", "window_key")
+    )
     if not axes:
         raise ValueError(f"'spatial_mean' needs spatial axes; site {site.name} has {site.dims}")
     return t.mean(dim=axes)

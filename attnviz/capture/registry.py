@@ -6,14 +6,22 @@ until a model holds such a module), the kind of attention, and a ``read``:
 * ``"path.to.submodule"``: the attention is that submodule's output, optionally passed through
   ``transform`` (e.g. a sigmoid or a softmax the module applies functionally);
 * ``Computed(taps=(...), compute=fn)``: the attention is computed by ``fn`` from the outputs of
-  several submodules (the taps) and the module's own input and output.
+  several submodules (the taps) and the module's own input and output;
+* ``Intercepted(functions=("softmax",), compute=fn)``: the attention is the output of a torch
+  function the module calls in its forward (a functional softmax), recorded as it happens.
 
 The result then goes through the kind's canonical layout (``kinds.py``). Hook plumbing lives in
 ``core.py`` only; adapters never register hooks themselves.
+
+Built-in adapters live in ``adapters/``, one file per implementation family. They import this
+module (never the other way round): the first lookup imports every module of the ``adapters``
+package by name, so adding a family is adding a file.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,15 +49,37 @@ class Computed:
     """Attention computed from tapped submodule outputs, the module's input and output.
 
     ``compute(module, taps, inputs, output, rows)``: ``taps`` maps each tap path to that
-    submodule's (last) output in this forward; ``rows`` is a LongTensor of query rows to keep
-    (nonlocal kinds with ``queries=``) or None. Return a :class:`Reading`.
+    submodule's (last) output in this forward, or with ``every_call=True`` to the tuple of its
+    outputs in call order (a gate called twice per forward); ``rows`` is a LongTensor of query
+    rows to keep (per-query kinds with ``queries=``) or None. Return a :class:`Reading`.
     """
 
     taps: tuple[str, ...]
     compute: ComputeFn
+    every_call: bool = False
 
 
-Read = "str | Computed"
+@dataclass(frozen=True)
+class Intercepted:
+    """Attention taken from the outputs of torch functions the module calls itself.
+
+    For attention computed functionally (``attn.softmax(-1)`` inside ``forward``): while the
+    module runs, a ``TorchFunctionMode`` records the output of every call of a function named
+    in ``functions`` (``"softmax"`` matches ``torch.softmax``, ``Tensor.softmax`` and
+    ``F.softmax``). ``compute(module, taps, inputs, output, rows)`` then gets
+    ``taps["softmax()"]``, the tuple of those outputs in call order, and returns a
+    :class:`Reading`. The tensor is the one the module used: nothing is recomputed.
+    """
+
+    functions: tuple[str, ...]
+    compute: ComputeFn
+
+    @staticmethod
+    def key(function: str) -> str:
+        return f"{function}()"
+
+
+Read = "str | Computed | Intercepted"
 
 
 @dataclass(frozen=True)
@@ -57,17 +87,41 @@ class Adapter:
     """How one module type's attention is read."""
 
     module_type: str
-    kind: str
-    read: str | Computed
+    kind: str | Callable[[nn.Module], str]
+    read: str | Computed | Intercepted
     family: str = "user"
     transform: Callable[[Tensor], Tensor] | None = None
     applies: Callable[[nn.Module], bool] | None = None
     describe: Callable[[nn.Module], dict] | None = None
     meta: Callable[[nn.Module, tuple, Any], dict] | None = None
+    query_grid: Callable[[nn.Module, tuple], tuple[int, int]] | None = None
 
     @property
     def taps(self) -> tuple[str, ...]:
+        """Submodule paths whose outputs the read needs (``""`` = the module itself)."""
+        if isinstance(self.read, Intercepted):
+            return ()
         return (self.read,) if isinstance(self.read, str) else self.read.taps
+
+    @property
+    def every_call(self) -> bool:
+        return isinstance(self.read, Computed) and self.read.every_call
+
+    @property
+    def intercepts(self) -> tuple[str, ...]:
+        """Names of the torch functions whose outputs the read needs."""
+        return self.read.functions if isinstance(self.read, Intercepted) else ()
+
+    def kind_for(self, module: nn.Module) -> str:
+        """The kind of this module's site (an adapter may choose it per module)."""
+        return self.kind(module) if callable(self.kind) else self.kind
+
+    def grid_for(self, module: nn.Module, inputs: tuple) -> tuple[int, int]:
+        """The query grid (H, W) of a per-query site for these inputs (default: input H, W)."""
+        if self.query_grid is not None:
+            return tuple(self.query_grid(module, inputs))
+        x = inputs[0]
+        return int(x.shape[-2]), int(x.shape[-1])
 
     def read_attention(
         self,
@@ -85,7 +139,7 @@ class Adapter:
             reading = Reading(t, meta)
         else:
             reading = self.read.compute(module, taps, inputs, output, rows)
-        reading.attention = get_kind(self.kind).canonicalize(reading.attention)
+        reading.attention = get_kind(self.kind_for(module)).canonicalize(reading.attention)
         return reading
 
 
@@ -99,13 +153,14 @@ def qualified_name(cls: type) -> str:
 def register_adapter(
     module_type: type | str,
     *,
-    kind: str,
-    read: str | Computed,
+    kind: str | Callable[[nn.Module], str],
+    read: str | Computed | Intercepted,
     transform: Callable[[Tensor], Tensor] | None = None,
     family: str = "user",
     applies: Callable[[nn.Module], bool] | None = None,
     describe: Callable[[nn.Module], dict] | None = None,
     meta: Callable[[nn.Module, tuple, Any], dict] | None = None,
+    query_grid: Callable[[nn.Module, tuple], tuple[int, int]] | None = None,
 ) -> Adapter:
     """Teach attnviz to read a module class's attention.
 
@@ -117,12 +172,17 @@ def register_adapter(
     class is defined); subclasses match too unless they have an adapter of their own.
     ``read`` names the submodule (path relative to the module, ``""`` for the module itself)
     whose output is the attention, or is a :class:`Computed`. ``applies`` can veto a module
-    (e.g. a GC variant without attention). Registering the same class again replaces it.
+    (e.g. a GC variant without attention). Registering the same class again replaces it
+    (a built-in adapter too). ``kind`` may be a callable ``module -> kind name`` when the kind
+    depends on the module's configuration; ``query_grid(module, inputs) -> (H, W)`` gives the
+    query grid of a per-query kind when it is not the input's H x W.
     """
-    get_kind(kind)  # validates
+    _ensure_builtin_adapters()  # so that a user's adapter replaces a built-in one, not vice versa
+    if not callable(kind):
+        get_kind(kind)  # validates
     key = module_type if isinstance(module_type, str) else qualified_name(module_type)
-    if not isinstance(read, (str, Computed)):
-        raise TypeError("read must be a submodule path (str) or a Computed(...)")
+    if not isinstance(read, (str, Computed, Intercepted)):
+        raise TypeError("read must be a submodule path (str), a Computed(...) or Intercepted(...)")
     adapter = Adapter(
         module_type=key,
         kind=kind,
@@ -132,6 +192,7 @@ def register_adapter(
         applies=applies,
         describe=describe,
         meta=meta,
+        query_grid=query_grid,
     )
     _ADAPTERS[key] = adapter
     return adapter
@@ -148,16 +209,21 @@ def registered_adapters() -> dict[str, Adapter]:
     return dict(_ADAPTERS)
 
 
-def adapter_for(module: nn.Module) -> Adapter | None:
-    """The adapter of the most specific registered class in the module's MRO, if it applies."""
+def _adapter_lookup(module: nn.Module) -> tuple[Adapter | None, bool]:
+    """(adapter that reads the module or None, whether any registered class matched it)."""
     _ensure_builtin_adapters()
     for cls in type(module).__mro__:
         adapter = _ADAPTERS.get(qualified_name(cls))
         if adapter is not None:
             if adapter.applies is not None and not adapter.applies(module):
-                return None
-            return adapter
-    return None
+                return None, True
+            return adapter, True
+    return None, False
+
+
+def adapter_for(module: nn.Module) -> Adapter | None:
+    """The adapter of the most specific registered class in the module's MRO, if it applies."""
+    return _adapter_lookup(module)[0]
 
 
 def supported_module_types(adapters: Iterable[Adapter] | None = None) -> list[str]:
@@ -169,10 +235,15 @@ _BUILTINS_LOADED = False
 
 
 def _ensure_builtin_adapters() -> None:
+    """Import every module of the ``adapters`` package once (each registers its family)."""
     global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from . import adapters  # noqa: F401  (registers the built-in adapters)
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    package = importlib.import_module(f"{__package__}.adapters")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def softmax_over_positions(logits: Tensor) -> Tensor:

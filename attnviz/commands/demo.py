@@ -1,88 +1,111 @@
-"""``attnviz demo``: the main job. No arguments, no network; writes to ``./attnviz-out/``.
+"""``attnviz demo``: the main job. No network; writes to ``./attnviz-out/``.
 
-Each analysis joins the demo with one entry in ``DEMO_PARTS``: ``(name, module)`` where the
-module has a function ``demo(out_dir: Path) -> str`` that writes its figures and results into
-``out_dir`` (``attnviz-out/<name>/``) and returns a short text summary. Parts whose module does
-not exist (yet) are left out.
+Each analysis joins the demo with one entry in ``DEMO_PARTS``: ``(name, module, images)``
+where the module has ``demo(out_dir, images) -> str`` writing its result, figures and summary
+into ``out_dir`` (``attnviz-out/<name>/``), and ``images`` = (images per class, seed) of the
+generated image set it runs on (written once to ``attnviz-out/data/``, reused afterwards);
+``(0, n)`` gives the part the number n instead (the sweep renders n scenes natively).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
-DEMO_PARTS: tuple[tuple[str, str], ...] = (
-    ("sweep", "attnviz.commands.sweep"),
-    ("queries", "attnviz.commands.queries"),
-    ("excitation", "attnviz.commands.excitation"),
+from ..results import atomic_write_text
+from ._common import UsageError, add_subparser
+
+DEMO_PARTS: tuple[tuple[str, str, tuple[int, int]], ...] = (
+    ("sweep", "attnviz.commands.sweep", (0, 100)),  # 100 generated scenes (ShapeScenes)
+    ("queries", "attnviz.commands.queries", (1, 10_000)),
+    ("excitation", "attnviz.commands.excitation", (10, 30_000)),
+    ("attribution", "attnviz.commands.compare_attribution", (4, 30_000)),
 )
 DEFAULT_OUT = Path("attnviz-out")
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_subparser(
+        subparsers,
         "demo",
         help="run every analysis on the bundled models and generated images (no network)",
         description=(
             "Generate small image sets, run the analyses on the bundled tiny models, and write "
-            "figures and summaries to ./attnviz-out/."
+            "results, figures and summaries to ./attnviz-out/."
         ),
     )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (./attnviz-out)")
-    p.add_argument("--only", nargs="+", default=None, metavar="PART", help="run only these parts")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="PART",
+        help=f"run only these parts ({', '.join(n for n, _, _ in DEMO_PARTS)})",
+    )
     p.set_defaults(func=run)
 
 
-def available_parts() -> list[tuple[str, str]]:
-    """The demo parts whose module exists."""
-    out = []
-    for name, module in DEMO_PARTS:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            out.append((name, module))
-    return out
+def demo_images(root: Path, n_per_class: int, seed: int) -> Path:
+    """The generated image set ``ShapesDataset(n_per_class, seed=seed)`` under ``root``,
+    written once (into a temporary folder, then renamed) and reused afterwards."""
+    from ..data import ShapesDataset, write_image_folder
+
+    target = root / f"shapes-{n_per_class}x10-seed{seed}"
+    if (target / "records.csv").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    try:
+        write_image_folder(ShapesDataset(n_per_class, size=64, seed=seed), tmp)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def run(args: argparse.Namespace) -> int:
     out_root = Path(args.out).resolve()
-    out_root.mkdir(parents=True, exist_ok=True)
-    parts = available_parts()
+    parts = list(DEMO_PARTS)
     if args.only:
-        unknown = set(args.only) - {n for n, _ in DEMO_PARTS}
+        unknown = set(args.only) - {n for n, _, _ in DEMO_PARTS}
         if unknown:
-            print(f"attnviz demo: error: unknown part(s) {sorted(unknown)}", file=sys.stderr)
-            return 2
-        parts = [(n, m) for n, m in parts if n in args.only]
-    sections = []
-    failed = []
-    for name, module_name in parts:
-        fn = getattr(importlib.import_module(module_name), "demo", None)
-        if fn is None:
-            continue
+            raise UsageError(
+                f"unknown demo part(s) {sorted(unknown)}; valid: {[n for n, _, _ in DEMO_PARTS]}"
+            )
+        parts = [p for p in parts if p[0] in args.only]
+    out_root.mkdir(parents=True, exist_ok=True)
+    sections, failed = [], []
+    for name, module_name, (per_class, seed) in parts:
+        fn = importlib.import_module(module_name).demo
+        # (0, n): the part renders its own n scenes; else an image set written once
+        images = seed if per_class == 0 else demo_images(out_root / "data", per_class, seed)
         out_dir = out_root / name
-        out_dir.mkdir(parents=True, exist_ok=True)
         print(f"== {name} ==", flush=True)
         start = time.perf_counter()
         try:
-            text = fn(out_dir)
+            text = fn(out_dir, images)
         except Exception:
+            if getattr(args, "debug", False):
+                raise
             traceback.print_exc()
             failed.append(name)
             text = "FAILED (traceback above)"
         seconds = time.perf_counter() - start
         print(f"{text}\n({name}: {seconds:.1f} s)\n", flush=True)
-        sections.append(f"## {name}\n\n{text}\n\n({seconds:.1f} s; files in {out_dir})\n")
+        sections.append(
+            f"## {name}\n\n{text}\n\n({seconds:.1f} s; images {images}; files in {out_dir})\n"
+        )
     summary = out_root / "summary.md"
-    summary.write_text("# attnviz demo\n\n" + "\n".join(sections))
-    print(f"attnviz demo: wrote figures and summaries under {out_root} (overview: {summary})")
+    atomic_write_text(summary, "# attnviz demo\n\n" + "\n".join(sections))
+    print(
+        f"attnviz demo: wrote results, figures and summaries under {out_root} (overview: {summary})"
+    )
     if failed:
         print(f"attnviz demo: error: part(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -1,229 +1,190 @@
 """``attnviz queries``: GCNet query-independence statistics and query-map figures.
 
-``attnviz queries --model SPEC [--weights PATH] --images DIR --out DIR [--queries 4]
-[--limit N]`` writes into DIR:
+    attnviz queries --model nl_tiny --images DIR --out OUT [--n-queries 4] [--figure-images 3]
+    attnviz queries --model nl_tiny nl_tiny_dot --images DIR --out OUT   # one table
+    attnviz queries --model nl_tiny --model nl_tiny_dot ... [--exact]    # the same
 
-* ``statistics.csv`` / ``statistics.json``: one row per Non-local / GC site, mean and std
-  over images of cos_input, cos_output, cos_att, jsd_att (GC: entropy, entropy_norm);
-* ``result/``: the full :class:`QueryIndependenceResult` (per-image values, manifest);
-* ``query_maps.png`` (GCNet Fig. 2 style), ``query_distances.png``, ``statistics_table.png``;
-* ``skipped.csv``: files that could not be used, with the reason.
-
-:func:`demo` runs the analysis on the four bundled Non-local models over a small generated
-held-out split (used by ``attnviz demo``).
+Writes ``OUT/result/`` (per-image statistics and the maps of the figure), ``OUT/figures/``
+(GCNet Fig. 2 style query maps, distances between query maps, the table) and
+``OUT/summary.txt``; with several models one subfolder each plus ``OUT/table1.csv`` / ``.md``.
+Statistics and maps come from one forward per batch. Above 256 query rows the average JSD
+is estimated from 2048 seeded random pairs with its standard error (``--exact``: exact);
+the table shows each site's degeneracy (row entropy, effective keys, argmax keys) and flags
+near one-hot rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
-import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-from torch import nn
 
-from ..analysis.query_independence import QueryIndependenceResult, query_independence
-from ..analysis.query_maps import (
-    grid_queries,
-    pick_site,
-    prepare_image,
-    query_maps,
+from ..distributed import barrier, rank
+from ..results import atomic_write_text
+from ._common import (
+    UsageError,
+    add_analysis_arguments,
+    add_subparser,
+    distributed_session,
+    load_cli_model,
+    model_fingerprint,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    report,
+    run_options,
+    sites_argument,
 )
-from ..capture import is_query_kind
-from ..data.sources import image_source, iter_batches
-from ..errors import AttnvizError
-from ..plot.queries import (
-    TABLE_METRICS,
-    plot_query_distances,
-    plot_query_grid,
-    plot_statistics_table,
-    statistics_table,
-)
-from ._common import resolve_spec
 
+ANALYSIS = "query_independence"
 DEMO_MODELS = ("nl_tiny", "nl_tiny_gaussian", "nl_tiny_dot", "nl_tiny_concat")
 HELD_OUT_SEED = 10_000  # attnviz.models.train: held-out data seed = training seed (0) + 10000
+# the analysis's limits (attnviz.analysis.query_independence), repeated here so that building
+# the parser does not import torch; tests check that they agree
+MAX_FIGURE_QUERIES = 16
+EXACT_ROWS = 256
+JSD_PAIRS = 2048
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_subparser(
+        subparsers,
         "queries",
-        help="GCNet query-independence statistics of Non-local attention, query-map figures",
+        help="GCNet query-independence statistics of per-query attention, query-map figures",
         description=(
-            "Measure how much Non-local attention maps depend on the query position (GCNet "
-            "Table 1: average cosine distance of inputs, outputs and attention rows over pairs "
-            "of positions, and the JSD of attention rows) and draw per-query maps (Fig. 2)."
+            "Measure how much per-query attention maps (Non-local, self-attention, ...) depend "
+            "on the query position (GCNet Table 1: average cosine distance of inputs, outputs "
+            "and attention rows over pairs of positions, and the JSD of attention rows) and "
+            "draw per-query maps (Fig. 2)."
         ),
+        conflict_handler="resolve",  # --model is re-declared below to accumulate
     )
+    add_analysis_arguments(p, example="nl_tiny", batch_size=8, several=True)
     p.add_argument(
         "--model",
         required=True,
+        action="extend",
         nargs="+",
-        help="bundled name (nl_tiny, ...) or model spec; several models give one table "
-        "(table1.csv / .md / .png beside GCNet's numbers) and a subfolder per model",
+        help="model(s): a bundled name, a timm name, or timm:NAME, torchvision:NAME, "
+        "python:pkg.module:factory (e.g. nl_tiny); several (listed or --model repeated) give "
+        "one table",
     )
-    p.add_argument("--weights", default=None, help="local .safetensors / .pth checkpoint")
-    p.add_argument("--images", required=True, help="image folder (flat or class subfolders)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--queries", type=int, default=4, help="query points per image in figures")
-    p.add_argument("--limit", type=int, default=None, help="use at most N images")
-    p.add_argument("--site", default=None, help="site for the figures (default: first)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--figure-images", type=int, default=3, help="images in the query-map grid")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--n-queries",
+        type=positive_int,
+        default=4,
+        help=f"query points per image in the figures (default 4, at most {MAX_FIGURE_QUERIES})",
+    )
+    p.add_argument(
+        "--figure-images",
+        type=non_negative_int,
+        default=3,
+        help="images in the query-map figure (default 3)",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help=f"exact average JSD at every site (default: sampled above {EXACT_ROWS} query "
+        f"rows from {JSD_PAIRS} random pairs, with a standard error)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled JSD pairs (default 0)")
     p.set_defaults(func=run)
 
 
-def load_images(
-    root: str | Path, preprocess: Any, limit: int | None = None
-) -> tuple[list[torch.Tensor], list[str], list[tuple[str, str]]]:
-    """Model inputs of the usable images under ``root``, their paths, and (path, reason) of
-    the others (class subfolders are read, their labels ignored)."""
-    source = image_source(root, id_style="path")
-    tensors, used, skipped = [], [], []
-    prepare = lambda img: prepare_image(img, preprocess)[0]  # noqa: E731
-    for batch in iter_batches(source, 64, prepare, limit=limit):
-        tensors.extend(batch.x[: len(batch.indices)])
-        used.extend(source.ids[i] for i in batch.indices)
-        skipped.extend(batch.skipped)
-    return tensors, used, skipped
+def query_figures(result: Any) -> dict[str, Any]:
+    from ..capture import is_query_kind
+    from ..plot.queries import plot_query_distances, plot_query_grid, plot_statistics_table
 
-
-def write_outputs(
-    out: Path,
-    result: QueryIndependenceResult,
-    maps: list,
-    *,
-    skipped: Sequence[tuple[str, str]] = (),
-) -> dict[str, Path]:
-    """Statistics (csv, json, result dir) and figures of one model into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    frame = result.to_frame()
-    frame.to_csv(out / "statistics.csv", index=False)
-    payload = {
-        "model": result.model,
-        "include_diagonal": result.include_diagonal,
-        "n_images": result.n_images,
-        "notes": result.notes,
-        "sites": json.loads(frame.to_json(orient="records")),
-    }
-    (out / "statistics.json").write_text(json.dumps(payload, indent=2))
-    result.save(out / "result")
-    files = {"statistics.csv": out / "statistics.csv", "statistics.json": out / "statistics.json"}
+    figures: dict[str, Any] = {}
     if any(is_query_kind(s["kind"]) for s in result.sites):
-        fig = plot_statistics_table(result)
-        fig.savefig(out / "statistics_table.png", dpi=120, bbox_inches="tight")
-        files["statistics_table.png"] = out / "statistics_table.png"
+        figures["statistics_table"] = plot_statistics_table(result)
+    maps = result.query_maps()
     if maps:
-        plot_query_grid(maps).savefig(out / "query_maps.png", dpi=120, bbox_inches="tight")
-        files["query_maps.png"] = out / "query_maps.png"
+        figures["query_maps"] = plot_query_grid(maps)
         if maps[0].n_queries > 1:
-            fig = plot_query_distances(maps[0])
-            fig.savefig(out / "query_distances.png", dpi=120, bbox_inches="tight")
-            files["query_distances.png"] = out / "query_distances.png"
-    with open(out / "skipped.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "reason"])
-        writer.writerows(skipped)
-    return files
+            figures["query_distances"] = plot_query_distances(maps[0])
+    return figures
 
 
-def _figure_maps(
-    model: nn.Module, images: Sequence[torch.Tensor], n_queries: int, site: str | None
-) -> list:
-    if n_queries < 1 or not images:
-        return []
-    site_obj, _, _ = pick_site(model, site)
-    if site_obj.kind == "gc":
-        return [query_maps(model, x, queries=None, site=site_obj.name) for x in images]
+def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
+    from ..analysis.query_independence import query_independence
 
-    def cells(grid: tuple[int, int]) -> list[tuple[int, int]]:
-        return grid_queries(grid, n_queries)
-
-    return [
-        query_maps(model, x, queries=cells, site=site_obj.name, query_space="cell") for x in images
-    ]
-
-
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if args.weights is not None and len(args.model) > 1:
-        print("attnviz queries: --weights needs a single --model", file=sys.stderr)
-        return 2
-    results = []
-    for spec in args.model:
-        sub = out if len(args.model) == 1 else out / spec.replace(":", "_").replace("/", "_")
-        result = _run_one(args, spec, sub)
-        if result is None:
-            return 2
-        results.append(result)
-    if len(results) > 1:
-        table = statistics_table(results)
-        table.to_csv(out / "table1.csv", index=False)
-        (out / "table1.md").write_text(markdown_table(table))
-        fig = plot_statistics_table(results)
-        fig.savefig(out / "table1.png", dpi=120, bbox_inches="tight")
-        print(markdown_table(table))
-    print(f"wrote {out}")
-    return 0
-
-
-def _run_one(args: argparse.Namespace, spec: str, out: Path) -> QueryIndependenceResult | None:
-    from ..models import load_model
-
-    try:
-        model, pre = load_model(resolve_spec(spec), weights=args.weights)
-    except (AttnvizError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"attnviz queries: cannot load model {spec!r}: {exc}", file=sys.stderr)
-        return None
-    try:
-        tensors, used, skipped = load_images(args.images, pre, args.limit)
-    except (NotADirectoryError, ValueError) as exc:
-        print(f"attnviz queries: {exc}", file=sys.stderr)
-        return None
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if not tensors:
-        print(f"attnviz queries: no usable images in {args.images}", file=sys.stderr)
-        return None
-    try:
+    with output_folder(out_path, [args.images]) as out:
+        model, config = load_cli_model(args, spec)
+        sites = sites_argument(args.sites)
         result = query_independence(
             model,
-            tensors,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
+            args.images,
+            sites=sites,
             model_name=spec,
+            n_queries=args.n_queries,
+            map_images=args.figure_images,
+            exact=args.exact,
+            seed=args.seed,
+            **run_options(args, out, config, model_fingerprint(args, spec)),
         )
-        maps = _figure_maps(model, tensors[: args.figure_images], args.queries, args.site)
-    except (AttnvizError, ValueError) as exc:
-        print(f"attnviz queries: {exc}", file=sys.stderr)
-        return None
-    write_outputs(out, result, maps, skipped=skipped)
-    print(_summary(result, used=len(used), skipped=len(skipped)))
+        if rank() == 0:
+            out.save_result(result)
+            out.save_figures(query_figures(result))
+            report(out, result, result.summary())
+        barrier()
+        out.remove_checkpoint(ANALYSIS)
     return result
 
 
+def run(args: argparse.Namespace) -> int:
+    from ..plot.queries import statistics_table
+
+    if args.n_queries > MAX_FIGURE_QUERIES:
+        raise UsageError(
+            f"--n-queries {args.n_queries}: a figure shows at most "
+            f"{MAX_FIGURE_QUERIES} query points per image"
+        )
+    if len(set(args.model)) != len(args.model):
+        raise UsageError(f"--model names a model twice: {args.model}")
+    if args.weights is not None and len(args.model) > 1:
+        raise UsageError("--weights needs a single --model")
+    with distributed_session(args.device) as main:
+        if len(args.model) == 1:
+            _one(args, args.model[0], Path(args.out))
+            return 0
+        results = []
+        with output_folder(args.out, [args.images]) as out:
+            for spec in args.model:
+                sub = out.path / spec.replace(":", "_").replace("/", "_")
+                results.append(_one(args, spec, sub))
+            if main:
+                table = statistics_table(results)
+                table.to_csv(out.path / "table1.csv", index=False)
+                atomic_write_text(out.path / "table1.md", markdown_table(table))
+                print(markdown_table(table))
+    return 0
+
+
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
-    """A :func:`statistics_table` as a Markdown table ("mean ± std", n/a where undefined)."""
-    head = "| model | site | instantiation | images | cos input | cos output | cos att | JSD att |"
-    lines = [head, "|" + "---|" * 8]
+    """A :func:`~attnviz.plot.queries.statistics_table` as Markdown ("mean ± std", "(se X)"
+    after a sampled JSD, n/a, and the degeneracy column with "near one-hot" flags)."""
+    from ..plot.queries import DEGENERACY_HEADER, TABLE_METRICS, _fmt, degeneracy_cell
+
+    head = (
+        "| model | site | instantiation | images | cos input | cos output | cos att | JSD att | "
+        f"{DEGENERACY_HEADER} |"
+    )
+    lines = [head, "|" + "---|" * 9]
     for _, row in table.iterrows():
-        cells = []
-        for m in TABLE_METRICS:
-            v, sd = row[m], row.get(f"{m}_std")
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                cells.append("n/a")
-            elif sd is None or (isinstance(sd, float) and math.isnan(sd)):
-                cells.append(f"{v:.{digits}f}")
-            else:
-                cells.append(f"{v:.{digits}f} ± {sd:.{digits}f}")
+        cells = [
+            _fmt(
+                row[m],
+                row.get(f"{m}_std"),
+                digits,
+                row.get("jsd_att_se") if m == "jsd_att" else None,
+            )
+            for m in TABLE_METRICS
+        ]
+        cells.append(degeneracy_cell(row))
         n = row.get("n_images")
         n = "" if n is None or (isinstance(n, float) and math.isnan(n)) else str(int(n))
         lines.append(
@@ -234,67 +195,27 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _summary(result: QueryIndependenceResult, *, used: int, skipped: int = 0) -> str:
-    frame = result.to_frame()
-    cols = ["site", "kind", "instantiation"] + [
-        c for c in frame.columns if c.endswith("_mean") or c.endswith("_std")
-    ]
-    head = f"{result.model}: {used} images ({skipped} skipped), pairs include i = j"
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        return head + "\n" + frame[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
-
-
-def reproduce(
-    models: Sequence[str] = DEMO_MODELS,
-    *,
-    n_per_class: int = 2,
-    seed: int = HELD_OUT_SEED,
-    batch_size: int = 10,
-    progress: bool = False,
-) -> tuple[list[QueryIndependenceResult], pd.DataFrame]:
-    """GCNet Table 1 on the bundled Non-local models over the generated held-out split.
-
-    Images: ``ShapesDataset(n_per_class, size=64, seed=seed)`` (seed 10000 = the held-out
-    split of the bundled checkpoints). Returns the results and the :func:`statistics_table`.
-    """
-    from ..data import ShapesDataset
+# --------------------------------------------------------------------------- demo part
+def demo(out_dir: Path, images: Path) -> str:
+    """GCNet Table 1 on the bundled Non-local models over the generated held-out images."""
+    from ..analysis.query_independence import query_independence
     from ..models import load_model
+    from ..plot.queries import TABLE_METRICS, statistics_table
 
     results = []
-    for name in models:
-        model, pre = load_model(name)
-        ds = ShapesDataset(n_per_class, size=int(pre.input_size[-1]), seed=seed)
-        images = [prepare_image(ds[i][0], pre)[0] for i in range(len(ds))]
-        results.append(
-            query_independence(
-                model, images, batch_size=batch_size, progress=progress, model_name=name
+    for name in DEMO_MODELS:
+        model, config = load_model(name)
+        with output_folder(out_dir / name, [images]) as out:
+            result = query_independence(
+                model, images, preprocess=config, model_name=name, map_images=3, progress=False
             )
-        )
-    return results, statistics_table(results)
-
-
-def demo(out_dir: Path) -> str:
-    """Run the reproduction on the bundled nl_tiny models (small held-out split), write the
-    table and figures into ``out_dir``, return a text summary."""
-    from ..data import ShapesDataset
-    from ..models import load_model
-
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results, table = reproduce(DEMO_MODELS, n_per_class=1)
-    table.to_csv(out_dir / "query_independence.csv", index=False)
-    plot_statistics_table(results).savefig(
-        out_dir / "query_independence_table.png", dpi=120, bbox_inches="tight"
-    )
-    model, pre = load_model(DEMO_MODELS[0])
-    ds = ShapesDataset(1, size=int(pre.input_size[-1]), seed=HELD_OUT_SEED)
-    images = [prepare_image(ds[i][0], pre)[0] for i in range(min(3, len(ds)))]
-    maps = _figure_maps(model, images, 4, None)
-    plot_query_grid(maps).savefig(out_dir / "query_maps.png", dpi=120, bbox_inches="tight")
-    plot_query_distances(maps[0]).savefig(
-        out_dir / "query_distances.png", dpi=120, bbox_inches="tight"
-    )
+            out.save_result(result)
+            out.save_figures(query_figures(result))
+            out.save_summary(result.summary())
+        results.append(result)
+    table = statistics_table(results)
+    table.to_csv(out_dir / "table1.csv", index=False)
+    atomic_write_text(out_dir / "table1.md", markdown_table(table))
     lines = [
         f"Query independence (GCNet Table 1) on {', '.join(DEMO_MODELS)}, "
         f"{results[0].n_images} held-out images each; mean over images, pairs include i = j:"
@@ -307,5 +228,5 @@ def demo(out_dir: Path) -> str:
             for m in TABLE_METRICS
         )
         lines.append(f"  {row['model']:<16} {row['instantiation']:<18} {vals}")
-    lines.append(f"  figures: {out_dir} ({time.perf_counter() - t0:.1f} s)")
+    lines.append(f"  figures: {out_dir}/*/figures")
     return "\n".join(lines)

@@ -1,168 +1,229 @@
 """``attnviz sweep``: the SKNet object-scale sweep from the command line (and its demo part).
 
     attnviz sweep --model sk_tiny --images DIR --out OUT [--scales 1.0 1.5 2.0] [--resume]
+    attnviz sweep --model sk_tiny --shapes 100 --out OUT   # generated scenes, rendered natively
     torchrun --nproc_per_node 2 -m attnviz sweep ...   # each rank sweeps a shard
 
-Writes ``OUT/result/`` (npz + csv + manifest.json), ``OUT/figures/*.png|svg`` and
-``OUT/summary.txt``; checkpoints go to ``OUT/checkpoint/`` and are removed after success.
+Writes ``OUT/result/``, ``OUT/figures/`` and ``OUT/summary.txt``; checkpoints go to
+``OUT/checkpoint/`` and are removed after success.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
-from .. import distributed as dist_utils
-from ..errors import AttnvizError
+from ..distributed import barrier
 from ._common import (
-    add_image_arguments,
-    add_model_arguments,
+    UsageError,
+    add_analysis_arguments,
+    add_subparser,
+    distributed_session,
     load_cli_model,
-    model_meta,
-    print_error,
+    model_fingerprint,
+    output_folder,
+    positive_int,
+    report,
+    run_options,
+    scale_value,
+    sites_argument,
 )
 
-SUMMARY_FILE = "summary.txt"
+ANALYSIS = "scale_sweep"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_subparser(
+        subparsers,
         "sweep",
         help="SKNet object-scale sweep: SK attention at 1.0x / 1.5x / 2.0x object size",
         description=(
-            "Show every image at several object scales (centre crops resized back, as in "
-            "SKNet Fig. 3), capture the SK branch attention, and report D = mean(b) - mean(a) "
-            "per SK unit and scale. MODEL is a bundled name (sk_tiny), a timm name or a spec "
-            "timm:NAME, torchvision:NAME. Bad image files are skipped and listed."
+            "Show every image at several object scales, capture the SK branch attention, and "
+            "report D = mean(b) - mean(a) per SK site and scale and its paired change with "
+            "scale. --shapes N renders N generated scenes natively at each scale; --images "
+            "crops the zoom views from the original pixels and adds a resolution control for "
+            "every zoom view that needed upsampling. Bad image files are skipped and listed."
         ),
     )
-    add_model_arguments(p, example="sk_tiny or timm:skresnet18")
-    add_image_arguments(p, batch_size=32)
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])
-    p.add_argument("--units", nargs="+", default=None, help="SK units by alias (default all)")
-    p.add_argument("--per-image", action="store_true", help="also keep D of every image")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--strict", action="store_true", help="exit non-zero if any file is skipped")
+    add_analysis_arguments(p, example="sk_tiny or timm:skresnet18", batch_size=32)
     p.add_argument(
-        "--checkpoint-every", type=int, default=20, help="checkpoint every N batches (20)"
+        "--scales",
+        type=scale_value,
+        nargs="+",
+        default=[1.0, 1.5, 2.0],
+        help="view scales, finite numbers >= 1 (default 1.0 1.5 2.0)",
     )
+    for action in p._actions:  # --images or --shapes (checked in run)
+        if action.dest == "images":
+            action.required = False
+            action.help = "image folder (class subfolders = labels); or use --shapes"
+    p.add_argument(
+        "--shapes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="sweep N generated scenes rendered natively at each scale (instead of --images)",
+    )
+    p.add_argument(
+        "--shapes-seed", type=int, default=20_000, help="seed of the generated scenes (20000)"
+    )
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="no resolution control for upsampled zoom views (--images only)",
+    )
+    p.add_argument(
+        "--figure-image",
+        default="0",
+        help="the image of the Fig. 3 views figure: an index or id (default 0)",
+    )
+    p.add_argument("--per-image", action="store_true", help="also keep D of every image")
     p.add_argument("--no-figures", action="store_true", help="write the result only")
     p.set_defaults(func=run)
 
 
-def _error(msg: str) -> int:
-    return print_error("sweep", msg)
-
-
-def save_figures(result: Any, directory: Path) -> list[Path]:
-    """The sweep's figures as PNG and SVG: stage bars, channel curves, heatmap, per class."""
+def sweep_figures(result: Any, fig3: tuple[Any, list] | None = None) -> dict[str, Any]:
+    """The sweep's figures: paired change bars (with controls), Fig. 4 per class, Fig. 3
+    (``fig3`` = (a per-image result of one image, its views)), D bars, channel curves,
+    heatmap."""
     from ..plot.sweep import (
         plot_channel_attention,
         plot_class_d,
+        plot_class_delta,
         plot_d_heatmap,
+        plot_delta_bars,
+        plot_image_views,
         plot_stage_bars,
     )
 
-    directory.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Figure] = {
-        "stage_bars": plot_stage_bars(result),
-        "d_heatmap": plot_d_heatmap(result),
-    }
-    last = result.stage_last_units()
-    # Fig. 3a/b: the last unit of stage 3 (SK_3_4 in SKNet-50)
-    unit = next((a for a in last if result.unit(a).stage == 3), last[0])
-    figures[f"channel_attention_{unit}"] = plot_channel_attention(result, unit)
+    figures = {"stage_bars": plot_stage_bars(result), "d_heatmap": plot_d_heatmap(result)}
+    if len(result.scales) > 1:
+        figures["delta_bars"] = plot_delta_bars(result)
+    last = result.stage_last_sites()
+    # Fig. 3a/b: the last site of stage 3 (SK_3_4 in SKNet-50)
+    site = next((a for a in last if result.site(a).stage == 3), last[0])
+    figures[f"channel_attention_{site}"] = plot_channel_attention(result, site)
     if result.class_names:
         figures["class_d"] = plot_class_d(result)
-    written = []
-    for name, fig in figures.items():
-        for ext in ("png", "svg"):
-            path = directory / f"{name}.{ext}"
-            fig.savefig(path, dpi=120)
-            written.append(path)
-    return written
+        if len(result.scales) > 1:
+            figures["fig4_class_d"] = plot_class_delta(result)
+    if fig3 is not None:
+        one, views = fig3
+        figures["fig3_views"] = plot_image_views(one, views, 0, n_images=result.n_images)
+    return figures
+
+
+def _figure_item(args: argparse.Namespace, images: Any, config: Any, scales) -> tuple[Any, list]:
+    """(what to sweep for Fig. 3: one item, its views as PIL images)."""
+    from PIL import Image
+
+    from ..data.shapes import ShapeScenes
+    from ..data.sources import image_source
+    from ..data.views import zoom_views
+
+    key = str(args.figure_image)
+    if isinstance(images, ShapeScenes):
+        k = int(key.lstrip("#")) if key.lstrip("#").isdigit() else 0
+        k = min(max(k, 0), len(images) - 1)
+        return images.select([k]), images.views(k)
+    source = image_source(images, exclude=[args.out])
+    ids = list(source.ids)
+    k = int(key) if key.isdigit() and int(key) < len(ids) else (ids.index(key) if key in ids else 0)
+    path = source.paths[k] if source.paths is not None else None
+    if path is None:
+        raise UsageError("--figure-image needs an image file")
+    with Image.open(path) as im:
+        image = im.convert("RGB")
+    return [path], zoom_views(image, config, scales)[0]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.scale_sweep import BadImageError, scale_sweep
+    from ..analysis.scale_sweep import scale_sweep
+    from ..data.shapes import ShapeScenes, train_object_size_range
 
-    started = dist_utils.init_from_env(args.device)
-    try:
-        loaded = load_cli_model("sweep", args)
-        if isinstance(loaded, int):
-            return loaded
-        model, config = loaded
-        out = Path(args.out)
-        rank0 = dist_utils.rank() == 0
-        try:
-            result = scale_sweep(
-                model,
-                args.images,
+    if (args.images is None) == (args.shapes is None):
+        raise UsageError("give exactly one of --images DIR and --shapes N")
+    folders = [args.images] if args.images else []
+    with distributed_session(args.device) as main, output_folder(args.out, folders) as out:
+        model, config = load_cli_model(args)
+        if args.shapes is not None:
+            size = int(config.input_size[-1]) if 64 <= int(config.input_size[-1]) <= 96 else 64
+            images: Any = ShapeScenes(
+                args.shapes,
                 scales=args.scales,
-                batch_size=args.batch_size,
-                preprocess=config,
-                per_image=args.per_image,
-                units=args.units,
-                progress=not args.no_progress,
-                strict=args.strict,
-                checkpoint_dir=out / "checkpoint",
-                checkpoint_every=args.checkpoint_every,
-                resume=args.resume,
-                limit=args.limit,
+                size=size,
+                seed=args.shapes_seed,
+                object_range=train_object_size_range(args.model),
             )
-        except BadImageError as exc:
-            return _error(f"{exc} (--strict)")
-        except (AttnvizError, ValueError, NotADirectoryError) as exc:
-            return _error(str(exc))
-        result.meta.update(model_meta(args))
-        if rank0:
-            result.save(out / "result")
+        else:
+            images = args.images
+        result = scale_sweep(
+            model,
+            images,
+            scales=args.scales,
+            sites=sites_argument(args.sites),
+            per_image=args.per_image,
+            controls=not args.no_control,
+            **run_options(args, out, config, model_fingerprint(args)),
+        )
+        if main:
+            result.meta.setdefault("model", args.model)
+            out.save_result(result)
             if not args.no_figures:
-                save_figures(result, out / "figures")
-            summary = result.summary()
-            (out / SUMMARY_FILE).write_text(summary + "\n")
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-            print(summary)
-            for path, reason in result.skipped:
-                print(f"skipped {path}: {reason}")
-            figures = "" if args.no_figures else f", {out / 'figures'}"
-            print(f"wrote {out / 'result'}{figures} and {out / SUMMARY_FILE}")
-        dist_utils.barrier()
-        return 0
-    finally:
-        if started:
-            dist_utils.shutdown()
+                item, views = _figure_item(args, images, config, args.scales)
+                one = scale_sweep(
+                    model, item, scales=args.scales, sites=sites_argument(args.sites),
+                    per_image=True, controls=False, preprocess=config, progress=False,
+                )  # fmt: skip
+                one.meta["model"] = args.model
+                out.save_figures(sweep_figures(result, (one, views)))
+            report(out, result, result.summary())
+        barrier()
+        out.remove_checkpoint(ANALYSIS)
+    return 0
 
 
 # --------------------------------------------------------------------------- demo part
-DEMO_N_PER_CLASS = 10
-DEMO_SEED = 20_000  # not a training or held-out seed of the bundled models
 
 
-def demo(out_dir: Path) -> str:
-    """The scale sweep on the bundled ``sk_tiny`` over a generated image set in ``out_dir``."""
+def demo(out_dir: Path, images: Any) -> str:
+    """The scale sweep on the bundled ``sk_tiny``: ``images`` = the number of generated scenes
+    rendered natively at 1.0x / 1.5x / 2.0x (or an image folder: zoom crops + controls)."""
     from ..analysis.scale_sweep import scale_sweep
-    from ..data import ShapesDataset, write_image_folder
+    from ..data.shapes import ShapeScenes, train_object_size_range
     from ..models import load_model
 
-    out_dir = Path(out_dir)
-    images = out_dir / "images"
-    if images.exists():
-        shutil.rmtree(images)
-    write_image_folder(ShapesDataset(DEMO_N_PER_CLASS, size=64, seed=DEMO_SEED), images)
     model, config = load_model("sk_tiny")
-    result = scale_sweep(model, images, preprocess=config, batch_size=32, progress=True)
-    result.meta["model"] = "sk_tiny"
-    result.save(out_dir / "result")
-    save_figures(result, out_dir / "figures")
-    summary = result.summary()
-    (out_dir / SUMMARY_FILE).write_text(summary + "\n")
-    return (
-        f"SKNet scale sweep on sk_tiny, {result.n_images} generated images "
-        f"({len(result.class_names)} classes):\n{summary}\n"
-        f"figures: {out_dir / 'figures'}"
-    )
+    if isinstance(images, int):
+        images = ShapeScenes(images, object_range=train_object_size_range("sk_tiny"))
+        folders: list = []
+        what = f"{len(images)} generated scenes rendered natively"
+    else:
+        folders = [images]
+        what = f"the images in {images}"
+    with output_folder(out_dir, folders) as out:
+        result = scale_sweep(
+            model, images, preprocess=config, batch_size=32, progress=False, exclude=[out.path]
+        )
+        result.meta["model"] = "sk_tiny"
+        out.save_result(result)
+        if isinstance(images, ShapeScenes):
+            fig3 = (images.select([0]), images.views(0))
+        else:
+            from PIL import Image
+
+            from ..data.sources import image_source
+            from ..data.views import zoom_views
+
+            path = image_source(images, exclude=[out.path]).paths[0]
+            with Image.open(path) as im:
+                fig3 = ([path], zoom_views(im.convert("RGB"), config, result.scales)[0])
+        one = scale_sweep(
+            model, fig3[0], preprocess=config, per_image=True, controls=False, progress=False
+        )
+        one.meta["model"] = "sk_tiny"
+        out.save_figures(sweep_figures(result, (one, fig3[1])))
+        out.save_summary(result.summary())
+    figures = out_dir / "figures"
+    return f"SKNet scale sweep on sk_tiny, {what}:\n{result.summary()}\nfigures: {figures}"

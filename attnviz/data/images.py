@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,11 @@ MIN_SIDE = 8
 MAX_ASPECT = 10.0
 
 PathLike = str | os.PathLike
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -87,8 +92,12 @@ def load_image(
         size = path.stat().st_size
     except FileNotFoundError:
         return None, "missing file"
+    except PermissionError:
+        return None, "permission denied"
     except OSError as exc:
-        return None, f"unreadable: {exc}"
+        return None, f"unreadable: {exc.strerror or exc}"
+    if path.is_dir():
+        return None, "a folder, not a file"
     if size == 0:
         return None, "empty file"
     # A global PIL flag could make truncated files "load"; insist on complete files here.
@@ -107,6 +116,12 @@ def load_image(
                 rgb = to_rgb(img)
                 if rgb is img:
                     rgb = img.copy()
+    except PermissionError:
+        return None, "permission denied"
+    except FileNotFoundError:
+        return None, "missing file"
+    except IsADirectoryError:
+        return None, "a folder, not a file"
     except UnidentifiedImageError:
         return None, "not an image"
     except Image.DecompressionBombError as exc:
@@ -121,7 +136,10 @@ def load_image(
 
 
 def list_images(
-    root: PathLike, *, extensions: Sequence[str] | None = None
+    root: PathLike,
+    *,
+    extensions: Sequence[str] | None = None,
+    exclude: Iterable[PathLike] = (),
 ) -> tuple[list[Path], list[int] | None, list[str]]:
     """Image files under ``root``, sorted: ``(paths, labels | None, class_names)``.
 
@@ -133,13 +151,29 @@ def list_images(
     """
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"image folder {str(root)!r} does not exist or is not a folder")
+        raise NotADirectoryError(
+            f"image folder {printable(str(root))!r} does not exist or is not a folder"
+        )
     exts = IMAGE_EXTENSIONS if extensions is None else {e.lower() for e in extensions}
+    skip = [Path(e).resolve() for e in exclude]
+
+    def excluded(p: Path) -> bool:
+        r = p.resolve()
+        return any(r == e or e in r.parents for e in skip)
 
     def is_image(p: Path) -> bool:
-        return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+        return (
+            p.is_file()
+            and not p.name.startswith(".")
+            and p.suffix.lower() in exts
+            and not (skip and excluded(p))
+        )
 
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subdirs = sorted(
+        d
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and not (skip and excluded(d))
+    )
     classes: list[str] = []
     paths: list[Path] = []
     labels: list[int] = []

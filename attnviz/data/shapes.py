@@ -13,7 +13,6 @@ with colour jitter. Shapes are drawn 2x supersampled and box-filtered (anti-alia
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from collections.abc import Callable
@@ -330,35 +329,250 @@ def write_image_folder(dataset: ShapesDataset, root: str | Path) -> Path:
     return root
 
 
-def make_shapes_cli(args: argparse.Namespace) -> int:
-    """``attnviz data make-shapes DIR --n-per-class N [--size 64] [--seed 0]``."""
-    ds = ShapesDataset(
-        args.n_per_class, size=args.size, seed=args.seed, scale_range=tuple(args.scale_range)
-    )
-    root = write_image_folder(ds, args.dir)
-    print(f"wrote {len(ds)} images ({ds.num_classes} classes) and records.csv to {root}")
-    return 0
+# --------------------------------------------------------------------------- native scales
+_BOX_SS = 8  # supersampling of the object mask that measures a view's box (1/8 px)
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``data`` command (sub-command ``make-shapes``) to an argparse CLI."""
-    data = subparsers.add_parser("data", help="generated datasets")
-    sub = data.add_subparsers(dest="data_command", required=True)
-    p = sub.add_parser(
-        "make-shapes",
-        help="write the generated multi-scale shapes dataset as an ImageFolder",
-        description=make_shapes_cli.__doc__,
-    )
-    p.add_argument("dir", help="output directory (class subfolders + records.csv)")
-    p.add_argument("--n-per-class", type=int, required=True, help="images per class")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (64..96)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed")
-    p.add_argument(
-        "--scale-range",
-        type=float,
-        nargs=2,
-        default=(0.15, 0.75),
-        metavar=("LO", "HI"),
-        help="object side / image side range",
-    )
-    p.set_defaults(func=make_shapes_cli)
+@dataclass(frozen=True)
+class SceneRecord:
+    """One generated scene rendered at several object scales (:class:`ShapeScenes`).
+
+    ``index``: the sample of the underlying :class:`ShapesDataset` (its 1.0x view is that
+    sample, bit for bit); ``size``: object size at 1.0x (side of its square over the image
+    side); ``boxes``: per view, the object's box (x0, y0, x1, y1) in pixels, measured on an
+    8x supersampled mask (x1/y1 exclusive, 1/8 px steps); ``centre``: the point (x, y) the
+    object is drawn about and scaled about (so box(s) = centre + s * (box(1) - centre)).
+    """
+
+    index: int
+    label: int
+    class_name: str
+    size: float
+    scales: tuple[float, ...]
+    boxes: tuple[tuple[float, float, float, float], ...]
+    centre: tuple[float, float] = (0.0, 0.0)
+
+
+def _scene_geometry(ds: ShapesDataset, index: int) -> tuple[np.random.Generator, dict]:
+    """The first draws of sample ``index`` (as :meth:`ShapesDataset._draw` makes them)."""
+    rng = np.random.default_rng([ds.seed, index])
+    n = ds.size
+    scale = float(rng.uniform(*ds.scale_range))
+    side = scale * n
+    max_off = min(0.15 * n, (n - side) / 2)
+    cx = n / 2 + rng.uniform(-max_off, max_off)
+    cy = n / 2 + rng.uniform(-max_off, max_off)
+    theta = float(rng.uniform(0, 2 * math.pi))
+    return rng, {"scale": scale, "side": side, "cx": cx, "cy": cy, "theta": theta}
+
+
+def _object_box(ds: ShapesDataset, index: int, geo: dict, s: float) -> tuple[float, ...]:
+    """Box of the object of sample ``index`` drawn at ``s`` times its size (float pixels)."""
+    n, k = ds.size, _BOX_SS
+    cls = SHAPE_CLASSES[index % ds.num_classes]
+    canvas = Image.new("L", (n * k, n * k), 0)
+    cls.painter(ImageDraw.Draw(canvas), geo["cx"] * k, geo["cy"] * k, s * geo["side"] * k / 2,
+                geo["theta"])  # fmt: skip
+    ys, xs = np.nonzero(np.asarray(canvas) > 127)
+    if not len(xs):  # pragma: no cover - objects are at least ~10 px
+        return (geo["cx"], geo["cy"], geo["cx"], geo["cy"])
+    return (xs.min() / k, ys.min() / k, (xs.max() + 1) / k, (ys.max() + 1) / k)
+
+
+def render_scales(
+    dataset: ShapesDataset, index: int, scales: tuple[float, ...] | list[float]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, ...]]]:
+    """Sample ``index`` of ``dataset`` rendered natively with its object at each scale.
+
+    Same background, object centre, pose, colours, pattern, colour jitter and pixel noise in
+    every view; only the object's size (and its pattern) is s times the 1.0x size, drawn at
+    full resolution (no rendered image is resampled). The contrast jitter of every view is
+    taken about the 1.0x view's mean, so pixels the object covers in no view are identical
+    in all views; the 1.0x view equals ``dataset.render(index)`` bit for bit.
+    Returns (uint8 (n, n, 3) views, float32 coverage masks, boxes) in the order of ``scales``.
+    """
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"index {index} out of range for {len(dataset)} samples")
+    scales = tuple(float(s) for s in scales)
+    if any(not (math.isfinite(s) and s > 0) for s in scales):
+        raise ValueError(f"object scales must be finite and > 0, got {list(scales)}")
+    rng, geo = _scene_geometry(dataset, index)
+    n = dataset.size
+    cls = SHAPE_CLASSES[index % dataset.num_classes]
+    cx, cy, side, theta = geo["cx"], geo["cy"], geo["side"], geo["theta"]
+    # the remaining draws, in the order of ShapesDataset._draw
+    bg, v_bg = _background(rng, n)
+    v_obj = _contrasting_value(rng, v_bg)
+    colour = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 1.0), v_obj)
+    colour2 = pat_theta = None
+    if cls.pattern is not None:
+        v2 = float(np.clip(v_obj + (-0.4 if v_obj > 0.5 else 0.4), 0, 1))
+        colour2 = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 1.0), v2)
+        pat_theta = float(rng.uniform(0, math.pi))
+    bright = rng.uniform(0.85, 1.15)
+    contrast = rng.uniform(0.8, 1.2)
+    noise = rng.normal(0, 0.02, (n, n, 3))
+
+    def compose(s: float) -> tuple[np.ndarray, np.ndarray]:
+        big = n * _SS
+        canvas = Image.new("L", (big, big), 0)
+        cls.painter(ImageDraw.Draw(canvas), cx * _SS, cy * _SS, s * side * _SS / 2, theta)
+        alpha = np.asarray(canvas.reduce(_SS), dtype=np.float32) / 255.0
+        fill = np.broadcast_to(colour, (n, n, 3)).astype(np.float32)
+        if cls.pattern is not None:
+            pat = cls.pattern(n, cx, cy, s * side / 2, pat_theta)[..., None]
+            fill = fill * (1 - pat) + colour2 * pat
+        img = bg * (1 - alpha[..., None]) + fill * alpha[..., None]
+        return img * bright, alpha
+
+    ref_mean = compose(1.0)[0].mean()
+    views, masks, boxes = [], [], []
+    for s in scales:
+        img, alpha = compose(s)
+        img = (img - ref_mean) * contrast + ref_mean
+        img = img + noise
+        views.append((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+        masks.append(alpha)
+        boxes.append(_object_box(dataset, index, geo, s))
+    return views, masks, boxes
+
+
+def train_object_size_range(model: str = "sk_tiny") -> tuple[float, float]:
+    """Object sizes a bundled model was trained on: the manifest's ``train_object_size_range``,
+    else its training set's ``scale_range``, else ShapesDataset's default (0.15, 0.75)."""
+    with_default = (0.15, 0.75)
+    try:
+        from .assets import read_manifest
+
+        entry = read_manifest()["models"][model]
+    except Exception:
+        return with_default
+    rng = entry.get("train_object_size_range") or entry.get("train_data", {}).get("scale_range")
+    return (float(rng[0]), float(rng[1])) if rng else with_default
+
+
+class ShapeScenes(Dataset):
+    """``n_scenes`` generated scenes, each rendered natively at every scale of ``scales``.
+
+    Scenes are samples of ``ShapesDataset(size=size, seed=seed, scale_range=(lo, hi / max
+    scale))`` (``object_range=(lo, hi)``: the object sizes a model was trained on), kept in
+    index order when the object of the largest view lies inside the frame (its box does not
+    touch the border). Item k is ``(strip, label)``: the views side by side in one
+    ``(len(scales) * size) x size`` RGB image (:meth:`views` splits it). ``records`` holds
+    one :class:`SceneRecord` per scene with every view's box.
+    """
+
+    def __init__(
+        self,
+        n_scenes: int,
+        *,
+        scales: tuple[float, ...] | list[float] = (1.0, 1.5, 2.0),
+        size: int = 64,
+        seed: int = 20_000,
+        object_range: tuple[float, float] = (0.15, 0.75),
+    ) -> None:
+        if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
+            raise ValueError(f"n_scenes must be a whole number >= 1, got {n_scenes!r}")
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not (math.isfinite(s) and s >= 1.0) for s in scales):
+            raise ValueError(f"scene scales must be finite numbers >= 1.0, got {list(scales)}")
+        lo, hi = (float(v) for v in object_range)
+        top = hi / max(scales)
+        if not 0.0 < lo <= top:
+            raise ValueError(
+                f"no object size fits: the largest view ({max(scales):g}x) of an object of the "
+                f"smallest size {lo} exceeds {hi} of the image side"
+            )
+        self.n_scenes, self.scales, self.size, self.seed = n_scenes, scales, size, seed
+        self.object_range = (lo, hi)
+        self.source = ShapesDataset(10**6, size=size, seed=seed, scale_range=(lo, top))
+        self.classes = list(self.source.classes)
+        self.indices: list[int] = []
+        i, smax = 0, max(scales)
+        limit = 50 * n_scenes + 100
+        while len(self.indices) < n_scenes and i < limit:
+            _, geo = _scene_geometry(self.source, i)
+            x0, y0, x1, y1 = _object_box(self.source, i, geo, smax)
+            step = 1.0 / _BOX_SS
+            if x0 >= step and y0 >= step and x1 <= size - step and y1 <= size - step:
+                self.indices.append(i)
+            i += 1
+        if len(self.indices) < n_scenes:  # pragma: no cover - about 3 in 4 scenes fit
+            raise ValueError(f"only {len(self.indices)} of {i} scenes fit the frame")
+        self.tried = i
+        self._records: dict[int, SceneRecord] = {}
+
+    def __len__(self) -> int:
+        return self.n_scenes
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "n_scenes": self.n_scenes,
+            "scales": list(self.scales),
+            "size": self.size,
+            "seed": self.seed,
+            "object_range": list(self.object_range),
+            "scene_size_range": list(self.source.scale_range),
+            "scenes_tried": self.tried,
+        }
+
+    def render(self, k: int) -> tuple[list[np.ndarray], list[np.ndarray], SceneRecord]:
+        """Scene ``k``: (uint8 views, coverage masks, record)."""
+        if not 0 <= k < self.n_scenes:
+            raise IndexError(f"scene {k} out of range for {self.n_scenes} scenes")
+        i = self.indices[k]
+        views, masks, boxes = render_scales(self.source, i, self.scales)
+        label = i % self.source.num_classes
+        geo = _scene_geometry(self.source, i)[1]
+        rec = SceneRecord(
+            i,
+            label,
+            self.classes[label],
+            geo["scale"],
+            self.scales,
+            tuple(tuple(float(v) for v in b) for b in boxes),
+            (float(geo["cx"]), float(geo["cy"])),
+        )
+        self._records[k] = rec
+        return views, masks, rec
+
+    def views(self, k: int) -> list[Image.Image]:
+        """Scene ``k``'s views as PIL images, in the order of ``scales``."""
+        return [Image.fromarray(v, mode="RGB") for v in self.render(k)[0]]
+
+    def record(self, k: int) -> SceneRecord:
+        return self._records[k] if k in self._records else self.render(k)[2]
+
+    @property
+    def records(self) -> list[SceneRecord]:
+        return [self.record(k) for k in range(self.n_scenes)]
+
+    def __getitem__(self, k: int) -> tuple[Image.Image, int]:
+        if k < 0:
+            k += self.n_scenes
+        views, _, rec = self.render(k)
+        return Image.fromarray(np.concatenate(views, axis=1), mode="RGB"), rec.label
+
+
+def split_strip(strip: Image.Image, n_views: int) -> list[Image.Image]:
+    """The views of a :class:`ShapeScenes` item (views side by side) as PIL images."""
+    w, h = strip.size
+    if w != n_views * h:
+        raise ValueError(
+            f"expected {n_views} square views side by side ({n_views * h} x {h}), got {w} x {h}"
+        )
+    return [strip.crop((j * h, 0, (j + 1) * h, h)) for j in range(n_views)]
+
+
+def _select(scenes: ShapeScenes, ks: list[int]) -> ShapeScenes:
+    """A ShapeScenes holding only scenes ``ks`` of ``scenes`` (same renders)."""
+    import copy
+
+    out = copy.copy(scenes)
+    out.indices = [scenes.indices[k] for k in ks]
+    out.n_scenes = len(ks)
+    out._records = {}
+    return out
+
+
+ShapeScenes.select = _select  # type: ignore[attr-defined]

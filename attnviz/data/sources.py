@@ -1,14 +1,18 @@
-"""One way to read the ``images`` argument of every analysis.
+"""The one input pipeline of every analysis: image sources and their batches.
 
 ``image_source(images, labels)`` accepts a folder (class subfolders give labels, see
-:func:`attnviz.data.images.list_images`), a list of paths, a torch Dataset (or any sequence)
-yielding images or ``(image, label)``, or a DataLoader (its dataset, read in the sampler's
-order). The result is indexable: ``load(i) -> (image | None, label | None, reason | None)``.
-Files are decoded by :func:`attnviz.data.images.load_image`, so a bad file gives ``None`` and
-a skip reason instead of an exception. Items that are tensors are returned as they are
-(callers treat them as prepared model inputs or convert them with :func:`to_pil`).
+:func:`attnviz.data.images.list_images`), a list of paths, a (N, 3, H, W) tensor of prepared
+model inputs, a torch Dataset (or any sequence) yielding images or ``(image, label)``, or a
+DataLoader (its dataset, read in the sampler's order). It is indexable:
+``load(i) -> (image | None, label | None, reason | None)``; a bad file gives ``None`` and the
+true reason (``"permission denied"``, ``"truncated or corrupt image: ..."``), never an
+exception. Ids: a folder's files by their path relative to the folder, a path list's by the
+path, a dataset's items by ``#<index>``; any file name the filesystem allows is kept as
+printable text (undecodable bytes as ``\\xNN``).
 
-``iter_batches(source, batch_size, to_tensor)`` turns a source into model-input batches.
+``iter_batches(source, positions, batch_size, prepare)`` yields :class:`Batch` es of the items
+at ``positions`` (one batch per ``batch_size`` positions, so a checkpoint can name where it
+stopped), decoded in the main process or by DataLoader workers (``workers=``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,23 +29,18 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .images import list_images, load_image, to_rgb
+from .images import list_images, load_image, printable, to_rgb
 
 __all__ = [
     "Batch",
     "ImageSource",
-    "PreprocessConfigError",
+    "Record",
     "image_source",
     "iter_batches",
     "to_pil",
 ]
 
-IdStyle = Literal["relative", "path"]
 Loaded = tuple[Image.Image | Tensor | None, int | None, str | None]
-
-
-class PreprocessConfigError(ValueError):
-    """A ``to_tensor`` cannot work at all (e.g. no preprocessing config): not an image skip."""
 
 
 def to_pil(item: Any) -> Image.Image:
@@ -63,32 +62,29 @@ def to_pil(item: Any) -> Image.Image:
 
 
 class _IndexIds(Sequence[str]):
-    """Ids ``<prefix>0 .. <prefix>n-1`` of a dataset's items, without a list that grows with n."""
+    """Ids ``#0 .. #n-1`` of a dataset's items, without a list that grows with n."""
 
-    def __init__(self, n: int, prefix: str):
+    def __init__(self, n: int):
         self.n = n
-        self.prefix = prefix
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            r = range(self.n)[i]
-            if r.step != 1 or r.start != 0:
-                return [f"{self.prefix}{j}" for j in r]
-            return _IndexIds(len(r), self.prefix)
+            return [f"#{j}" for j in range(self.n)[i]]
         if not -self.n <= i < self.n:
             raise IndexError(i)
-        return f"{self.prefix}{i % self.n}"
+        return f"#{i % self.n}"
 
 
 class ImageSource:
     """Random access to images: ``load(i) -> (image | None, label | None, skip reason | None)``.
 
-    ``ids``: one string per image (may be shortened to keep the first N); ``labels``: the
-    labels known without reading items (given or from class folders), else None (dataset
-    items may still carry their own); ``class_names``; ``batch_size``: a DataLoader's.
+    ``ids``: one string per item; ``labels``: the labels known without reading items (given
+    or from class folders), else None (dataset items may still carry their own);
+    ``class_names``; ``paths``: the files, for sources of files (their size and modification
+    time enter a resume fingerprint); ``prepared``: True when items are model inputs already.
     """
 
     def __init__(
@@ -98,13 +94,15 @@ class ImageSource:
         *,
         labels: Sequence[int] | None = None,
         class_names: Sequence[str] = (),
-        batch_size: int | None = None,
+        paths: Sequence[Path] | None = None,
+        prepared: bool = False,
     ):
         self.ids = ids
         self._read = read
         self.labels = None if labels is None else [int(v) for v in labels]
         self.class_names = list(class_names)
-        self.batch_size = batch_size
+        self.paths = paths
+        self.prepared = prepared
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -122,6 +120,19 @@ class ImageSource:
             return None, None, f"could not read item: {type(exc).__name__}: {exc}"
         return image, label, reason
 
+    def fingerprint(self) -> list[list[Any]]:
+        """Per item: id, and for files their size in bytes and modification time (ns)."""
+        if self.paths is None:
+            return [[str(i)] for i in self.ids]
+        out = []
+        for ident, path in zip(self.ids, self.paths):
+            try:
+                st = path.stat()
+                out.append([ident, st.st_size, st.st_mtime_ns])
+            except OSError:
+                out.append([ident, None, None])
+        return out
+
 
 def _split_item(item: Any) -> tuple[Any, Any, None]:
     if isinstance(item, (tuple, list)):
@@ -134,13 +145,14 @@ def _is_path_list(obj: Sequence) -> bool:
 
 
 def image_source(
-    images: Any, labels: Sequence[int] | None = None, *, id_style: IdStyle = "relative"
+    images: Any,
+    labels: Sequence[int] | None = None,
+    *,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> ImageSource:
     """An :class:`ImageSource` over ``images`` (see the module docstring); ``labels`` override.
 
-    Ids: with ``id_style="relative"`` a folder's files are named by their path relative to
-    the folder and items by ``#<dataset index>``; with ``"path"`` files by their full path and
-    items by their position (``"0"``, ``"1"``, ...). A list of paths gives ``str(path)``.
+    ``exclude``: folders never read (a run's own output folder).
     """
     given = None if labels is None else [int(v) for v in labels]
 
@@ -153,36 +165,40 @@ def image_source(
             img, reason = load_image(paths[i])
             return img, None, reason
 
-        return ImageSource(ids, read, labels=labs, class_names=classes)
+        return ImageSource(ids, read, labels=labs, class_names=classes, paths=paths)
 
     if isinstance(images, (str, os.PathLike)):
         root = Path(images)
-        paths, dir_labels, classes = list_images(root)
+        paths, dir_labels, classes = list_images(root, exclude=exclude)
         if not paths:
-            raise ValueError(f"no image files found in {str(root)!r}")
+            raise ValueError(f"no image files found in {printable(str(root))!r}")
         check(len(paths))
-        if id_style == "relative":
-            ids = [p.relative_to(root).as_posix() for p in paths]
-        else:
-            ids = [str(p) for p in paths]
+        ids = [printable(p.relative_to(root).as_posix()) for p in paths]
         return from_paths(paths, ids, given if given is not None else dir_labels, classes)
+    if isinstance(images, Tensor):
+        if images.dim() == 3:
+            images = images[None]
+        if images.dim() != 4:
+            raise ValueError(f"an image tensor must be (N, 3, H, W), got {tuple(images.shape)}")
+        check(len(images))
+        return ImageSource(
+            _IndexIds(len(images)), lambda i: (images[i], None, None), labels=given, prepared=True
+        )
     if isinstance(images, DataLoader):
         dataset = images.dataset
         order = [int(j) for j in images.sampler]
         check(len(order))
-        ids = [f"#{j}" for j in order] if id_style == "relative" else _IndexIds(len(order), "")
         return ImageSource(
-            ids,
+            [f"#{j}" for j in order],
             lambda i: _split_item(dataset[order[i]]),
             labels=given,
             class_names=getattr(dataset, "classes", None) or (),
-            batch_size=images.batch_size,
         )
     if not hasattr(images, "__getitem__") or not hasattr(images, "__len__"):
         if not isinstance(images, Iterable):
             raise TypeError(
-                "images must be a folder, a list of paths, a torch Dataset or a DataLoader, "
-                f"got {type(images).__name__}"
+                "images must be a folder, a list of paths, a (N, 3, H, W) tensor, a torch "
+                f"Dataset or a DataLoader, got {type(images).__name__}"
             )
         images = list(images)
     n = len(images)
@@ -191,84 +207,106 @@ def image_source(
     check(n)
     if isinstance(images, (list, tuple)) and _is_path_list(images):
         paths = [Path(p) for p in images]
-        return from_paths(paths, [str(p) for p in paths], given, [])
+        return from_paths(paths, [printable(str(p)) for p in paths], given, [])
     return ImageSource(
-        _IndexIds(n, "#" if id_style == "relative" else ""),
+        _IndexIds(n),
         lambda i: _split_item(images[i]),
         labels=given,
         class_names=getattr(images, "classes", None) or (),
     )
 
 
+@dataclass(frozen=True)
+class Record:
+    """One image of a batch: its position in the source, id and label (None if unknown)."""
+
+    index: int
+    id: str
+    label: int | None
+
+
 @dataclass
 class Batch:
-    """Model inputs ``x`` (B, C, H, W) of the source items ``indices`` with their ``labels``
-    and ``images`` (as loaded); ``skipped``: (id, reason) of the items dropped on the way."""
+    """Prepared inputs ``x`` (stacked along axis 0) of the usable items of one chunk of
+    positions, their :class:`Record` s, the decoded ``images`` when asked for, and the
+    ``skipped`` items of the chunk as (index, id, reason)."""
 
     x: Tensor
-    indices: list[int]
-    labels: list[int | None]
-    images: list[Image.Image | Tensor]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    records: list[Record]
+    positions: int  # how many source positions this batch covered (used + skipped)
+    images: list[Image.Image | Tensor] | None = None
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[int | None]:
+        return [r.label for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class _Items(torch.utils.data.Dataset):
+    """The items at ``indices`` of a source, prepared (runs in DataLoader workers)."""
+
+    def __init__(self, source: ImageSource, indices: Sequence[int], prepare, keep_images: bool):
+        self.source, self.indices = source, indices
+        self.prepare, self.keep_images = prepare, keep_images
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple:
+        i = self.indices[k]
+        image, label, reason = self.source.load(i)
+        if image is None:
+            return i, None, label, reason or "unusable", None
+        try:
+            x = self.prepare(image)
+        except Exception as exc:  # one bad image never ends a run
+            return i, None, label, f"preprocessing failed: {type(exc).__name__}: {exc}", None
+        return i, x, label, None, image if self.keep_images else None
+
+
+def _collate(items: list[tuple]) -> list[tuple]:
+    return items
 
 
 def iter_batches(
     source: ImageSource,
+    positions: Sequence[int],
     batch_size: int,
-    to_tensor: Callable[[Image.Image], Tensor],
+    prepare: Callable[[Image.Image | Tensor], Tensor],
     *,
-    start: int = 0,
-    limit: int | None = None,
+    workers: int = 0,
+    keep_images: bool = False,
 ) -> Iterator[Batch]:
-    """Batches of up to ``batch_size`` usable images of ``source`` from item ``start`` on.
+    """Batches of the items at ``positions`` (source indices), ``batch_size`` positions each.
 
-    PIL images go through ``to_tensor``; tensor items are used as they are (a (1, C, H, W)
-    item is squeezed). Unusable items and failed conversions are skipped with a reason, listed
-    in the next batch's ``skipped`` (a last batch with no image carries the rest);
-    :class:`PreprocessConfigError` is raised, not skipped. ``limit``: at most that many images.
+    ``prepare`` maps a decoded image (PIL, or a tensor item) to the model input of that
+    image; items it cannot use are skipped with the reason. With ``workers > 0`` items are
+    decoded and prepared by that many DataLoader worker processes, in order.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    xs: list[Tensor] = []
-    indices: list[int] = []
-    labels: list[int | None] = []
-    images: list[Image.Image | Tensor] = []
-    skipped: list[tuple[str, str]] = []
-    n = 0
-
-    def flush() -> Batch:
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    items = _Items(source, positions, prepare, keep_images)
+    loader = DataLoader(
+        items,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    for chunk in loader:
+        xs, records, images, skipped = [], [], [], []
+        for i, x, label, reason, image in chunk:
+            if x is None:
+                skipped.append((i, source.ids[i], reason))
+                continue
+            xs.append(x)
+            records.append(Record(i, source.ids[i], label))
+            images.append(image)
         x = torch.stack(xs) if xs else torch.zeros(0)
-        batch = Batch(x, list(indices), list(labels), list(images), list(skipped))
-        for buf in (xs, indices, labels, images, skipped):
-            buf.clear()
-        return batch
-
-    for i in range(start, len(source)):
-        if limit is not None and n >= limit:
-            break
-        img, label, reason = source.load(i)
-        if img is None:
-            skipped.append((source.ids[i], reason or "unusable"))
-            continue
-        try:
-            if isinstance(img, Tensor):
-                t = img[0] if img.dim() == 4 and img.shape[0] == 1 else img
-                if t.dim() != 3:
-                    raise ValueError(f"expected an image tensor (C, H, W), got {tuple(t.shape)}")
-                t = t.float()
-            else:
-                t = to_tensor(img)
-        except PreprocessConfigError:
-            raise
-        except Exception as exc:  # one bad image never ends a run
-            skipped.append((source.ids[i], f"preprocessing failed: {type(exc).__name__}: {exc}"))
-            continue
-        xs.append(t)
-        indices.append(i)
-        labels.append(label)
-        images.append(img)
-        n += 1
-        if len(xs) == batch_size:
-            yield flush()
-    if xs or skipped:
-        yield flush()
+        yield Batch(x, records, len(chunk), images if keep_images else None, skipped)

@@ -14,7 +14,7 @@ from .loading import (
     load_weights_file,
     read_manifest,
 )
-from .tiny import TINY_MODELS, TinyResNet, create_tiny
+from .zoo import TINY_MODELS, TinyResNet, create_tiny
 
 __all__ = [
     "LOADERS",

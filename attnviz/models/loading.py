@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import pickle
 import socket
@@ -31,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.assets import assets_dir, read_manifest
 from ..errors import AttnvizError
-from .tiny import TINY_MODELS
+from .zoo import IMAGE_SIZE, MEAN, STD, TINY_MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,8 +53,11 @@ class PreprocessConfig:
 
     ``input_size`` (C, H, W); ``mean``/``std`` per channel on [0, 1] pixel values;
     ``interpolation`` ("bilinear" / "bicubic") for the resize; ``crop_pct`` the centre crop
-    fraction (resize the shorter side to H / crop_pct, crop H x W). ``source`` records where the
-    model came from (``spec``, ``weights`` path, ``weights_sha256``).
+    fraction (timm's recipe: resize the shorter side to floor(H / crop_pct), crop H x W; see
+    :func:`attnviz.preprocess_for`); ``resize_size`` an explicit shorter side instead (a
+    torchvision weights recipe). ``classes``: the model's class names in output order, when
+    known (bundled models): image folders are labelled in this order. ``source`` records where
+    the model came from (``spec``, ``weights`` path, ``weights_sha256``).
     """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -62,36 +65,15 @@ class PreprocessConfig:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+    resize_size: int | None = None
+    classes: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def resize_size(self) -> int:
-        """Side to which the shorter image side is resized before the centre crop."""
-        return int(round(self.input_size[-1] / self.crop_pct))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # --------------------------------------------------------------------------- assets
-def assets_dir() -> Path:
-    """``assets/models`` at the repository root (the parent of the ``attnviz`` package).
-
-    ``ATTNVIZ_ASSETS`` (a directory holding ``models/``) overrides it.
-    """
-    env = os.environ.get("ATTNVIZ_ASSETS")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "assets"
-    return root / "models"
-
-
-def read_manifest(directory: str | Path | None = None) -> dict[str, Any]:
-    """The bundled models' manifest: ``{"models": {name: entry, ...}}``."""
-    path = Path(directory or assets_dir()) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no model manifest at {path}")
-    return json.loads(path.read_text())
-
-
 def bundled_models() -> list[str]:
     """Names of the bundled (trained, shipped) tiny models."""
     try:
@@ -109,28 +91,53 @@ def sha256_file(path: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------- weights
+def _check_weights_path(path: Path) -> None:
+    if path.is_dir():
+        raise WeightsError(f"weights {path} is a folder; give a .safetensors or .pth file")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file {path} is empty")
+
+
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a ``weights_only=True`` pickle (never full pickle).
 
     Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``, EMA) are
-    unwrapped and a ``module.`` prefix (DataParallel) is stripped.
+    unwrapped and a ``module.`` prefix (DataParallel) is stripped. A missing, empty, folder or
+    unreadable file raises :class:`WeightsError` (or FileNotFoundError) naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    _check_weights_path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise WeightsError(
+                f"cannot read {path} as safetensors ({str(exc).splitlines()[0]})"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = str(exc).split("WeightsUnpickler error:")[-1].split("Check the doc")[0]
+        if "global" not in detail.lower():  # no object to refuse: not a checkpoint at all
+            raise WeightsError(
+                f"cannot read weights file {path}: not a torch checkpoint "
+                "(it does not unpickle as tensors)"
+            ) from None
         raise WeightsError(
             f"refusing to load {path}: it is a pickle that needs more than tensors to load "
             "(it could run arbitrary code), and attnviz only loads pickles with "
             "torch.load(weights_only=True). Convert it to .safetensors in a trusted "
             "environment (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) "
             f"or save a plain state_dict. Details: {str(exc).splitlines()[0]}"
+        ) from None
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot read weights file {path}: not a torch checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
     return _unwrap_state_dict(obj, path)
 
@@ -192,12 +199,14 @@ def _load_bundled(
             std=tuple(pre["std"]),
             interpolation=pre["interpolation"],
             crop_pct=pre["crop_pct"],
+            classes=tuple(entry.get("classes", ())),
         )
     else:
         path, digest = Path(weights), sha256_file(weights)
-        from .train import IMAGE_SIZE, MEAN, STD
-
         cfg = PreprocessConfig((3, IMAGE_SIZE, IMAGE_SIZE), MEAN, STD, "bilinear", 1.0)
+        from ..data.shapes import SHAPE_CLASSES
+
+        cfg.classes = tuple(c.name for c in SHAPE_CLASSES)  # every tiny model: the shapes
     state = load_weights_file(path)
     if (
         num_classes is not None
@@ -313,6 +322,8 @@ def _load_torchvision(
             std=tuple(t.std),
             interpolation=t.interpolation.value,
             crop_pct=crop / resize,
+            resize_size=resize,
+            classes=tuple(enum.meta.get("categories") or ()),
             source={"spec": f"torchvision:{name}", "weights": enum.url, "weights_sha256": None},
         )
     else:
@@ -329,10 +340,36 @@ def _load_python(
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"python spec must be 'python:package.module:factory', got {target!r}")
-    factory = importlib.import_module(module_name)
+    import sys
+
+    cwd = os.getcwd()
+    added = cwd not in sys.path  # like `python -m`: modules in the working directory import
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        factory = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"python:{target}: cannot import {module_name!r} ({exc})") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
     for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"python:{target}: {module_name} has no attribute {attr!r}")
         factory = getattr(factory, part)
-    model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    if not callable(factory):
+        raise ValueError(f"python:{target}: {attr} is not callable")
+    try:
+        model = factory(num_classes=num_classes) if num_classes is not None else factory()
+    except Exception as exc:
+        raise ValueError(
+            f"python:{target}: calling {attr}() failed ({type(exc).__name__}: {exc}); the "
+            "factory must take no arguments and return a torch.nn.Module"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"python:{target}: {attr}() returned {type(model).__name__}, not a torch.nn.Module"
+        )
     cfg = PreprocessConfig()
     pcfg = getattr(model, "pretrained_cfg", None)
     if isinstance(pcfg, Mapping) and "mean" in pcfg:  # a timm model built by user code
@@ -340,9 +377,12 @@ def _load_python(
 
         dc = resolve_data_config({}, model=model)
         cfg = PreprocessConfig(
-            tuple(dc["input_size"]), tuple(dc["mean"]), tuple(dc["std"]),
-            dc.get("interpolation", "bilinear"), float(dc.get("crop_pct", 0.875)),
-        )  # fmt: skip
+            tuple(dc["input_size"]),
+            tuple(dc["mean"]),
+            tuple(dc["std"]),
+            dc.get("interpolation", "bilinear"),
+            float(dc.get("crop_pct", 0.875)),
+        )
     cfg.source = {"spec": f"python:{target}", "weights": None, "weights_sha256": None}
     if weights is not None:
         apply_weights(model, load_weights_file(weights), weights)
@@ -370,6 +410,8 @@ def load_model(
 ) -> tuple[nn.Module, PreprocessConfig]:
     """Build the model named by ``spec``, load its weights, return it in eval mode with its
     :class:`PreprocessConfig` (see the module docstring for the specs)."""
+    if weights is not None:
+        _check_weights_path(Path(weights))
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in LOADERS:
         model, cfg = LOADERS[prefix](rest, weights, pretrained, num_classes)

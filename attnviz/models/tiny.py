@@ -15,7 +15,16 @@ Attention placement (``attn``):
 * ``"nl"``: one :class:`~attnviz.blocks.NonLocalBlock` ``layer2.1`` inserted after block 1 of
   stage 3 (``layer2.0``); ``attn_kwargs`` (e.g. ``mode="dot_product"``) go to the block.
 
-Adding a model is one entry in ``TINY_MODELS``.
+``plain_tiny`` (also registered as ``resnet_tiny``) is the same network without any attention:
+the baseline the attention models are compared against.
+
+Adding a model is one entry in ``TINY_MODELS``. The models of :mod:`attnviz.models.tiny_more`
+(``sa_tiny``, ``danet_tiny``, ``mix_tiny``) are added to this same dict by
+:mod:`attnviz.models.zoo`, which :mod:`attnviz.models` imports, so ``TINY_MODELS`` holds every
+model however it is imported.
+
+``IMAGE_SIZE``, ``MEAN`` and ``STD`` are the input convention of every tiny model (64 px RGB,
+ImageNet mean/std on [0, 1] pixel values).
 """
 
 from __future__ import annotations
@@ -26,6 +35,10 @@ from functools import partial
 from torch import Tensor, nn
 
 from ..blocks import SKConv, create_attn
+
+IMAGE_SIZE = 64
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
 
 DEFAULT_WIDTHS = (16, 32, 64, 128)
 DEFAULT_DEPTHS = (2, 2, 2, 2)
@@ -76,6 +89,17 @@ class TinyResNet(nn.Module):
     ``attn`` is ``None``, ``"sk"``, a block name of :data:`attnviz.blocks.ATTN_BLOCKS` used in
     every block (``"se"``, ``"cbam"``, ``"gc"``), or ``"nl"`` (one Non-local block in stage 3).
     """
+
+    # timm-style data config (read by attnviz.preprocess_for): 64 px, shorter side resized
+    # and centre-cropped, ImageNet mean / std, as in training
+    pretrained_cfg: dict = {
+        "input_size": (3, IMAGE_SIZE, IMAGE_SIZE),
+        "interpolation": "bilinear",
+        "mean": MEAN,
+        "std": STD,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
 
     def __init__(
         self,
@@ -135,7 +159,8 @@ def _tiny(attn: str | None, **attn_kwargs) -> Callable[..., TinyResNet]:
 
 
 TINY_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet_tiny": _tiny(None),
+    "plain_tiny": _tiny(None),
+    "resnet_tiny": _tiny(None),  # the older name of plain_tiny
     "sk_tiny": _tiny("sk"),
     "se_tiny": _tiny("se"),
     "cbam_tiny": _tiny("cbam"),
@@ -156,6 +181,3 @@ def create_tiny(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
             f"unknown tiny model {name!r}; valid names: {sorted(TINY_MODELS)}"
         ) from None
     return factory(num_classes=num_classes, **kwargs)
-
-
-from . import tiny_more  # noqa: E402, F401  (registers sa_tiny, danet_tiny, mix_tiny)

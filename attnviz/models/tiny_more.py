@@ -4,7 +4,9 @@
 The block sits where ``nl_tiny`` has its Non-local block: ``layer2.1``, after block 1 of paper
 stage 3 (``layer2.0``), on the 16 x 16 = 256-position map of a 64 px input, so the sites are
 ``SA_3_2`` (``sa_tiny``) and ``PAM_3_2`` / ``CAM_3_2`` (``danet_tiny``), side by side with
-``NL_3_2``. Importing this module adds the models to :data:`attnviz.models.tiny.TINY_MODELS`.
+``NL_3_2``. This module lists its factories in :data:`MORE_MODELS`; :mod:`attnviz.models.zoo`
+adds them to :data:`attnviz.models.tiny.TINY_MODELS` (this module does not import the zoo, and
+``tiny`` does not import this module: no import loop).
 
 ``mix_tiny`` (:class:`MixTinyResNet`, 64 px input) places each block where its paper does:
 
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from ..blocks import BAM, SCSE, ResidualAttention, SpatialTransformer, create_attn
-from .tiny import TINY_MODELS, TinyResNet
+from .tiny import TinyResNet
 
 STAGE3_BLOCKS: dict[str, tuple[str, dict]] = {
     "sa_tiny": ("sa", {}),
@@ -50,10 +52,6 @@ def tiny_with_stage3_block(block: str, **block_kwargs) -> Callable[..., TinyResN
         return model
 
     return factory
-
-
-for _name, (_block, _kwargs) in STAGE3_BLOCKS.items():
-    TINY_MODELS[_name] = tiny_with_stage3_block(_block, **_kwargs)
 
 
 def _kaiming_convs(module: nn.Module) -> None:
@@ -83,4 +81,7 @@ class MixTinyResNet(TinyResNet):
         return super().forward_features(self.stn(x))
 
 
-TINY_MODELS["mix_tiny"] = MixTinyResNet
+MORE_MODELS: dict[str, Callable[..., nn.Module]] = {
+    **{name: tiny_with_stage3_block(block, **kw) for name, (block, kw) in STAGE3_BLOCKS.items()},
+    "mix_tiny": MixTinyResNet,
+}

@@ -39,11 +39,10 @@ from torch import Tensor, nn
 
 from ..data.shapes import ShapesDataset
 from .loading import sha256_file
-from .tiny import TINY_MODELS, create_tiny
+from .zoo import IMAGE_SIZE, MEAN, STD, TINY_MODELS, create_tiny
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-IMAGE_SIZE = 64
+__all__ = ["IMAGE_SIZE", "MEAN", "STD", "SCALE_RANGE", "dataset_tensors", "predict", "train"]
+
 SCALE_RANGE = (0.15, 0.75)
 TRAIN_SEED_OFFSET = 0  # train data seed = seed + 0
 TEST_SEED_OFFSET = 10_000  # held-out data seed = seed + 10000 (never overlaps training)

@@ -3,8 +3,21 @@
 # Re-exports: one import line per analysis / figure module.
 # ruff: noqa: F401
 
-from .attribution import plot_agreement, plot_attention_vs_gradcam
+from .attribution import (
+    plot_agreement,
+    plot_attention_vs_gradcam,
+    plot_gradcam_comparison,
+    plot_target_probability,
+)
 from .excitation import plot_excitation_by_class, plot_excitation_std, plot_specificity
 from .overlay import overlay
 from .queries import plot_query_distances, plot_query_grid, plot_statistics_table, statistics_table
-from .sweep import plot_channel_attention, plot_class_d, plot_d_heatmap, plot_stage_bars
+from .sweep import (
+    plot_channel_attention,
+    plot_class_d,
+    plot_class_delta,
+    plot_d_heatmap,
+    plot_delta_bars,
+    plot_image_views,
+    plot_stage_bars,
+)

@@ -1,6 +1,6 @@
 """Figures of SENet's role of excitation (Hu et al., TPAMI 2019, Fig. 6 and 7).
 
-All take an :class:`~attnviz.analysis.excitation.ExcitationResult` and return a Figure; the
+All take an :class:`~attnviz.analysis.excitation.ExcitationProfileResult` and return a Figure; the
 curves are drawn over the result's evenly spaced channels (``SiteExcitation.channels``).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis.excitation import ExcitationResult, SiteExcitation
+from ..analysis.excitation import ExcitationProfileResult, SiteExcitation
 
 
 def _panels(n: int, ncols: int, width: float = 3.6, height: float = 2.8):
@@ -47,12 +47,14 @@ def _legend(axes: list, spare: list) -> None:
         axes[-1].legend(fontsize="x-small", loc="lower right")
 
 
-def _chosen_sites(result: ExcitationResult, sites: Sequence[str] | None) -> list[SiteExcitation]:
+def _chosen_sites(
+    result: ExcitationProfileResult, sites: Sequence[str] | None
+) -> list[SiteExcitation]:
     return list(result.sites) if sites is None else [result.site(s) for s in sites]
 
 
 def plot_excitation_by_class(
-    result: ExcitationResult,
+    result: ExcitationProfileResult,
     classes: Sequence[int | str] | None = None,
     *,
     sites: Sequence[str] | None = None,
@@ -87,7 +89,7 @@ def plot_excitation_by_class(
 
 
 def plot_excitation_std(
-    result: ExcitationResult,
+    result: ExcitationProfileResult,
     classes: int | str | Sequence[int | str],
     *,
     sites: Sequence[str] | None = None,
@@ -122,32 +124,53 @@ def plot_excitation_std(
     return fig
 
 
-def plot_specificity(result: ExcitationResult, *, measure: str = "specificity", ax=None) -> Figure:
-    """Class specificity (or ``measure="class_spread"``) of each site against depth.
+def plot_specificity(
+    result: ExcitationProfileResult, *, measure: str = "specificity", ax=None
+) -> Figure:
+    """Class specificity of each site against depth, with its controls.
 
-    x = site position (ticks labelled with aliases), y = the measure; for ``specificity`` a
-    dotted line marks ``specificity_chance`` (class-blind level for these class sizes).
+    x = site position (ticks labelled with aliases). For ``measure="specificity"``: the
+    excitation (``ax.get_lines()[0]``, red), the squeeze input GAP(x) (``lines[1]``, blue,
+    dashed) and the label-permutation null of the excitation: its mean (``lines[2]``, grey,
+    dotted) and a grey band from its 5th to its 95th percentile (``ax.collections``), when the
+    result has a null. ``measure="class_spread"``: the excitation's class spread alone.
     """
     table = result.specificity()
     if measure not in ("specificity", "class_spread"):
         raise ValueError(f"measure must be 'specificity' or 'class_spread', not {measure!r}")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(table) + 2), 3.2), layout="tight")
+        fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(table) + 2.5), 3.4), layout="tight")
     else:
         fig = ax.figure
     x = np.arange(len(table))
-    ax.plot(x, table[measure].to_numpy(), marker="o", color="C3", label=measure)
+    label = "excitation (gate)" if measure == "specificity" else "class spread"
+    ax.plot(x, table[measure].to_numpy(), marker="o", color="C3", label=label)
     if measure == "specificity":
-        ax.axhline(
-            float(table["specificity_chance"].iloc[0]),
-            color="gray",
-            ls=":",
-            label="class-blind level",
+        ax.plot(
+            x,
+            table["squeeze_specificity"].to_numpy(),
+            marker="s",
+            color="C0",
+            ls="--",
+            label="squeeze input GAP(x)",
         )
+        nulls = [s.null[np.isfinite(s.null)] for s in result.sites]
+        if all(n.size for n in nulls):
+            lo = np.asarray([np.percentile(n, 5) for n in nulls])
+            hi = np.asarray([np.percentile(n, 95) for n in nulls])
+            ax.plot(
+                x,
+                [n.mean() for n in nulls],
+                color="gray",
+                ls=":",
+                label=f"null mean ({result.permutations} label permutations)",
+            )
+            ax.fill_between(x, lo, hi, color="gray", alpha=0.25, lw=0, label="null 5-95%")
     ax.set_xticks(x, table["site"].tolist(), rotation=45, ha="right")
     ax.set_ylim(bottom=0.0)
     ax.set_xlabel("site (shallow to deep)")
     ax.set_ylabel(measure.replace("_", " "))
-    ax.set_title("Class specificity of the excitation vs depth")
-    ax.legend(fontsize="small")
+    source = "" if result.label_source == "given" else " (classes: predictions)"
+    ax.set_title(f"Class specificity vs depth{source}", fontsize=10)
+    ax.legend(fontsize="x-small", loc="best")
     return fig

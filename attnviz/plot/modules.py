@@ -159,7 +159,7 @@ def plot_residual_masks(
 ) -> Figure:
     """Residual-attention soft masks M (Wang et al. 2017, Eq. 3) as overlays on the images.
 
-    ``masks``: a ``residual_mask`` capture (B, C, H, W), or its per-position summary (B, H, W)
+    ``masks``: a ``ram`` capture (B, C, H, W), or its per-position summary (B, H, W)
     (``capture(..., reduce="channel_mean")``). Columns: the image, the mean of M over channels,
     then M of each channel in ``channels``. Each map is upsampled to the image and coloured from
     its own min to max unless ``vmin`` / ``vmax`` are given (the titles give the range).
@@ -208,7 +208,7 @@ def plot_channel_affinity(
     """Heatmap of DANet's channel attention x_ji (Fu et al. 2019, Eq. 3): row j = output channel,
     column i = source channel; each row sums to 1.
 
-    ``affinity``: a ``danet_channel`` capture (B, C, C) or one (C, C) map. ``image`` picks one
+    ``affinity``: a ``cam`` capture (B, C, C) or one (C, C) map. ``image`` picks one
     image of the batch; by default the mean over the batch is shown.
     """
     a = _numpy(affinity).astype(np.float64)

@@ -16,6 +16,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..analysis.query_maps import upsample
+
+__all__ = ["COLORMAPS", "colorize", "normalise", "overlay", "to_rgb_uint8", "upsample"]
+
 COLORMAPS: dict[str, int] = {
     "jet": cv2.COLORMAP_JET,
     "viridis": cv2.COLORMAP_VIRIDIS,
@@ -42,16 +46,6 @@ def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
         scale = 255.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 1.0
         arr = np.clip(np.round(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr)
-
-
-def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear ``cv2.resize`` of an HxW map to ``size`` = (height, width), as float32."""
-    h = np.asarray(heatmap, dtype=np.float32)
-    if h.ndim != 2:
-        raise ValueError(f"expected a 2-D heatmap, got shape {h.shape}")
-    if h.shape == tuple(size):
-        return h.copy()
-    return cv2.resize(h, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
 
 def normalise(heatmap: np.ndarray, vmin: float | None = None, vmax: float | None = None):

@@ -30,11 +30,16 @@ if TYPE_CHECKING:
     from ..analysis.query_maps import QueryMapsResult
 
 TABLE_METRICS = ("cos_input", "cos_output", "cos_att", "jsd_att")
+DEGENERACY_COLUMNS = ("row_entropy", "eff_keys", "argmax_keys")
 METRIC_LABELS = {
     "cos_input": "cos input",
     "cos_output": "cos output",
     "cos_att": "cos att",
     "jsd_att": "JSD att",
+    "row_entropy": "row entropy",
+    "eff_keys": "eff. keys",
+    "argmax_keys": "argmax keys",
+    "max_weight": "max weight",
     "entropy": "GC entropy",
     "entropy_norm": "GC entropy / ln N",
 }
@@ -51,10 +56,17 @@ def plot_query_grid(
 ) -> Figure:
     """Rows: images; columns: query points. Each panel is ``overlay(image, map)`` with the
     query pixel marked (``ax.lines[0]`` holds its (x, y)); GC results fill one column."""
+    from ..analysis.query_independence import MAX_FIGURE_QUERIES
+
     results = [results] if not isinstance(results, Sequence) else list(results)
     if not results:
         raise ValueError("no query maps to plot")
     ncols = max(r.n_queries for r in results)
+    if ncols > MAX_FIGURE_QUERIES:
+        raise ValueError(
+            f"{ncols} query maps per image: a figure shows at most {MAX_FIGURE_QUERIES} query "
+            "points per image; pass fewer"
+        )
     nrows = len(results)
     fig = Figure(figsize=(panel_size * ncols + 0.4, panel_size * nrows + 0.4))
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -89,8 +101,11 @@ def statistics_table(
     metrics: Sequence[str] = TABLE_METRICS,
 ) -> pd.DataFrame:
     """GCNet Table 1 as a DataFrame: one row per (model, Non-local site), columns
-    ``<metric>`` (mean over images) and ``<metric>_std``; ``paper=True`` appends the paper's
-    row(s) (``model`` = "GCNet paper"). GC sites are left out (see ``to_frame`` for them)."""
+    ``<metric>`` (mean over images) and ``<metric>_std``, ``jsd_att_se`` (standard error of
+    a sampled JSD, 0 if exact), the degeneracy columns ``row_entropy``, ``eff_keys``,
+    ``argmax_keys``, ``max_weight`` (means over images) and ``near_one_hot``; ``paper=True``
+    appends the paper's row(s) (``model`` = "GCNet paper"). GC sites are left out (see
+    ``to_frame`` for them)."""
     from ..analysis.query_independence import PAPER_TABLE1
 
     results = [results] if not isinstance(results, Sequence) else list(results)
@@ -107,6 +122,10 @@ def statistics_table(
             for m in metrics:
                 out[m] = row.get(f"{m}_mean", math.nan)
                 out[f"{m}_std"] = row.get(f"{m}_std", math.nan)
+            out["jsd_att_se"] = row.get("jsd_att_se", math.nan)
+            for m in (*DEGENERACY_COLUMNS, "max_weight"):
+                out[m] = row.get(f"{m}_mean", math.nan)
+            out["near_one_hot"] = bool(row.get("near_one_hot", False))
             rows.append(out)
     if paper:
         for _, prow in PAPER_TABLE1.iterrows():
@@ -119,16 +138,39 @@ def statistics_table(
             for m in metrics:
                 out[m] = prow.get(m, math.nan)
                 out[f"{m}_std"] = math.nan
+            out["jsd_att_se"] = math.nan
+            for m in (*DEGENERACY_COLUMNS, "max_weight"):
+                out[m] = math.nan
+            out["near_one_hot"] = False
             rows.append(out)
     return pd.DataFrame(rows)
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(mean: float, std: float, digits: int, se: float | None = None) -> str:
+    """ "mean ± std", "n/a", and " (se X)" for a sampled value."""
+    if _missing(mean):
         return "n/a"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f}" if _missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if not _missing(se) and se > 0:
+        text += f" (se {se:.1e})"
+    return text
+
+
+def degeneracy_cell(row, digits: int = 2) -> str:
+    """ "H nats / eff. keys / argmax keys", with "near one-hot" when flagged; n/a if absent."""
+    h, k, a = (row.get(m) for m in DEGENERACY_COLUMNS)
+    if _missing(a):
+        return "n/a"
+    head = "n/a" if _missing(h) else f"{h:.{digits}f} / {k:.{digits}f}"
+    text = f"{head} / {int(round(a))}"
+    return text + (" near one-hot" if bool(row.get("near_one_hot", False)) else "")
+
+
+DEGENERACY_HEADER = "row entropy (nats) / eff. keys / argmax keys"
 
 
 def plot_statistics_table(
@@ -138,19 +180,30 @@ def plot_statistics_table(
     digits: int = 3,
     metrics: Sequence[str] = TABLE_METRICS,
 ) -> Figure:
-    """The :func:`statistics_table` drawn as a matplotlib table ("mean ± std" cells, n/a
-    where a metric does not apply). ``fig.axes[0].tables[0]`` holds the cells."""
+    """The :func:`statistics_table` drawn as a matplotlib table ("mean ± std" cells, "(se X)"
+    after a sampled JSD, n/a where a metric does not apply, and the degeneracy column with
+    "near one-hot" flags). ``fig.axes[0].tables[0]`` holds the cells."""
     table = (
         results
         if isinstance(results, pd.DataFrame)
         else statistics_table(results, paper=paper, metrics=metrics)
     )
     header = ["model", "site", "instantiation"] + [METRIC_LABELS[m] for m in metrics]
+    header.append(DEGENERACY_HEADER)
     cells = []
     for _, row in table.iterrows():
         cells.append(
             [str(row["model"]), str(row["site"]), str(row["instantiation"])]
-            + [_fmt(row[m], row.get(f"{m}_std"), digits) for m in metrics]
+            + [
+                _fmt(
+                    row[m],
+                    row.get(f"{m}_std"),
+                    digits,
+                    row.get("jsd_att_se") if m == "jsd_att" else None,
+                )
+                for m in metrics
+            ]
+            + [degeneracy_cell(row)]
         )
     fig = Figure(figsize=(2.0 + 1.6 * len(header), 0.6 + 0.35 * (len(cells) + 1)))
     ax = fig.add_subplot(111)

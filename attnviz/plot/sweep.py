@@ -16,7 +16,15 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:
     from ..analysis.scale_sweep import ScaleSweepResult
 
-__all__ = ["plot_channel_attention", "plot_class_d", "plot_d_heatmap", "plot_stage_bars"]
+__all__ = [
+    "plot_channel_attention",
+    "plot_class_d",
+    "plot_class_delta",
+    "plot_d_heatmap",
+    "plot_delta_bars",
+    "plot_image_views",
+    "plot_stage_bars",
+]
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -61,7 +69,7 @@ def run_means(values: np.ndarray, run: int) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_channel_attention(
     result: ScaleSweepResult,
-    unit: str | None = None,
+    site: str | None = None,
     *,
     branch: int = -1,
     image: int | str | None = None,
@@ -70,17 +78,17 @@ def plot_channel_attention(
     ax: Axes | None = None,
 ) -> Figure:
     """Attention of one branch (default the largest kernel, the paper's b) against channel
-    index at each scale, for one unit (default the stage-3 last unit, as SK_3_4 in Fig. 3a/b).
+    index at each scale, for one site (default the stage-3 last site, as SK_3_4 in Fig. 3a/b).
 
     ``image``: an index or id into the per-image results (``per_image=True``), else the mean
     over images. ``run``: average over runs of that many consecutive channels (None: every
-    channel; ``"auto"``: runs of 16 as in the paper when the unit has >= 256 channels, else
+    channel; ``"auto"``: runs of 16 as in the paper when the site has >= 256 channels, else
     every channel).
     """
-    if unit is None:
-        last = result.stage_last_units()
-        unit = next((a for a in last if result.unit(a).stage == 3), last[0])
-    info = result.unit(unit)
+    if site is None:
+        last = result.stage_last_sites()
+        site = next((a for a in last if result.site(a).stage == 3), last[0])
+    info = result.site(site)
     if image is None:
         data = result.branch_mean[info.alias]  # (S, M, C)
         what = f"mean over {result.n_images} images"
@@ -113,31 +121,31 @@ def plot_channel_attention(
 
 def plot_stage_bars(
     result: ScaleSweepResult,
-    units: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
     *,
     scales: Sequence[float] | None = None,
     image: int | str | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Bars of mean D per unit (default: the last unit of each stage) and scale, with the
+    """Bars of mean D per site (default: the last site of each stage) and scale, with the
     standard error as error bars (Fig. 3 right / 3c); ``image`` plots one image's D instead."""
-    units = list(units) if units is not None else result.stage_last_units()
+    sites = list(sites) if sites is not None else result.stage_last_sites()
     sidx = _pick_scales(result, scales)
-    fig, ax = _new_axes(ax, (1.2 + 1.4 * len(units), 3.6))
-    x = np.arange(len(units))
+    fig, ax = _new_axes(ax, (1.2 + 1.4 * len(sites), 3.6))
+    x = np.arange(len(sites))
     width = 0.8 / max(1, len(sidx))
     if image is not None:
         i = _image_index(result, image)
-        title = f"D per unit, image {result.image_ids[i]}"
+        title = f"D per site, image {result.image_ids[i]}"
     else:
-        title = f"mean D per unit over {result.n_images} images (± s.e.)"
+        title = f"mean D per site over {result.n_images} images (± s.e.)"
     for j, si in enumerate(sidx):
         if image is not None:
-            heights = [float(result.image_d[result.unit(u).alias][i, si]) for u in units]
+            heights = [float(result.image_d[result.site(u).alias][i, si]) for u in sites]
             err = None
         else:
-            heights = [float(result.d_mean[result.unit(u).alias][si]) for u in units]
-            err = [float(result.d_sem[result.unit(u).alias][si]) for u in units]
+            heights = [float(result.d_mean[result.site(u).alias][si]) for u in sites]
+            err = [float(result.d_sem[result.site(u).alias][si]) for u in sites]
         ax.bar(
             x + (j - (len(sidx) - 1) / 2) * width,
             heights,
@@ -147,8 +155,8 @@ def plot_stage_bars(
             label=_scale_label(result.scales[si]),
         )
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xticks(x, [result.unit(u).alias for u in units])
-    ax.set_xlabel("SK unit")
+    ax.set_xticks(x, [result.site(u).alias for u in sites])
+    ax.set_xlabel("SK site")
     ax.set_ylabel("D = mean(b) - mean(a)")
     ax.set_title(title)
     ax.legend(title="object scale")
@@ -157,25 +165,25 @@ def plot_stage_bars(
 
 def plot_class_d(
     result: ScaleSweepResult,
-    units: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
     *,
     scales: Sequence[float] | None = None,
 ) -> Figure:
-    """D per class at two scales (default the first two) for chosen units (default: the last
-    unit of the first, second and last stage: SK_2_3, SK_3_4, SK_5_3 in Fig. 4), one panel
-    per unit, classes on the x axis."""
+    """D per class at two scales (default the first two) for chosen sites (default: the last
+    site of the first, second and last stage: SK_2_3, SK_3_4, SK_5_3 in Fig. 4), one panel
+    per site, classes on the x axis."""
     if not result.class_names:
         raise ValueError("the sweep had no labels: per-class D needs labelled images")
-    if units is None:
-        last = result.stage_last_units()
-        units = last if len(last) <= 3 else [last[0], last[1], last[-1]]
-    units = [result.unit(u).alias for u in units]
+    if sites is None:
+        last = result.stage_last_sites()
+        sites = last if len(last) <= 3 else [last[0], last[1], last[-1]]
+    sites = [result.site(u).alias for u in sites]
     sidx = _pick_scales(result, scales if scales is not None else result.scales[:2])
     k = len(result.class_names)
-    fig = Figure(figsize=(max(5.0, 0.45 * k + 2.0), 2.6 * len(units)), layout="constrained")
-    axes = fig.subplots(len(units), 1, sharex=True, squeeze=False)[:, 0]
+    fig = Figure(figsize=(max(5.0, 0.45 * k + 2.0), 2.6 * len(sites)), layout="constrained")
+    axes = fig.subplots(len(sites), 1, sharex=True, squeeze=False)[:, 0]
     x = np.arange(k)
-    for ax, alias in zip(axes, units):
+    for ax, alias in zip(axes, sites):
         for si in sidx:
             ax.plot(
                 x,
@@ -194,17 +202,17 @@ def plot_class_d(
 
 def plot_d_heatmap(
     result: ScaleSweepResult,
-    units: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
     *,
     scales: Sequence[float] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Seaborn heatmap of mean D over units (rows, model order) x scales (columns)."""
+    """Seaborn heatmap of mean D over sites (rows, model order) x scales (columns)."""
     import seaborn as sns
 
     table = result.d_table()
-    if units is not None:
-        table = table.loc[[result.unit(u).alias for u in units]]
+    if sites is not None:
+        table = table.loc[[result.site(u).alias for u in sites]]
     if scales is not None:
         table = table.iloc[:, _pick_scales(result, scales)]
     fig, ax = _new_axes(ax, (1.8 + 1.1 * table.shape[1], 1.0 + 0.38 * table.shape[0]))
@@ -221,6 +229,194 @@ def plot_d_heatmap(
         cbar_kws={"label": "D"},
     )
     ax.set_xlabel("object scale")
-    ax.set_ylabel("SK unit")
+    ax.set_ylabel("SK site")
     ax.set_title("D = mean(b) - mean(a)")
+    return fig
+
+
+# --------------------------------------------------------------------------- issue 12 figures
+def _scale_colours(n: int) -> list:
+    """Perceptually uniform colours (viridis) for n scales."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.15, 0.85, max(n, 1))]
+
+
+def _sx(s: float) -> str:
+    """A scale as the paper writes it: 1.0x, 1.5x, 2.0x."""
+    return f"{s:.1f}x" if float(s).is_integer() else f"{s:g}x"
+
+
+def _new_fig(fig: Figure | None, figsize: tuple[float, float]) -> Figure:
+    return fig if fig is not None else Figure(figsize=figsize, layout="constrained")
+
+
+def plot_delta_bars(
+    result: ScaleSweepResult,
+    sites: Sequence[str] | None = None,
+    *,
+    scales: Sequence[float] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Bars of the paired change delta_D(s) = D(s) - D(1.0x) per site (default: the last
+    site of each stage) and scale, with paired standard errors as error bars; where the
+    sweep ran a resolution control, its bar (hatched) stands beside each zoom bar."""
+    sites = [result.site(u).alias for u in (sites or result.stage_last_sites())]
+    ref = result.reference_scale
+    chosen = [s for s in (scales or result.scales) if s != ref]
+    bars = []  # (label, condition, scale)
+    kind = "native" if result.views_native else "zoom"
+    for s in chosen:
+        bars.append((f"{kind} {_sx(s)}", "zoom", s))
+        if result.has_control(s):
+            bars.append((f"resolution control {_sx(s)}", "resolution_control", s))
+    colours = dict(zip(chosen, _scale_colours(len(chosen))))
+    fig, ax = _new_axes(ax, (1.6 + 1.1 * len(sites) * max(1, len(bars)) / 2, 3.8))
+    x = np.arange(len(sites))
+    width = 0.8 / max(1, len(bars))
+    for j, (label, cond, s) in enumerate(bars):
+        v = result.view_index(s, cond)
+        heights = [float(result.delta_mean[a][v]) for a in sites]
+        err = [float(result.delta_se[a][v]) for a in sites]
+        control = cond != "zoom"
+        ax.bar(
+            x + (j - (len(bars) - 1) / 2) * width,
+            heights,
+            width,
+            yerr=err,
+            capsize=3,
+            color=colours[s],
+            alpha=0.45 if control else 1.0,
+            hatch="//" if control else None,
+            edgecolor="black",
+            linewidth=0.5,
+            label=label,
+        )
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(x, sites)
+    ax.set_xlabel("SK site (last of each stage)")
+    ax.set_ylabel(f"ΔD = D(s) − D({_sx(ref)})")
+    views = "native renders" if result.views_native else "crops of the original"
+    n_ctrl = ", ".join(
+        f"{int(result.view_count[result.view_index(s, 'resolution_control')])} "
+        f"controlled at {_sx(s)}"
+        for s in chosen
+        if result.has_control(s)
+    )
+    ax.set_title(
+        f"{result.model_name}: change of D with object scale, {result.n_images} images "
+        f"({views}{'; ' + n_ctrl if n_ctrl else ''})\nerror bars: paired s.e. of ΔD per image",
+        fontsize="medium",
+    )
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def plot_class_delta(
+    result: ScaleSweepResult,
+    sites: Sequence[str] | None = None,
+    *,
+    fig: Figure | None = None,
+) -> Figure:
+    """The SKNet paper's Fig. 4: per class, mean D at 1.0x against 1.5x and 2.0x for the last
+    site of each stage (one panel per site). Error bars on the larger scales: the paired s.e.
+    of the change ΔD of that class (D(s) − D(1.0x) per image)."""
+    if not result.class_names:
+        raise ValueError("the sweep had no labels: per-class D needs labelled images")
+    sites = [result.site(u).alias for u in (sites or result.stage_last_sites())]
+    k = len(result.class_names)
+    fig = _new_fig(fig, (max(6.0, 0.5 * k + 2.5), 2.3 * len(sites) + 0.8))
+    axes = fig.subplots(len(sites), 1, sharex=True, squeeze=False)[:, 0]
+    x = np.arange(k)
+    colours = _scale_colours(len(result.scales))
+    ref_i = result.scale_index(result.reference_scale)
+    for ax, alias in zip(axes, sites):
+        for si, s in enumerate(result.scales):
+            y = result.class_d_mean[alias][si]
+            if si == ref_i:
+                ax.plot(x, y, marker="o", ms=4, color=colours[si], label=_sx(s), lw=1.5)
+            else:
+                v = result.view_index(s, "zoom")
+                err = result.class_delta_se[alias][v]
+                off = 0.08 * (si - ref_i)
+                ax.errorbar(x + off, y, yerr=err, marker="s", ms=3.5, capsize=2.5, lw=1.0,
+                            color=colours[si], label=f"{_sx(s)} (± paired s.e. of ΔD)")  # fmt: skip
+        ax.set_ylabel("mean D")
+        ax.set_title(alias, fontsize="medium", loc="left")
+        ax.grid(axis="y", lw=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
+               fontsize="small")  # fmt: skip
+    axes[-1].set_xticks(x, result.class_names, rotation=45, ha="right")
+    axes[-1].set_xlabel("class")
+    counts = result.class_count
+    fig.suptitle(
+        f"{result.model_name}: per-class D, {result.n_images} images "
+        f"({int(counts.min()) if len(counts) else 0}-{int(counts.max()) if len(counts) else 0}"
+        " per class); error bars: paired s.e. of the change from "
+        f"{_sx(result.reference_scale)}",
+        fontsize="medium",
+    )
+    return fig
+
+
+def plot_image_views(
+    result: ScaleSweepResult,
+    views: Sequence,
+    image: int | str = 0,
+    sites: Sequence[str] | None = None,
+    *,
+    run: int | None = None,
+    n_images: int | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """The SKNet paper's Fig. 3 (left): one image's views (``views``: PIL images or arrays,
+    one per scale, e.g. from :func:`attnviz.data.views.zoom_views` or
+    :meth:`attnviz.data.ShapeScenes.views`) side by side above its per-channel attention
+    difference a_large − a_small at each chosen site (default: the last site of stages 2
+    and 3), one line per scale. Needs ``per_image=True``. ``run``: average runs of that many
+    consecutive channels (the paper: 16). ``n_images``: the size of the sweep the image was
+    taken from (for the title; default ``result.n_images``)."""
+    i = _image_index(result, image)
+    s = len(result.scales)
+    if len(views) != s:
+        raise ValueError(f"give one view per scale ({s}), got {len(views)}")
+    if sites is None:
+        last = result.stage_last_sites()
+        sites = last[:2] if len(last) >= 2 else last
+    sites = [result.site(u).alias for u in sites]
+    fig = _new_fig(fig, (max(6.0, 2.0 * s), 2.2 + 2.4 * len(sites)))
+    grid = fig.add_gridspec(1 + len(sites), s, height_ratios=[1.3] + [1.0] * len(sites))
+    colours = _scale_colours(s)
+    up = result.image_upsampling[i] if result.image_upsampling is not None else None
+    for j, view in enumerate(views):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(np.asarray(view))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        label = _sx(result.scales[j])
+        if up is not None and not result.views_native:
+            label += f" (upsampled {up[j]:.2f}x)" if up[j] > 1 + 1e-9 else " (not upsampled)"
+        ax.set_title(label, fontsize="medium", color=colours[j])
+    for r, alias in enumerate(sites):
+        ax = fig.add_subplot(grid[1 + r, :])
+        att = np.asarray(result.image_attention[alias][i], dtype=np.float64)  # (S, M, C)
+        for j in range(s):
+            diff = att[j, -1] - att[j, 0]
+            if run and run > 1:
+                xs, ys = run_means(diff, run)
+            else:
+                xs, ys = np.arange(diff.shape[-1]), diff
+            ax.plot(xs, ys, color=colours[j], lw=1.2, label=_sx(result.scales[j]))
+        ax.axhline(0.0, color="black", lw=0.6)
+        ax.set_ylabel("a_large − a_small")
+        ax.set_title(f"{alias} ({result.site(alias).branch_text()})", fontsize="small", loc="left")
+        ax.legend(fontsize="x-small", title="object scale", title_fontsize="x-small", ncols=s)
+    ax.set_xlabel("channel index" + (f" (runs of {run})" if run and run > 1 else ""))
+    ident = result.image_ids[i].replace("\\", "/").rsplit("/", 1)[-1]
+    fig.suptitle(
+        f"{result.model_name}: image {ident} of the {n_images or result.n_images} swept, per-"
+        "channel attention difference a_large − a_small; no error bars (one image)",
+        fontsize="medium",
+    )
     return fig

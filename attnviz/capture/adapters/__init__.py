@@ -1,25 +1,6 @@
-"""Built-in adapters, one file per implementation family. Importing registers them."""
+"""Built-in adapters, one file per implementation family.
 
-from . import (
-    attnviz_blocks,
-    attnviz_blocks_more,
-    timm_cbam,
-    timm_eca,
-    timm_gc,
-    timm_nonlocal,
-    timm_se,
-    timm_sk,
-    torchvision_se,
-)
-
-__all__ = [
-    "attnviz_blocks",
-    "attnviz_blocks_more",
-    "timm_cbam",
-    "timm_eca",
-    "timm_gc",
-    "timm_nonlocal",
-    "timm_se",
-    "timm_sk",
-    "torchvision_se",
-]
+Nothing is imported here: ``attnviz.capture.registry`` imports every module of this package by
+name on the first lookup, and each module registers its family's adapters. A module whose
+name starts with ``_`` is a helper, not a family.
+"""

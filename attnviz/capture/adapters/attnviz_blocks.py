@@ -33,7 +33,7 @@ register_adapter(f"{_PKG}.cbam.SpatialGate", kind="cbam_spatial", read="gate", f
 register_adapter(f"{_PKG}.gc.GCBlock", kind="gc", read="softmax", family="attnviz")
 register_adapter(
     f"{_PKG}.non_local.NonLocalBlock",
-    kind="nonlocal",
+    kind="nl",
     read="affinity",
     family="attnviz",
     meta=_nl_grids,

@@ -31,7 +31,7 @@ def _attention(
 
 register_adapter(
     "timm.layers.non_local_attn.NonLocalAttn",
-    kind="nonlocal",
+    kind="nl",
     read=Computed(taps=("t", "p"), compute=_attention),
     family="timm",
     describe=lambda m: {"instantiation": "embedded_gaussian", "scale": float(m.scale)},
