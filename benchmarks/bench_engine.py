@@ -25,71 +25,57 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from captum.attr import LayerGradCam
 
-from attnviz.analysis import (
-    attention_vs_attribution,
-    excitation_profile,
-    query_independence,
-    scale_sweep,
-)
+from attnviz.analysis.attribution import AttentionVsAttribution
+from attnviz.analysis.excitation import ExcitationProfile
+from attnviz.analysis.query_independence import QueryIndependence
+from attnviz.analysis.runner import run
+from attnviz.analysis.scale_sweep import ScaleSweep
 from attnviz.data import ShapesDataset, write_image_folder
 from attnviz.data.preprocess import preprocess_for
 from attnviz.data.sources import image_source, iter_batches
-from attnviz.data.views import scale_views
 from attnviz.models import load_model
 
-SCALES = (1.0, 1.5, 2.0)
 
-
-def plain(model, images, config, batch_size: int, kind: str) -> int:
-    """The analysis's inputs and forwards with no runner, capture or statistics."""
+def plain(analysis, model, images, config, batch_size: int) -> int:
+    """The analysis's own inputs and forwards (its ``prepare``, ``inputs`` and ``forward``:
+    the same views, the same captum Grad-CAM pass) with no runner, eval-mode handling,
+    capture or per-batch statistics."""
+    analysis.sites(model)  # the analysis's set-up (e.g. the Grad-CAM layer); no capture
     transform = preprocess_for(config)
+    analysis.transform = transform
     source = image_source(images)
-    if kind == "sweep":
-
-        def prepare(img):
-            return scale_views(img, transform, SCALES)
-    else:
-        prepare = transform
-    gradcam = LayerGradCam(model, model.layer4) if kind == "attribution" else None
     n = 0
-    for batch in iter_batches(source, range(len(source)), batch_size, prepare):
-        x = batch.x
-        if kind == "sweep":
-            x = x.transpose(0, 1).reshape(-1, *x.shape[2:])
-        if gradcam is not None:
-            with torch.enable_grad():
-                target = torch.tensor([r.label for r in batch.records])
-                gradcam.attribute(x.requires_grad_(True), target=target, relu_attributions=True)
-        else:
-            with torch.no_grad():
-                model(x)
+    grad = torch.enable_grad if analysis.needs_grad else torch.no_grad
+    for batch in iter_batches(
+        source, range(len(source)), batch_size, lambda img: analysis.prepare(img, transform)
+    ):
+        with grad():
+            analysis.forward(model, analysis.inputs(batch.x), batch)
         n += len(batch)
     return n
 
 
+# analysis -> (model, its Analysis with the defaults of the analysis function)
 ANALYSES: dict[str, tuple[str, Callable]] = {
-    "sweep": ("sk_tiny", lambda m, imgs, **kw: scale_sweep(m, imgs, **kw)),
-    "excitation": ("se_tiny", lambda m, imgs, **kw: excitation_profile(m, imgs, **kw)),
-    "attribution": (
-        "cbam_tiny",
-        lambda m, imgs, **kw: attention_vs_attribution(m, imgs, keep_maps=0, **kw),
-    ),
-    "queries": ("nl_tiny", lambda m, imgs, **kw: query_independence(m, imgs, **kw)),
+    "sweep": ("sk_tiny", lambda: ScaleSweep(controls=False)),
+    "excitation": ("se_tiny", lambda: ExcitationProfile()),
+    "excitation, no null": ("se_tiny", lambda: ExcitationProfile(permutations=0)),
+    "attribution": ("cbam_tiny", lambda: AttentionVsAttribution(keep_maps=0)),
+    "queries": ("nl_tiny", lambda: QueryIndependence()),
 }
 
 
 def bench(name: str, images: Path, repeats: int, batch_size: int) -> dict:
-    spec, fn = ANALYSES[name]
+    spec, make = ANALYSES[name]
     model, config = load_model(spec)
     n = len(image_source(images))
 
     def analysis() -> None:
-        fn(model, images, preprocess=config, batch_size=batch_size, progress=False)
+        run(make(), model, images, preprocess=config, batch_size=batch_size, progress=False)
 
     def baseline() -> None:
-        assert plain(model, images, config, batch_size, name) == n
+        assert plain(make(), model.eval(), images, config, batch_size) == n
 
     for f in (analysis, baseline):  # warm-up
         f()
