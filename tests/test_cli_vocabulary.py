@@ -105,7 +105,7 @@ def test_bad_weights_and_specs_are_one_line_runtime_errors(cli, shapes_folder, t
 
 
 def test_python_spec_from_the_working_directory(cli, shapes_folder, tmp_path, monkeypatch):
-    (tmp_path / "my_models.py").write_text(
+    (tmp_path / "attnviz_test_factory_mod.py").write_text(
         "from attnviz.models import create_tiny\n\ndef make():\n    return create_tiny('se_tiny')\n"
     )
     monkeypatch.chdir(tmp_path)
@@ -113,7 +113,7 @@ def test_python_spec_from_the_working_directory(cli, shapes_folder, tmp_path, mo
     res = cli(
         "excitation",
         "--model",
-        "python:my_models:make",
+        "python:attnviz_test_factory_mod:make",
         "--images",
         shapes_folder,
         "--out",
@@ -124,7 +124,8 @@ def test_python_spec_from_the_working_directory(cli, shapes_folder, tmp_path, mo
         "64",
     )
     assert res.code == 0, res.err
-    assert "my_models" not in sys.modules or str(tmp_path) not in sys.path
+    assert str(tmp_path) not in sys.path  # the working directory was only borrowed
+    sys.modules.pop("attnviz_test_factory_mod", None)
 
 
 def test_out_checks_happen_before_any_work(cli, shapes_folder, tmp_path):

@@ -83,7 +83,8 @@ def test_exactly_one_forward_per_batch(name, models, shapes_folder):
     finally:
         handle.remove()
     assert len(calls) == 3  # 20 images in batches of 7, 7, 6
-    per_image = 3 if name == "sweep" else 1  # the sweep's views ride in the same forward
+    # the sweep's views ride in the same forward: 3 zoom views + 2 resolution controls
+    per_image = 5 if name == "sweep" else 1
     assert calls == [7 * per_image, 7 * per_image, 6 * per_image]
     assert result.meta["run"]["n_images"] == 20
 

@@ -392,8 +392,12 @@ def test_dataloader_and_paths_give_the_same_profile(se_tiny, images, profile, tm
     )
     assert result.n_images == 3 and result.counts.tolist() == [1, 2]
     assert result.skipped == [(str(tmp_path / "missing.png"), "missing file")]
+    # a tiny model carries its own preprocessing (64 px, as trained); a bare module does not
+    own = excitation_profile(se_tiny, paths[:1], labels=[0], progress=False)
+    assert own.meta["run"]["preprocess"]["input_size"] == [3, 64, 64]
+    bare = torch.nn.Sequential(se_tiny)
     with pytest.raises(ValueError, match="preprocess="):
-        excitation_profile(se_tiny, paths[:1], progress=False)
+        excitation_profile(bare, paths[:1], progress=False)
 
 
 def test_classes_given_as_label_text_are_drawn(se_tiny, images):
