@@ -24,6 +24,7 @@ BUNDLED = (
     "sa_tiny",
     "danet_tiny",
     "mix_tiny",
+    "plain_tiny",
 )
 MAX_BYTES = 5 * 1024 * 1024
 
