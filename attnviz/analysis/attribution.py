@@ -61,6 +61,7 @@ from ..results import Result, from_records, records
 from ._sites import choose_sites
 from .query_maps import display_image
 from .runner import Analysis, RunInfo, State, run
+from .stats import paired_difference
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -669,14 +670,39 @@ class GradCamComparisonResult(Result):
             )
         return pd.DataFrame(rows)
 
+    def paired_differences(self, baseline: str | None = None) -> pd.DataFrame:
+        """Per model against ``baseline`` (default: the first model) on the same images:
+        the mean of P(model) - P(baseline), its paired standard error and z, the share of
+        images where the model's P is higher, and the exact sign test's two-sided p."""
+        base = self.model_index(baseline) if baseline is not None else 0
+        rows = []
+        for m, name in enumerate(self.models):
+            if m == base:
+                continue
+            diff = paired_difference(self.probability[:, m], self.probability[:, base])
+            rows.append({"model": name, "baseline": self.models[base], **diff})
+        return pd.DataFrame(rows)
+
     def summary(self) -> str:
         head = (
             f"{len(self.ids)} images, {len(self.models)} models, Grad-CAM for the "
             f"{self.target_source} class (CBAM paper Sec. 4.3: P = softmax probability of "
             "that class)"
         )
-        table = self.model_summary().drop(columns=["n"])
-        return head + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        fmt = "{:.3f}".format
+        text = (
+            head
+            + "\n"
+            + self.model_summary().drop(columns=["n"]).to_string(index=False, float_format=fmt)
+        )
+        paired = self.paired_differences()
+        if len(self.ids) > 1 and len(paired):
+            text += (
+                "\npaired on the same images: P(model) - P(baseline), mean ± paired s.e., "
+                "share of images higher, exact sign test\n"
+                + paired.drop(columns=["n"]).to_string(index=False, float_format="{:.3g}".format)
+            )
+        return text
 
     def _payload(self):
         arrays = {

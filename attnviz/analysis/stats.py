@@ -294,3 +294,33 @@ def _sampled_pairs(
         hm = _neg_sum_xlogx(m, tiny)
         values[s : s + chunk] = (hm - 0.5 * (h[a] + h[b]).double()).clamp_min_(0.0)
     return float(values.mean()), float(values.std(correction=1)) / math.sqrt(pairs)
+
+
+def sign_test_p(higher: int, lower: int) -> float:
+    """Two-sided exact sign test: P(a split at least as uneven as ``higher`` vs ``lower``)
+    under Binomial(n, 1/2), n = higher + lower (ties left out). 1.0 when n = 0."""
+    n = higher + lower
+    if n == 0:
+        return 1.0
+    k = min(higher, lower)
+    tail = sum(math.comb(n, j) for j in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Paired comparison of two measurements of the same items: mean of d = a - b, its
+    paired standard error std(d, ddof=1) / sqrt(n), z = mean / s.e., the share of items with
+    d > 0 and the exact sign test's two-sided p."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = d.size
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    mean = float(d.mean()) if n else math.nan
+    higher, lower = int((d > 0).sum()), int((d < 0).sum())
+    return {
+        "n": n,
+        "mean_difference": mean,
+        "paired_se": se,
+        "z": mean / se if se and se > 0 else math.nan,
+        "higher_share": higher / n if n else math.nan,
+        "sign_test_p": sign_test_p(higher, lower),
+    }
