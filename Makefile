@@ -5,7 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnviz-installed
 
-.PHONY: demo test lint install clean
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint install clean mutation
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +24,53 @@ lint: $(STAMP)
 	$(BIN)/ruff check attnviz tests benchmarks
 	$(BIN)/ruff format --check attnviz tests benchmarks
 
-test: lint
+# the browser tests (tests/test_browser.py) drive Debian's chromium through playwright
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest -n 2 -q
 
 clean:
 	rm -rf $(VENV) attnviz-out .pytest_cache
+
+# Mutation testing of the core modules (not part of `make test`; see TESTING.md): capture,
+# the analyses' statistics, the scale views, the results' save/load and the query cell
+# mapping. The files are listed in pyproject.toml [tool.mutmut]; MUTANTS picks the functions.
+MUTMUT_VERSION := 3.8.1
+MUTATION_JOBS ?= 2
+MUTANTS ?= \
+	'attnviz.capture.core.x__to_cache_tensor__*' 'attnviz.capture.core.x__query_rows__*' \
+	'attnviz.capture.core.x__validated_queries__*' 'attnviz.capture.core.x__cell_coordinate__*' \
+	'attnviz.capture.core.x__check_unchanged__*' 'attnviz.capture.core.x__joined__*' \
+	'attnviz.capture.core.x*Capture*_record__*' 'attnviz.capture.core.x*Capture*_tap_hook__*' \
+	'attnviz.capture.core.x*_CallRecorder*__torch_function____*' \
+	'attnviz.capture.core.x*AttentionCache*__getitem____*' \
+	'attnviz.analysis.stats.x_mean_pairwise_cosine__*' 'attnviz.analysis.stats.x_avg_cosine_distance__*' \
+	'attnviz.analysis.stats.x_row_entropy__*' 'attnviz.analysis.stats.x_is_distribution__*' \
+	'attnviz.analysis.stats.x__neg_sum_xlogx__*' 'attnviz.analysis.stats.x_avg_jsd__*' \
+	'attnviz.analysis.stats.x_entropy_stats__*' 'attnviz.analysis.stats.x_pair_jsd__*' \
+	'attnviz.analysis.stats.x_row_degeneracy__*' \
+	'attnviz.analysis.excitation.x_specificity_of__*' 'attnviz.analysis.excitation.x_permutation_specificity__*' \
+	'attnviz.analysis.excitation.x_null_summary__*' 'attnviz.analysis.excitation.x__mean_std__*' \
+	'attnviz.analysis.excitation.x*ExcitationProfileResult*specificity_chance__*' \
+	'attnviz.analysis.excitation.x*SiteExcitation*controls__*' \
+	'attnviz.analysis.excitation.x*ExcitationProfileResult*_payload__*' \
+	'attnviz.analysis.excitation.x*ExcitationProfileResult*_restore__*' \
+	'attnviz.analysis.scale_sweep.x__sample_std__*' 'attnviz.analysis.scale_sweep.x__mean_se__*' \
+	'attnviz.analysis.scale_sweep.x*ScaleSweepResult*_payload__*' \
+	'attnviz.data.views.*' \
+	'attnviz.results.x*Result*save__*' 'attnviz.results.x*Result*load__*' \
+	'attnviz.results.x_atomic_write__*' 'attnviz.results.x__files_of_earlier_save__*' \
+	'attnviz.results.x_read_manifest__*' 'attnviz.results.x__write_npz__*' \
+	'attnviz.analysis.query_maps.x_pixel_to_cell__*' 'attnviz.analysis.query_maps.x_cell_centre__*' \
+	'attnviz.analysis.query_maps.x*QueryMaps*capture_options__*' \
+	'attnviz.analysis.query_maps.x*QueryMapsResult*_payload__*' \
+	'attnviz.analysis.query_maps.x*QueryMapsResult*_restore__*'
+
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check mutmut==$(MUTMUT_VERSION)
+	ATTNVIZ_ASSETS=$(CURDIR)/assets nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(BIN)/mutmut results
+

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnviz.commands.queries",
     "attnviz.commands.excitation",
     "attnviz.commands.compare_attribution",
+    "attnviz.commands.report",
     "attnviz.commands.data",
     "attnviz.commands.train",
 )

@@ -10,8 +10,11 @@ the image when the notebook uses an interactive matplotlib backend such as ipymp
 * its distance to the mean map over all queries: (1 - cos) / 2 (GCNet Table 1) and, when
   rows are distributions, the Jensen-Shannon divergence (nats).
 
-Without ipywidgets the inspector falls back to a static GCNet Fig. 2 style grid of a few
-evenly spaced queries (``inspector.figure``).
+The figure shows the query's map and the mean map on one colour scale (the whole attention's
+min to max) with a colour bar. Without ipywidgets the inspector falls back to that figure
+alone (``inspector.figure``), redrawn by :meth:`update`, its top-k keys written under it. For a
+view that needs no kernel at all, see :class:`attnviz.viewer.QueryViewer`
+(:meth:`QueryInspector.viewer`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from .analysis._eval_mode import eval_mode
 from .analysis.query_maps import (
     QueryMapsResult,
     cell_centre,
-    grid_queries,
     jsd_of,
     pick_site,
     pixel_to_cell,
@@ -38,8 +40,8 @@ from .analysis.query_maps import (
     upsample,
 )
 from .capture import capture, query_kinds
-from .plot.overlay import overlay
-from .plot.queries import MARKER, plot_query_grid
+from .plot._style import colorbar, draw_overlay, shared_norm
+from .plot.queries import MARKER
 
 
 @dataclass
@@ -74,7 +76,7 @@ class QueryInspector:
         top_k: int = 5,
         preprocess: Any = None,
         alpha: float = 0.5,
-        colormap: str = "jet",
+        colormap: str = "viridis",
     ) -> None:
         site_obj = pick_site(model, site, kinds=query_kinds())
         self.site = site_record(site_obj)
@@ -95,15 +97,18 @@ class QueryInspector:
             np.allclose(a.sum(axis=1), 1.0, atol=1e-4)
         )
         self.mean_map = a.mean(axis=0)
+        self.norm = shared_norm([a])
         self.state: QueryState | None = None
         self.widget = None
-        self._ax_map = None
+        self.info = None
+        self._interactive = False
+        self._canvas_shown = False
         self._cid = None
-        self.figure: Figure | None = None
+        self._drawn: dict[str, Any] = {}
         try:
             import ipywidgets  # noqa: F401
         except ImportError:
-            self._build_static()
+            self.figure = self._new_figure(pyplot=False)
         else:
             self._build_widget()
         self.update(self.query_grid[0] // 2, self.query_grid[1] // 2)
@@ -134,10 +139,11 @@ class QueryInspector:
         )
 
     def update(self, y: int, x: int) -> QueryState:
-        """Choose query cell (y, x): recompute and redraw (the widgets' callback)."""
+        """Choose query cell (y, x): recompute, move the sliders there and redraw (the
+        widgets' callback)."""
         self.state = self.query_state(int(y), int(x))
-        if self.widget is not None:
-            self._redraw()
+        self._set_sliders(*self.state.cell)
+        self._redraw()
         return self.state
 
     def click_cell(self, ydata: float, xdata: float) -> tuple[int, int]:
@@ -156,31 +162,45 @@ class QueryInspector:
         if getattr(event, "inaxes", None) is not self._ax_map:
             return
         cy, cx = self.click_cell(event.ydata, event.xdata)
-        self._set_sliders(cy, cx)
         self.update(cy, cx)
 
-    # -- views -----------------------------------------------------------------------------------
-    def _build_static(self) -> None:
+    def viewer(self) -> Any:
+        """The kernel-free HTML view of every query of this image
+        (:class:`attnviz.viewer.QueryViewer`)."""
+        from .viewer import QueryViewer, viewer_cells
+
         gh, gw = self.query_grid
-        cells = grid_queries(self.query_grid, 4)
         kh, kw = self.key_grid
-        rows = [self.attention[y * gw + x].reshape(kh, kw).astype(np.float32) for y, x in cells]
+        cells = viewer_cells(self.query_grid)
+        rows = np.stack([self.attention[y * gw + x].reshape(kh, kw) for y, x in cells])
         res = QueryMapsResult(
             image=self.image,
-            maps=np.stack([upsample(r, self.size) for r in rows]),
-            grid_maps=np.stack(rows),
+            maps=np.zeros((len(cells), 1, 1), np.float32),
+            grid_maps=rows.astype(np.float32),
             query_cells=np.asarray(cells, dtype=np.int64),
             query_pixels=np.asarray(
                 [cell_centre(c, (gh, gw), self.size) for c in cells], dtype=np.float64
             ),
             site=self.site,
             is_distribution=self.is_distribution,
+            meta={"query_grid": [gh, gw]},
         )
-        self.static_result = res
-        self.figure = plot_query_grid(res, alpha=self.alpha, colormap=self.colormap)
+        return QueryViewer(res)
+
+    # -- views -----------------------------------------------------------------------------------
+    def _new_figure(self, pyplot: bool) -> Figure:
+        if pyplot:  # pragma: no cover - needs ipympl in a live kernel
+            import matplotlib.pyplot as plt
+
+            fig = plt.figure(figsize=(7.0, 3.6), layout="constrained")
+        else:
+            fig = Figure(figsize=(7.0, 3.6), layout="constrained")
+        self._ax_map, self._ax_mean = fig.subplots(1, 2)
+        return fig
 
     def _build_widget(self) -> None:
         import ipywidgets as w
+        import matplotlib
 
         gh, gw = self.query_grid
         self.slider_y = w.IntSlider(value=gh // 2, min=0, max=gh - 1, description="query y")
@@ -195,21 +215,13 @@ class QueryInspector:
 
         self.slider_y.observe(changed, names="value")
         self.slider_x.observe(changed, names="value")
-        import matplotlib
-
-        # clicks need an interactive canvas (``%matplotlib widget``, ipympl); otherwise the
-        # figure is redrawn as a static image inside ``self.output`` and sliders choose
-        self._interactive = "ipympl" in matplotlib.get_backend().lower() or (
-            "widget" in matplotlib.get_backend().lower()
-        )
+        # clicks need an interactive canvas (``%matplotlib widget``: ipympl, in the
+        # ``widgets`` extra); otherwise the figure is redrawn as an image in ``self.output``
+        backend = matplotlib.get_backend().lower()
+        self._interactive = "ipympl" in backend or "widget" in backend
+        self.figure = self._new_figure(pyplot=self._interactive)
         if self._interactive:  # pragma: no cover - needs ipympl in a live kernel
-            import matplotlib.pyplot as plt
-
-            self.figure = plt.figure(figsize=(6.5, 3.2))
             self._cid = self.figure.canvas.mpl_connect("button_press_event", self.on_click)
-        else:
-            self.figure = Figure(figsize=(6.5, 3.2))
-        self._ax_map, self._ax_mean = self.figure.subplots(1, 2)
         self.widget = w.VBox([w.HBox([self.slider_y, self.slider_x]), self.output, self.info])
 
     def _set_sliders(self, y: int, x: int) -> None:
@@ -221,30 +233,45 @@ class QueryInspector:
         finally:
             self._syncing = False
 
-    def _redraw(self) -> None:
+    def _info_text(self) -> tuple[str, str]:
         st = self.state
-        assert st is not None and self.figure is not None
-        for ax in (self._ax_map, self._ax_mean):
-            ax.clear()
-            ax.set_xticks([])
-            ax.set_yticks([])
-        self._ax_map.imshow(overlay(self.image, st.map, self.alpha, self.colormap))
-        py, px = cell_centre(st.cell, self.query_grid, self.size)
-        self._ax_map.plot([px], [py], **MARKER)
-        self._ax_map.set_title(f"{self.site['alias']} query {st.cell}", fontsize=9)
-        mean_up = upsample(self.mean_map.reshape(self.key_grid), self.size)
-        self._ax_mean.imshow(overlay(self.image, mean_up, self.alpha, self.colormap))
-        self._ax_mean.set_title("mean map over all queries", fontsize=9)
+        assert st is not None
         keys = ", ".join(f"({ky},{kx}): {v:.3f}" for (ky, kx), v in st.top_keys)
         jsd = (
             "n/a (rows are not distributions)"
             if math.isnan(st.jsd_to_mean)
             else f"{st.jsd_to_mean:.4f}"
         )
-        self.info.value = (
-            f"<b>query</b> {st.cell} &nbsp; <b>top-{self.top_k} keys</b> {keys}<br>"
-            f"<b>distance to mean map</b>: (1 - cos)/2 = {st.cos_to_mean:.4f}, JSD = {jsd}"
-        )
+        dist = f"(1 - cos)/2 = {st.cos_to_mean:.4f}, JSD = {jsd}"
+        return keys, dist
+
+    def _redraw(self) -> None:
+        st = self.state
+        assert st is not None and self.figure is not None
+        py, px = cell_centre(st.cell, self.query_grid, self.size)
+        if not self._drawn:  # first draw: images, marker and the one colour bar
+            im = draw_overlay(self._ax_map, self.image, st.map, self.norm)
+            (marker,) = self._ax_map.plot([px], [py], **MARKER)
+            mean_up = upsample(self.mean_map.reshape(self.key_grid), self.size)
+            draw_overlay(self._ax_mean, self.image, mean_up, self.norm)
+            self._ax_mean.set_title("mean map over all queries", fontsize=9)
+            colorbar(self.figure, im, [self._ax_map, self._ax_mean], label="attention")
+            text = self.figure.text(0.01, 0.01, "", fontsize=8, va="bottom")
+            self._drawn = {"map": im, "marker": marker, "text": text}
+        else:
+            self._drawn["map"].set_data(st.map)
+            self._drawn["marker"].set_data([px], [py])
+        self._ax_map.set_title(f"{self.site['alias']} query {st.cell}", fontsize=9)
+        keys, dist = self._info_text()
+        if self.info is not None:
+            self.info.value = (
+                f"<b>query</b> {st.cell} &nbsp; <b>top-{self.top_k} keys</b> {keys}<br>"
+                f"<b>distance to mean map</b>: {dist}"
+            )
+        else:  # the fallback figure carries what the widget's text would
+            self._drawn["text"].set_text(f"top-{self.top_k} keys: {keys}\nto mean map: {dist}")
+        if self.widget is None:
+            return
         if self._interactive:  # pragma: no cover - needs ipympl in a live kernel
             self.figure.canvas.draw_idle()
             return
@@ -257,13 +284,14 @@ class QueryInspector:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        if self.widget is not None:
-            if self._interactive:  # pragma: no cover - needs ipympl in a live kernel
-                with self.output:
-                    display(self.figure.canvas)
-            display(self.widget)
-        else:
+        if self.widget is None:
             display(self.figure)
+            return
+        if self._interactive and not self._canvas_shown:
+            with self.output:
+                display(self.figure.canvas)
+            self._canvas_shown = True  # the canvas lives in the output once, however often
+        display(self.widget)
 
 
 __all__ = ["QueryInspector", "QueryState"]

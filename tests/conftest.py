@@ -107,3 +107,56 @@ def tiny_weights(tmp_path) -> Path:
     path = tmp_path / "sk_tiny_scaled.safetensors"
     save_file(state, str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Plot functions make pyplot figures (they show in notebooks): close them after a test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+class _AnalysisFolders(dict):
+    """Result folders by name, each written by the CLI when first asked for."""
+
+    RUNS = {
+        "sweep": ["sweep", "--model", "sk_tiny"],
+        "excitation": ["excitation", "--model", "se_tiny"],
+        "queries": ["queries", "--model", "nl_tiny", "--figure-images", "2"],
+        "attribution": ["compare-attribution", "--model", "cbam_tiny", "--figure-images", "2"],
+        "gradcam": [
+            "compare-attribution",
+            "--model",
+            "cbam_tiny",
+            "--model",
+            "se_tiny",
+            "--figure-images",
+            "2",
+        ],  # fmt: skip
+    }
+
+    def __init__(self, root: Path, images: Path):
+        super().__init__()
+        self.root, self.images = root, images
+
+    def __missing__(self, name: str) -> Path:
+        from attnviz.cli import main
+
+        folder = self.root / name
+        argv = [*self.RUNS[name], "--images", str(self.images), "--out", str(folder)]
+        assert main([*argv, "--limit", "8", "--no-progress"]) == 0, name
+        self[name] = folder
+        return folder
+
+    def all(self) -> dict:
+        return {name: self[name] for name in self.RUNS}
+
+
+@pytest.fixture(scope="session")
+def analysis_folders(tmp_path_factory, shapes_folder) -> _AnalysisFolders:
+    """Result folders written by the CLI on the bundled tiny models (8 images: 4 classes x 2),
+    made on first use: ``analysis_folders["queries"]`` -> OUT (result/, figures/, viewer/);
+    names: sweep, excitation, queries, attribution, gradcam; ``.all()`` makes every one."""
+    return _AnalysisFolders(tmp_path_factory.mktemp("analyses"), shapes_folder)

@@ -28,7 +28,7 @@ from attnviz.analysis.attribution import (
 from attnviz.errors import NoAttentionSitesError
 from attnviz.models.tiny import create_tiny
 from attnviz.plot.attribution import plot_agreement, plot_attention_vs_gradcam
-from attnviz.plot.overlay import overlay
+from attnviz.plot.overlay import upsample
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -254,17 +254,26 @@ def test_save_load_round_trip(comparison, tmp_path):
 
 def test_overlay_figure_shows_the_maps(comparison):
     fig = plot_attention_vs_gradcam(comparison, [1, 3])
-    grid = np.array(fig.axes).reshape(2, 2 + len(comparison.sites))
+    n = 2 + len(comparison.sites)
+    grid = np.array(fig.axes[: 2 * n]).reshape(2, n)  # then the two colour bars
     for r, i in enumerate([1, 3]):
         img = comparison.images[i]
         np.testing.assert_array_equal(grid[r, 0].images[0].get_array(), img)
-        np.testing.assert_array_equal(
-            grid[r, 1].images[0].get_array(), overlay(img, comparison.gradcam[i])
+        top = comparison.gradcam[i].max()
+        cam = comparison.gradcam[i] / top if top > 0 else np.zeros_like(comparison.gradcam[i])
+        np.testing.assert_allclose(
+            grid[r, 1].images[1].get_array(), upsample(cam, img.shape[:2]), atol=1e-6
         )
-        np.testing.assert_array_equal(
-            grid[r, 3].images[0].get_array(), overlay(img, comparison.attention[1, i])
+        np.testing.assert_allclose(
+            grid[r, 3].images[1].get_array(),
+            upsample(comparison.attention[1, i], img.shape[:2]),
+            atol=1e-6,
         )
-        assert comparison.sites[1]["alias"] in grid[r, 3].get_title()
+        assert f"ρ={comparison.spearman[i, 1]:.2f}" in grid[r, 3].get_xlabel()
+    assert comparison.sites[1]["alias"] == grid[0, 3].get_title()
+    # every attention panel on one norm, Grad-CAM on [0, 1]
+    norms = {id(ax.images[1].norm) for ax in grid[:, 2:].ravel()}
+    assert len(norms) == 1 and grid[0, 1].images[1].norm.vmax == 1.0
     plt.close(fig)
 
 

@@ -324,13 +324,14 @@ def test_save_load_round_trip(profile, tmp_path):
 
 def test_fig6_plots_the_class_means_over_the_shown_channels(profile):
     fig = plot_excitation_by_class(profile, [0, 2])
-    axes = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in axes] == profile.aliases
-    legend = [ax for ax in fig.axes if ax.get_legend() is not None][0].get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["0", "2", "all"]
+    axes = [ax for ax in fig.axes if ax.get_title(loc="left")]
+    assert [ax.get_title(loc="left") for ax in axes] == profile.aliases
+    (legend,) = fig.legends  # one legend for all panels
+    assert [t.get_text() for t in legend.get_texts()] == ["0", "2", "all classes"]
     for ax, s in zip(axes, profile.sites):
         lines = ax.get_lines()
-        assert [ln.get_label() for ln in lines] == ["0", "2", "all"]
+        assert [ln.get_label() for ln in lines] == ["0", "2", "all classes"]
+        assert lines[2].get_linestyle() == "--" and lines[2].get_color() == "black"
         np.testing.assert_array_equal(lines[0].get_xdata(), s.channels)
         np.testing.assert_allclose(lines[1].get_ydata(), s.class_mean[2, s.channels])
         np.testing.assert_allclose(lines[2].get_ydata(), s.mean[s.channels])
@@ -413,7 +414,7 @@ def test_classes_given_as_label_text_are_drawn(se_tiny, images):
     assert result.classes == [2, 0] and result.class_names == ["fish", "cat"]
     figures = excitation_figures(result, ["2", "0"])
     fig6 = figures["fig6_excitation_by_class"]
-    legend = [ax for ax in fig6.axes if ax.get_legend() is not None][0].get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["fish", "cat", "all"]
+    (legend,) = fig6.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["fish", "cat", "all classes"]
     for fig in figures.values():
         plt.close(fig)

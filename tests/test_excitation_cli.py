@@ -95,7 +95,8 @@ def test_excitation_command(image_dir, weights, tmp_path, capsys):
     controls = ["squeeze_specificity", "gate_gain", "null_mean", "null_p95", "p_value"]
     assert table[controls].notna().all().all()
     assert ((table["p_value"] > 0) & (table["p_value"] <= 1)).all()
-    stems = ["fig6_excitation_by_class", "fig7_excitation_std", "specificity_vs_depth"]
+    stems = ["fig6_excitation_by_class", "fig7_excitation_std", "fig6_excitation_heatmap"]
+    stems += ["gate_stage_bars", "specificity_vs_depth"]
     written = [f"{stem}.{ext}" for stem in stems for ext in ("png", "svg")]
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == sorted([".attnviz-figures.json", *written])

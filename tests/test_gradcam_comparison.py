@@ -95,8 +95,10 @@ def test_round_trip_and_figures(result, tmp_path):
     np.testing.assert_array_equal(back.probability, result.probability)
     np.testing.assert_array_equal(back.gradcam, result.gradcam)
     fig = plot_gradcam_comparison(result, max_images=2)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert f"se_tiny\nP = {result.probability[1, 1]:.3f}" in titles
+    ncols = 1 + len(result.models)
+    grid = [fig.axes[r * ncols : (r + 1) * ncols] for r in range(2)]
+    assert grid[0][2].get_title() == "se_tiny"
+    assert grid[1][2].get_xlabel() == f"P = {result.probability[1, 1]:.3f}"
     plt.close(fig)
     fig = plot_target_probability(result)
     heights = [p.get_height() for p in fig.axes[0].patches]

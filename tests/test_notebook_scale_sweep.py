@@ -1,4 +1,6 @@
-"""The scale-sweep notebook runs top to bottom on the bundled sk_tiny and shows its figures."""
+"""The scale-sweep notebook runs top to bottom on the bundled sk_tiny, shows its figures, and
+prints the numbers a hand computation gives (same bundled model, same scenes; D from plain
+forward hooks on the SK units' softmax and NumPy, no attnviz analysis code)."""
 
 from __future__ import annotations
 
@@ -14,21 +16,43 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "scale_sweep.ipynb"
 
 
-@pytest.mark.slow
-def test_scale_sweep_notebook(tmp_path):
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
     from attnviz.models import bundled_models
 
     assert "sk_tiny" in bundled_models(), "bundled sk_tiny checkpoint missing"
     book = nbformat.read(NOTEBOOK, as_version=4)
+    path = tmp_path_factory.mktemp("sweep-notebook")
     NotebookClient(
-        book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path)}}
     ).execute()
     outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, errors[0].get("evalue") if errors else ""
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    return outputs, text
+
+
+@pytest.mark.slow
+def test_scale_sweep_notebook_prints_the_hand_computed_d(executed):
+    """A swap of the SK branches flips the sign of D, and fails here."""
+    _, text = executed
+    hand_d = _hand_d()
+    for site, d in hand_d.items():
+        printed = re.search(
+            rf"{site} +D: ([+-]\S+) ([+-]\S+) ([+-]\S+) +native dD\(2.0x\): ([+-]\S+) ", text
+        ).groups()
+        values = [float(v) for v in printed]
+        # printed with 4 decimals: |error| <= 5e-5 plus float32 noise
+        np.testing.assert_allclose(values[:3], d.mean(axis=0), atol=6e-5, err_msg=site)
+        assert values[3] == pytest.approx((d[:, 2] - d[:, 0]).mean(), abs=6e-5), site
+
+
+@pytest.mark.slow
+def test_scale_sweep_notebook(executed):
+    outputs, text = executed
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images == 5  # the views, Fig. 3, delta bars, Fig. 4, delta bars with controls
-    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "sk_tiny: 60 images, views = native renders" in text
     assert "SK_2_1: 3x3 d1 | 3x3 d2" in text
     assert "resolution control" in text and "zoom - control" in text
@@ -59,3 +83,49 @@ def test_scale_sweep_notebook(tmp_path):
         )
         assert row["native_dD_z"] == pytest.approx(result.delta(site, 2.0)[2], rel=1e-9)
     assert (saved.parent / "summary.txt").read_text() == result.summary() + "\n"
+
+
+def _hand_d() -> dict[str, np.ndarray]:
+    """(60, 3) D per scene and scale per SK unit: the 60 scenes of the notebook (seed 20000,
+    sk_tiny's training object sizes), each native view normalised with NumPy, one forward per
+    view, b - a averaged over channels from the ``select`` softmax (Li et al. Eq. 5-6)."""
+    import torch
+
+    from attnviz.data.shapes import ShapeScenes, train_object_size_range
+    from attnviz.models import load_model
+
+    model, config = load_model("sk_tiny")
+    model.eval()
+    scenes = ShapeScenes(
+        60, scales=(1.0, 1.5, 2.0), seed=20_000, object_range=train_object_size_range("sk_tiny")
+    )
+    units = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "SKConv"]
+    names = {}
+    for n, _ in units:  # paper aliases SK_<stage>_<block>: layerX.Y -> stage X + 1, block Y + 1
+        layer, block = n.split(".")[:2]
+        names[n] = f"SK_{int(layer[5:]) + 1}_{int(block) + 1}"
+    seen: dict[str, np.ndarray] = {}
+    hooks = [
+        m.select.register_forward_hook(
+            lambda mod, i, out, key=names[n]: seen.__setitem__(key, out.detach().double())
+        )
+        for n, m in units
+    ]
+    mean = np.asarray(config.mean, np.float32)
+    std = np.asarray(config.std, np.float32)
+    d = {a: np.zeros((60, 3)) for a in names.values()}
+    try:
+        for k in range(60):
+            for s, view in enumerate(scenes.views(k)):
+                assert view.size == (64, 64)  # native renders at the input size
+                arr = (np.asarray(view, np.float32) / 255.0 - mean) / std
+                x = torch.from_numpy(arr.transpose(2, 0, 1).copy())[None]
+                with torch.no_grad():
+                    model(x)
+                for a, att in seen.items():
+                    w = att.reshape(att.shape[1], -1).numpy()  # (M, C), branch 0 = 3x3
+                    d[a][k, s] = w[-1].mean() - w[0].mean()
+    finally:
+        for h in hooks:
+            h.remove()
+    return d

@@ -15,7 +15,7 @@ from attnviz.plot.modules import (
     plot_residual_masks,
     plot_stn_sampling,
 )
-from attnviz.plot.overlay import overlay
+from attnviz.plot.overlay import upsample
 
 
 def test_grid_to_pixels_inverts_grid_sample_convention():
@@ -81,18 +81,21 @@ def test_plot_residual_masks_overlays():
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     masks = torch.rand(3, 4, 8, 8)
     fig = plot_residual_masks(list(images), masks, channels=[2], max_images=2)
-    axes = np.array(fig.axes).reshape(2, 3)
+    axes = np.array(fig.axes[:6]).reshape(2, 3)  # then one colour bar
+    assert len(fig.axes) == 7
     np.testing.assert_array_equal(axes[0, 0].images[0].get_array(), images[0])
-    want_mean = overlay(images[1], masks[1].mean(0).numpy().astype(np.float64))
-    np.testing.assert_array_equal(axes[1, 1].images[0].get_array(), want_mean)
-    want_c2 = overlay(images[0], masks[0, 2].numpy().astype(np.float64))
-    np.testing.assert_array_equal(axes[0, 2].images[0].get_array(), want_c2)
-    m = masks[0, 2]
-    assert axes[0, 2].get_title() == f"channel 2\nM in [{m.min():.2f}, {m.max():.2f}]"
+    want_mean = upsample(masks[1].mean(0).numpy().astype(np.float64), (32, 32))
+    np.testing.assert_allclose(axes[1, 1].images[1].get_array(), want_mean, atol=1e-6)
+    want_c2 = upsample(masks[0, 2].numpy().astype(np.float64), (32, 32))
+    np.testing.assert_allclose(axes[0, 2].images[1].get_array(), want_c2, atol=1e-6)
+    assert axes[0, 2].get_title() == "channel 2"
+    norm = axes[0, 1].images[1].norm  # one colour scale: the joint range of all panels
+    assert all(ax.images[1].norm is norm for ax in axes[:, 1:].ravel())
+    assert norm.vmax == pytest.approx(max(masks[0, 2].max(), masks[1, 2].max()).item())
     # a (B, H, W) summary (reduce="channel_mean") gives the same mean panel
     fig2 = plot_residual_masks(list(images), masks.mean(1), max_images=2)
-    np.testing.assert_array_equal(
-        np.array(fig2.axes).reshape(2, 2)[1, 1].images[0].get_array(), want_mean
+    np.testing.assert_allclose(
+        np.array(fig2.axes[:4]).reshape(2, 2)[1, 1].images[1].get_array(), want_mean, atol=1e-6
     )
     with pytest.raises(ValueError, match="out of range"):
         plot_residual_masks(list(images), masks, channels=[4])

@@ -16,7 +16,7 @@ from attnviz.analysis.query_maps import grid_queries, query_maps
 from attnviz.cli import main
 from attnviz.models import create_tiny, load_model
 
-FIGURES = ("query_maps", "query_distances", "statistics_table")
+FIGURES = ("query_maps", "query_distances")  # GCNet Table 1: summary.txt and the report
 
 
 @pytest.fixture()
@@ -99,6 +99,7 @@ def test_queries_command_writes_result_figures_and_summary(tmp_path, weights, im
     assert sorted(listed) == sorted(f"{n}.{e}" for n in FIGURES for e in ("png", "svg"))
     for name in listed:
         assert (out / "figures" / name).stat().st_size > 1000
+    assert (out / "viewer" / "manifest.json").is_file()  # every query's maps, for the viewer
     assert not (out / "checkpoint").exists() and not (out / ".attnviz.lock").exists()
 
 
@@ -123,7 +124,9 @@ def test_queries_command_runs_one_forward_per_batch(tmp_path, weights, monkeypat
          "--figure-images", "3", "--no-progress"]
     )  # fmt: skip
     assert rc == 0
-    assert batches == [2, 2, 1]  # 5 images, batch size 2: one forward per batch, no more
+    # 5 images, batch size 2: one forward per batch, then one of the first image for the HTML
+    # viewer's maps of every query cell (OUT/viewer/)
+    assert batches == [2, 2, 1, 1]
     result = QueryIndependenceResult.load(out / "result")
     assert result.n_images == 5 and [s["alias"] for s in result.sites] == ["NL_3_2"]
     assert len(result.query_maps()) == 3 and result.query_maps()[0].n_queries == 4

@@ -355,8 +355,9 @@ def test_stage_bars_heights_are_d_with_standard_errors(result):
     ax = fig.axes[0]
     sites = result.stage_last_sites()
     assert [t.get_text() for t in ax.get_xticklabels()] == sites
-    assert ax.get_xlabel() == "SK site"
-    assert ax.get_ylabel() == "D = mean(b) - mean(a)"
+    assert ax.get_xlabel() == "SK site (last of each stage)"
+    assert ax.get_ylabel() == "D = attention on largest − smallest kernel"
+    assert "error bars: s.e. of the mean" in ax.get_title()
     bars = ax.patches
     assert len(bars) == len(sites) * len(result.scales)
     for si in range(len(result.scales)):
@@ -380,7 +381,7 @@ def test_channel_attention_lines_are_b_means_over_runs(result):
     ax = fig.axes[0]
     lines = ax.get_lines()
     assert len(lines) == 3 and ax.get_xlabel() == "channel index (runs of 16)"
-    assert ax.get_ylabel() == "attention b (largest kernel)"
+    assert ax.get_ylabel() == "attention on b (largest kernel)"
     b = result.branch_mean["SK_4_1"][:, -1]  # (S, C)
     for si, line in enumerate(lines):
         expected = [b[si, k : k + 16].mean() for k in range(0, b.shape[1], 16)]
@@ -389,7 +390,7 @@ def test_channel_attention_lines_are_b_means_over_runs(result):
     fig = plot_channel_attention(result, "SK_2_1", image=2, run=None, branch=0)
     line = fig.axes[0].get_lines()[1]
     np.testing.assert_allclose(line.get_ydata(), result.image_attention["SK_2_1"][2, 1, 0])
-    assert fig.axes[0].get_ylabel() == "attention a (smallest kernel)"
+    assert fig.axes[0].get_ylabel() == "attention on a (smallest kernel)"
     c = result.site("SK_4_1").channels
     assert c < 256
     auto = plot_channel_attention(result, "SK_4_1").axes[0]  # < 256 channels: no runs
@@ -401,20 +402,21 @@ def test_channel_attention_lines_are_b_means_over_runs(result):
 def test_class_d_panels_and_heatmap(result):
     fig = plot_class_d(result)
     axes = fig.axes
-    assert [ax.get_title() for ax in axes] == ["SK_2_2", "SK_3_2", "SK_5_2"]
+    assert [ax.get_title(loc="left") for ax in axes] == ["SK_2_2", "SK_3_2", "SK_5_2"]
     for ax in axes:
-        assert len(ax.get_lines()) == 2  # 1.0x and 1.5x
-        np.testing.assert_allclose(
-            ax.get_lines()[1].get_ydata(), result.class_d_mean[ax.get_title()][1]
-        )
+        assert len(ax.containers) == 2  # 1.0x and 1.5x: dots with error bars, no lines
+        dots = ax.containers[1].lines[0]
+        assert dots.get_linestyle() == "None"
+        np.testing.assert_allclose(dots.get_ydata(), result.class_d_mean[ax.get_title("left")][1])
     assert [t.get_text() for t in axes[-1].get_xticklabels()] == result.class_names
 
     fig = plot_d_heatmap(result)
     ax = fig.axes[0]
-    mesh = ax.collections[0]
     np.testing.assert_allclose(
-        np.asarray(mesh.get_array()).reshape(8, 3), result.d_table().to_numpy(), atol=1e-12
+        np.asarray(ax.images[0].get_array()), result.d_table().to_numpy(), atol=1e-12
     )
+    assert ax.images[0].norm.vmin == -ax.images[0].norm.vmax  # diverging, centred on 0
+    assert not any(t.get_text().startswith("-0.000") for t in ax.texts)
     assert [t.get_text() for t in ax.get_yticklabels()] == result.site_aliases
     assert ax.get_ylabel() == "SK site"
     assert ax.get_xlabel() == "object scale"

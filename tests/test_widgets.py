@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import attnviz
-from attnviz.plot.overlay import overlay, upsample
+from attnviz.plot.overlay import upsample
 from attnviz.widgets import QueryInspector
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])  # timm's default for a config without mean
@@ -51,12 +51,15 @@ def test_update_callback_matches_the_attention_rows():
     m = (row + mean) / 2
     kl = lambda p, q: float(np.sum(p * np.log(p / q)))  # noqa: E731
     assert st.jsd_to_mean == pytest.approx(0.5 * kl(row, m) + 0.5 * kl(mean, m), abs=1e-9)
-    # the redrawn panel is the overlay of this map, with the query marked at the cell centre
+    # the redrawn panel is this map over the image, with the query marked at the cell centre,
+    # on the one colour scale of the whole attention (shared with the mean map, one bar)
     ax = insp._ax_map
-    np.testing.assert_array_equal(
-        np.asarray(ax.images[0].get_array()),
-        overlay(insp.image, upsample(row.reshape(8, 8), (16, 16))),
+    np.testing.assert_allclose(
+        np.asarray(ax.images[1].get_array()), upsample(row.reshape(8, 8), (16, 16))
     )
+    assert ax.images[1].norm is insp._ax_mean.images[1].norm
+    assert (ax.images[1].norm.vmin, ax.images[1].norm.vmax) == (full.min(), full.max())
+    assert len(insp.figure.axes) == 3  # map, mean map, one colour bar
     assert (ax.lines[0].get_ydata()[0], ax.lines[0].get_xdata()[0]) == (4.5, 10.5)
     assert "(2, 5)" in insp.info.value and f"{st.cos_to_mean:.4f}" in insp.info.value
 
@@ -77,6 +80,39 @@ def test_sliders_and_clicks_choose_the_query():
     assert insp.state.cell == (1, 6)
     with pytest.raises(ValueError, match="outside"):
         insp.update(8, 0)
+
+
+def test_update_from_code_moves_the_sliders():
+    """After ``update(3, 6)`` the sliders show (3, 6); moving x then keeps y = 3."""
+    pytest.importorskip("ipywidgets")
+    insp = QueryInspector(_nl_model(), torch.randn(3, 16, 16))
+    insp.update(3, 6)
+    assert (insp.slider_y.value, insp.slider_x.value) == (3, 6)
+    insp.slider_x.value = 2
+    assert insp.state.cell == (3, 2)
+    assert "query (3, 2)" in insp._ax_map.get_title()
+
+
+def test_showing_the_inspector_twice_adds_one_canvas(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    insp = QueryInspector(_nl_model(), torch.randn(3, 16, 16))
+    insp._interactive = True  # as under ipympl: the canvas goes into the output
+    insp._ipython_display_()
+    insp._ipython_display_()
+    canvases = [o for o in shown if o is insp.figure.canvas]
+    assert len(canvases) == 1 and shown.count(insp.widget) == 2
+
+
+def test_the_inspector_gives_a_kernel_free_viewer():
+    model = _nl_model()
+    insp = QueryInspector(model, torch.randn(3, 16, 16))
+    view = insp.viewer()
+    assert view.n_cells == 64 and not view.subsampled
+    assert 'class="attnviz-query-viewer"' in view._repr_html_()
 
 
 def test_a_click_picks_the_cell_query_maps_gives_that_pixel():
@@ -129,18 +165,20 @@ def test_non_distribution_rows_have_no_jsd():
     assert "n/a" in insp.info.value
 
 
-def test_without_ipywidgets_falls_back_to_a_static_grid(monkeypatch):
+def test_without_ipywidgets_falls_back_to_a_figure_that_update_redraws(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets -> ImportError
     model = _nl_model()
     x = torch.randn(3, 16, 16)
     full = _full(model, x)
-    insp = QueryInspector(model, x)
+    insp = QueryInspector(model, x, top_k=2)
     assert insp.widget is None
-    res = insp.static_result
-    assert len(insp.figure.axes) == res.n_queries == 4
-    for ax, (cy, cx), m in zip(insp.figure.axes, res.query_cells, res.maps):
-        np.testing.assert_allclose(
-            upsample(full[cy * 8 + cx].reshape(8, 8), (16, 16)), m, atol=1e-6
-        )
-        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), overlay(insp.image, m))
-    assert insp.update(3, 3).cell == (3, 3)  # the callback still works
+    st = insp.update(3, 1)
+    assert st.cell == (3, 1) and len(st.top_keys) == 2
+    ax = insp._ax_map
+    np.testing.assert_allclose(
+        np.asarray(ax.images[1].get_array()), upsample(full[3 * 8 + 1].reshape(8, 8), (16, 16))
+    )
+    assert "(3, 1)" in ax.get_title()
+    text = " ".join(t.get_text() for t in insp.figure.texts)
+    (ky, kx), _ = st.top_keys[1]
+    assert "top-2 keys" in text and f"({ky},{kx})" in text

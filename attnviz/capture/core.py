@@ -45,7 +45,25 @@ class _CallRecorder(TorchFunctionMode):
         name = getattr(func, "__name__", None)
         if name in self.names:
             self.stash.setdefault(f"{name}()", []).append(out)
+            if isinstance(out, Tensor):  # to notice an in-place change before it is read
+                self.stash.setdefault(_VERSIONS, []).append((f"{name}()", out, out._version))
         return out
+
+
+_VERSIONS = "\0versions"  # stash key of (tap, tensor, version) records of intercepted outputs
+
+
+def _check_unchanged(stash: dict[str, Any], site: Site) -> None:
+    """Raise if an intercepted output was changed in place after the call that made it:
+    the tensor read at the end of the forward would not be the one the module used."""
+    for key, t, version in stash.pop(_VERSIONS, ()):
+        if t._version != version:
+            stash.clear()
+            raise RuntimeError(
+                f"{site.name}: the output of {key} was modified in place later in the forward, "
+                "so the attention the module used can no longer be read; use an adapter that "
+                "reads it before the change (a submodule tap is copied when it runs)"
+            )
 
 
 def _is_tracing() -> bool:
@@ -537,6 +555,7 @@ class Capture:
             if _is_tracing() or not isinstance(output, Tensor):
                 stash.clear()
                 return
+            _check_unchanged(stash, site)
             if "" in adapter.taps:
                 stash[""] = [output]
             missing = [p for p in adapter.taps if p not in stash]
@@ -559,6 +578,10 @@ class Capture:
     def _tap_hook(self, stash: dict[str, list[Any]], path: str):
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
             if self._mine():
+                # a copy: the module may change this output in place after using it (e.g.
+                # ``g = self.gate(z); y = x * g; g.mul_(...)``), before the site's hook reads it
+                if isinstance(output, Tensor) and not _is_tracing():
+                    output = output.detach().clone()
                 stash.setdefault(path, []).append(output)
 
         return hook

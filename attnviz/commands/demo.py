@@ -1,4 +1,5 @@
-"""``attnviz demo``: the main job. No network; writes to ``./attnviz-out/``.
+"""``attnviz demo``: the main job. No network; writes to ``./attnviz-out/`` and, over all
+parts, one self-contained ``./attnviz-out/report.html`` (:mod:`attnviz.report`).
 
 Each analysis joins the demo with one entry in ``DEMO_PARTS``: ``(name, module, images)``
 where the module has ``demo(out_dir, images) -> str`` writing its result, figures and summary
@@ -106,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"attnviz demo: wrote results, figures and summaries under {out_root} (overview: {summary})"
     )
+    try:
+        from ..report import write_report
+
+        page = write_report([out_root], out_root / "report.html", "attnviz demo")
+        print(f"attnviz demo: report: {page}")
+    except Exception:
+        if getattr(args, "debug", False):
+            raise
+        traceback.print_exc()
+        failed.append("report")
     if failed:
         print(f"attnviz demo: error: part(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

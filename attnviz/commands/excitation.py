@@ -79,13 +79,22 @@ def figure_classes(result: Any, classes: Sequence[int | str] | None = None) -> l
 
 
 def excitation_figures(result: Any, classes: Sequence[int | str] | None = None) -> dict:
-    """Fig. 6 (chosen classes + all), Fig. 7 (the first chosen class), specificity vs depth."""
-    from ..plot.excitation import plot_excitation_by_class, plot_excitation_std, plot_specificity
+    """Fig. 6 (chosen classes + all; and as heatmaps of every class), Fig. 7 (the first
+    chosen class), the gate per stage, specificity vs depth."""
+    from ..plot.excitation import (
+        plot_excitation_by_class,
+        plot_excitation_heatmap,
+        plot_excitation_std,
+        plot_gate_stage_bars,
+        plot_specificity,
+    )
 
     shown = figure_classes(result, classes)
     return {
         "fig6_excitation_by_class": plot_excitation_by_class(result, shown),
         "fig7_excitation_std": plot_excitation_std(result, shown[0]),
+        "fig6_excitation_heatmap": plot_excitation_heatmap(result),
+        "gate_stage_bars": plot_gate_stage_bars(result),
         "specificity_vs_depth": plot_specificity(result),
     }
 

@@ -95,18 +95,34 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def query_figures(result: Any) -> dict[str, Any]:
-    from ..capture import is_query_kind
-    from ..plot.queries import plot_query_distances, plot_query_grid, plot_statistics_table
+    from ..plot.queries import plot_query_distances, plot_query_grid
 
+    # GCNet Table 1 is a real table: summary.txt, table1.md and the HTML report (not a figure)
     figures: dict[str, Any] = {}
-    if any(is_query_kind(s["kind"]) for s in result.sites):
-        figures["statistics_table"] = plot_statistics_table(result)
     maps = result.query_maps()
     if maps:
-        figures["query_maps"] = plot_query_grid(maps)
+        figures["query_maps"] = plot_query_grid(maps, model=result.model)
         if maps[0].n_queries > 1:
-            figures["query_distances"] = plot_query_distances(maps[0])
+            figures["query_distances"] = plot_query_distances(maps[0], model=result.model)
     return figures
+
+
+def save_viewer(out: Path, model: Any, images: Any, result: Any, preprocess: Any) -> Path | None:
+    """The maps of every query cell of the first image at the figure's site, for the HTML
+    query viewer of ``attnviz report`` (``OUT/viewer/``); None without a per-query site or
+    when the first image is not a file under ``images``."""
+    from ..capture import is_query_kind
+    from ..viewer import viewer_maps
+
+    site = result.map_site
+    if site is None or not is_query_kind(site["kind"]) or not result.ids:
+        return None
+    image = Path(images) / result.ids[0] if Path(images).is_dir() else Path(result.ids[0])
+    if not image.is_file():
+        return None
+    maps = viewer_maps(model, image, site=site["name"], preprocess=preprocess)
+    maps.meta["model"] = result.model
+    return maps.save(out / "viewer")
 
 
 def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
@@ -129,6 +145,7 @@ def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
         if rank() == 0:
             out.save_result(result)
             out.save_figures(query_figures(result))
+            save_viewer(out.path, model, args.images, result, config)
             report(out, result, result.summary())
         barrier()
         out.remove_checkpoint(ANALYSIS)
@@ -211,6 +228,7 @@ def demo(out_dir: Path, images: Path) -> str:
             )
             out.save_result(result)
             out.save_figures(query_figures(result))
+            save_viewer(out.path, model, images, result, config)
             out.save_summary(result.summary())
         results.append(result)
     table = statistics_table(results)

@@ -1,4 +1,4 @@
-"""Figures (matplotlib + seaborn) from analysis results, and OpenCV overlays."""
+"""Figures (matplotlib) from analysis results, drawn to the conventions of :mod:`._style`."""
 
 # Re-exports: one import line per analysis / figure module.
 # ruff: noqa: F401
@@ -9,9 +9,21 @@ from .attribution import (
     plot_gradcam_comparison,
     plot_target_probability,
 )
-from .excitation import plot_excitation_by_class, plot_excitation_std, plot_specificity
+from .excitation import (
+    plot_excitation_by_class,
+    plot_excitation_heatmap,
+    plot_excitation_std,
+    plot_gate_stage_bars,
+    plot_specificity,
+)
 from .overlay import overlay
-from .queries import plot_query_distances, plot_query_grid, plot_statistics_table, statistics_table
+from .queries import (
+    plot_query_distances,
+    plot_query_grid,
+    plot_statistics_table,
+    statistics_table,
+    statistics_table_html,
+)
 from .sweep import (
     plot_channel_attention,
     plot_class_d,

@@ -4,20 +4,50 @@ beside Grad-CAM (attnviz's own comparison).
 :func:`plot_gradcam_comparison` / :func:`plot_target_probability` take a
 :class:`~attnviz.analysis.attribution.GradCamComparisonResult`; :func:`plot_attention_vs_gradcam`
 / :func:`plot_agreement` an :class:`~attnviz.analysis.attribution.AttentionVsAttributionResult`.
-Overlays blend an OpenCV colormap over the image the model saw
-(:func:`attnviz.plot.overlay.overlay`).
+Overlays draw the map (viridis, one colour scale per figure, a colour bar) over the image the
+model saw in grey (:func:`attnviz.plot._style.draw_overlay`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..analysis.attribution import AttentionVsAttributionResult, GradCamComparisonResult
-from .overlay import overlay
+from ._style import (
+    OVERLAY_ALPHA,
+    SEQUENTIAL,
+    caption,
+    colorbar,
+    draw_overlay,
+    model_name,
+    new_axes,
+    new_figure,
+    shared_norm,
+    site_list,
+)
+
+GRADCAM_LABEL = "Grad-CAM ÷ its max per image"
+
+
+def _unit(cam: np.ndarray) -> np.ndarray:
+    """A Grad-CAM map divided by its max (Grad-CAM has no common scale across images)."""
+    cam = np.asarray(cam, dtype=np.float64)
+    m = float(np.nanmax(cam)) if cam.size else 0.0
+    return cam / m if m > 0 else np.zeros_like(cam)
+
+
+def _kept(kept: int, images: Sequence[int] | None, max_images: int) -> list[int]:
+    if kept == 0:
+        raise ValueError("the result kept no maps (keep_maps=0); nothing to draw")
+    idx = list(range(min(kept, max_images))) if images is None else list(images)
+    for i in idx:
+        if not 0 <= i < kept:
+            raise IndexError(f"image {i} not kept; kept maps: 0..{kept - 1}")
+    return idx
 
 
 def plot_attention_vs_gradcam(
@@ -26,56 +56,59 @@ def plot_attention_vs_gradcam(
     *,
     max_images: int = 4,
     sites: Sequence[str] | None = None,
-    alpha: float = 0.5,
-    colormap: str = "jet",
+    alpha: float = OVERLAY_ALPHA,
+    colormap: str = SEQUENTIAL,
+    fig: Figure | None = None,
 ) -> Figure:
-    """A row per image: the image, Grad-CAM overlay, then one overlay per attention site.
-
-    Attention panels are titled with the site and the image's Spearman rho and top-k IoU
-    against Grad-CAM. ``images`` are indices into the kept maps (default: the first
-    ``max_images``); ``sites`` aliases or names of the sites to draw (default: all).
-    """
-    kept = result.gradcam.shape[0]
-    if kept == 0:
-        raise ValueError("the result kept no maps (keep_maps=0); nothing to draw")
-    idx = list(range(min(kept, max_images))) if images is None else list(images)
-    for i in idx:
-        if not 0 <= i < kept:
-            raise IndexError(f"image {i} not kept; kept maps: 0..{kept - 1}")
+    """A row per image: the image, Grad-CAM overlay, then one overlay per attention site
+    (CBAM, Woo et al. 2018, Fig. 4 style). Columns are titled once (image / Grad-CAM / site);
+    each attention panel gives the image's Spearman rho and top-k IoU against Grad-CAM. All
+    attention panels share one colour scale; Grad-CAM panels share [0, 1] after dividing each
+    map by its max. ``images``: indices into the kept maps (default the first
+    ``max_images``); ``sites``: aliases or names (default all)."""
+    idx = _kept(result.gradcam.shape[0], images, max_images)
     columns = (
         list(range(len(result.sites))) if sites is None else [result.site_index(s) for s in sites]
     )
     ncols = 2 + len(columns)
-    fig, axes = plt.subplots(
-        len(idx),
-        ncols,
-        figsize=(2.3 * ncols, 2.4 * len(idx)),
-        squeeze=False,
-        layout="tight",
-    )
+    fig = new_figure((2.1 * ncols + 0.6, 2.25 * len(idx) + 1.9), fig)
+    axes = fig.subplots(len(idx), ncols, squeeze=False)
+    att_norm = shared_norm(result.attention[j, i] for j in columns for i in idx)
+    cam_norm = shared_norm([], vmin=0.0, vmax=1.0)
+    cam_im = att_im = None
     for r, i in enumerate(idx):
         img = result.images[i]
         name = _class_name(result, int(result.targets[i]))
         axes[r, 0].imshow(img)
-        axes[r, 0].set_title(f"{result.ids[i][-18:]}\ntarget {name}", fontsize=8)
-        axes[r, 1].imshow(overlay(img, result.gradcam[i], alpha=alpha, colormap=colormap))
-        axes[r, 1].set_title(f"Grad-CAM ({result.layer})", fontsize=8)
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+        axes[r, 0].set_ylabel(f"target: {name}", fontsize="small")
+        cam_im = draw_overlay(
+            axes[r, 1], img, _unit(result.gradcam[i]), cam_norm, cmap=colormap, alpha=alpha
+        )
         for c, j in enumerate(columns):
-            site = result.sites[j]
             ax = axes[r, 2 + c]
-            ax.imshow(overlay(img, result.attention[j, i], alpha=alpha, colormap=colormap))
-            ax.set_title(
-                f"{site['alias']}\nrho={result.spearman[i, j]:.2f} IoU={result.iou[i, j]:.2f}",
-                fontsize=8,
+            att_im = draw_overlay(
+                ax, img, result.attention[j, i], att_norm, cmap=colormap, alpha=alpha
             )
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set_xlabel(
+                f"ρ={result.spearman[i, j]:.2f}  IoU={result.iou[i, j]:.2f}", fontsize="small"
+            )
+    axes[0, 0].set_title("image", fontsize="medium")
+    axes[0, 1].set_title("Grad-CAM", fontsize="medium")
+    for c, j in enumerate(columns):
+        axes[0, 2 + c].set_title(result.sites[j]["alias"], fontsize="medium")
+    colorbar(fig, cam_im, axes[:, 1], location="bottom", label=GRADCAM_LABEL, shrink=0.95)
+    colorbar(fig, att_im, axes[:, 2:], location="bottom", label="spatial attention",
+                 shrink=0.6)  # fmt: skip
     where = "coarser grid" if result.compare_at == "coarser" else "input size"
-    fig.suptitle(
-        f"Spatial attention vs Grad-CAM (attnviz's comparison at the {where}; "
-        f"top-{result.top_k:.0%} IoU)",
-        fontsize=10,
+    caption(
+        fig,
+        model_name(result),
+        f"spatial attention vs Grad-CAM at {result.layer}",
+        f"sites {site_list(result.sites[j]['alias'] for j in columns)}; {len(idx)} of "
+        f"{len(result.ids)} images; ρ: Spearman, IoU of the top {result.top_k:.0%} at the {where}",
+        "attention panels share one colour scale; no error bars (single images)",
     )
     return fig
 
@@ -86,14 +119,13 @@ def _class_name(result: AttentionVsAttributionResult, label: int) -> str:
     return str(label)
 
 
-def plot_agreement(result: AttentionVsAttributionResult) -> Figure:
+def plot_agreement(result: AttentionVsAttributionResult, *, fig: Figure | None = None) -> Figure:
     """Per site, the mean (bar, +-1 std error bar) and per-image values (dots) of Spearman rho
     (left) and top-k IoU (right); the chance IoU k / (2 - k) as a dotted line."""
     summary = result.site_summary()
     x = np.arange(len(summary))
-    fig, (ax_r, ax_i) = plt.subplots(
-        1, 2, figsize=(max(6.0, 1.6 * len(x) + 4), 3.4), layout="tight"
-    )
+    fig = new_figure((max(7.0, 1.8 * len(x) + 4.5), 3.9), fig)
+    ax_r, ax_i = fig.subplots(1, 2)
     for ax, key, values in (
         (ax_r, "spearman", result.spearman),
         (ax_i, "iou", result.iou),
@@ -105,28 +137,36 @@ def plot_agreement(result: AttentionVsAttributionResult) -> Figure:
             color="C0",
             alpha=0.6,
             capsize=3,
+            label="mean ± std",
         )
         rng = np.random.default_rng(0)
         for j in range(len(x)):
             v = values[:, j]
             v = v[np.isfinite(v)]
-            ax.scatter(j + rng.uniform(-0.15, 0.15, v.size), v, s=8, color="black", zorder=3)
-        ax.set_xticks(x, summary["site"].tolist(), rotation=30, ha="right")
+            ax.scatter(j + rng.uniform(-0.15, 0.15, v.size), v, s=8, color="black", zorder=3,
+                       label="one image" if j == 0 else None)  # fmt: skip
         ax.axhline(0.0, color="gray", lw=0.8)
     ax_i.axhline(float(summary["iou_chance"].iloc[0]), color="gray", ls=":", label="chance")
-    ax_i.legend(fontsize="small")
-    ax_r.set_ylabel("Spearman rho")
+    ax_i.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax_r.set_ylabel("Spearman ρ with Grad-CAM")
     ax_r.set_ylim(-1.05, 1.05)
-    ax_i.set_ylabel(f"IoU of top {result.top_k:.0%}")
+    ax_i.set_ylabel(f"IoU of the top {result.top_k:.0%}")
     ax_i.set_ylim(0.0, 1.05)
     grids = [f"{a}/{c}" for a, c in zip(summary["attention_grid"], summary["compare_grid"])]
-    ax_r.set_xticks(x, [f"{s}\n{g}" for s, g in zip(summary["site"], grids)], fontsize=8)
-    ax_r.set_title(
-        f"rank correlation with Grad-CAM ({summary['gradcam_grid'].iloc[0]})\n"
-        "site: attention grid / grid compared at",
-        fontsize=9,
+    ticks = [f"{s}\n{g}" for s, g in zip(summary["site"], grids)]
+    ax_r.set_xticks(x, ticks, fontsize="small")
+    ax_i.set_xticks(x, ticks, fontsize="small")
+    ax_r.set_xlabel("site, attention grid / grid compared at")
+    ax_i.set_xlabel("site, attention grid / grid compared at")
+    ax_r.set_title("rank correlation", fontsize="medium", loc="left")
+    ax_i.set_title("overlap of the top regions", fontsize="medium", loc="left")
+    caption(
+        fig,
+        model_name(result),
+        f"agreement of spatial attention with Grad-CAM ({summary['gradcam_grid'].iloc[0]})",
+        f"sites {site_list(summary['site'])}; {len(result.ids)} images",
+        "error bars: std over images",
     )
-    ax_i.set_title("overlap of the top regions", fontsize=9)
     return fig
 
 
@@ -135,57 +175,68 @@ def plot_gradcam_comparison(
     images: Sequence[int] | None = None,
     *,
     max_images: int = 4,
-    alpha: float = 0.5,
-    colormap: str = "jet",
+    alpha: float = OVERLAY_ALPHA,
+    colormap: str = SEQUENTIAL,
+    fig: Figure | None = None,
 ) -> Figure:
-    """CBAM Fig. 4: a row per image, the image then one Grad-CAM overlay per model, titled with
-    the model and its softmax probability P of the target class."""
+    """CBAM Fig. 4: a row per image, the image then one Grad-CAM overlay per model (columns
+    titled once with the model); each panel gives the model's softmax probability P of the
+    target class. Each map is divided by its max, so all panels share the scale [0, 1]."""
     kept = result.gradcam.shape[1] if result.gradcam.ndim == 4 else 0
-    if kept == 0:
-        raise ValueError("the result kept no maps (keep_maps=0); nothing to draw")
-    idx = list(range(min(kept, max_images))) if images is None else list(images)
-    for i in idx:
-        if not 0 <= i < kept:
-            raise IndexError(f"image {i} not kept; kept maps: 0..{kept - 1}")
+    idx = _kept(kept, images, max_images)
     ncols = 1 + len(result.models)
-    fig, axes = plt.subplots(
-        len(idx), ncols, figsize=(2.3 * ncols, 2.5 * len(idx)), squeeze=False, layout="tight"
-    )
+    fig = new_figure((2.1 * ncols + 0.8, 2.25 * len(idx) + 1.6), fig)
+    axes = fig.subplots(len(idx), ncols, squeeze=False)
     names = result.class_names
+    norm = shared_norm([], vmin=0.0, vmax=1.0)
+    im = None
     for r, i in enumerate(idx):
         img = result.images[i]
         t = int(result.targets[i])
         axes[r, 0].imshow(img)
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
         target = names[t] if 0 <= t < len(names) else str(t)
-        axes[r, 0].set_title(f"{result.ids[i][-18:]}\ntarget {target}", fontsize=8)
-        for m, name in enumerate(result.models):
+        axes[r, 0].set_ylabel(f"target: {target}", fontsize="small")
+        for m in range(len(result.models)):
             ax = axes[r, 1 + m]
-            ax.imshow(overlay(img, result.gradcam[m, i], alpha=alpha, colormap=colormap))
-            ax.set_title(f"{name}\nP = {result.probability[i, m]:.3f}", fontsize=8)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(
-        f"Grad-CAM of each model for the {result.target_source} class (CBAM Fig. 4 style)",
-        fontsize=10,
+            im = draw_overlay(ax, img, _unit(result.gradcam[m, i]), norm, cmap=colormap,
+                              alpha=alpha)  # fmt: skip
+            ax.set_xlabel(f"P = {result.probability[i, m]:.3f}", fontsize="small")
+    axes[0, 0].set_title("image", fontsize="medium")
+    for m, name in enumerate(result.models):
+        axes[0, 1 + m].set_title(name, fontsize="medium")
+    colorbar(fig, im, axes[:, 1:], location="right", label=GRADCAM_LABEL, shrink=0.8)
+    caption(
+        fig,
+        ", ".join(result.models),
+        f"Grad-CAM of the {result.target_source} class (CBAM Fig. 4)",
+        f"{len(idx)} of {len(result.ids)} images; P: softmax probability of the target",
+        "all panels share one colour scale; no error bars (single images)",
     )
     return fig
 
 
-def plot_target_probability(result: GradCamComparisonResult) -> Figure:
+def plot_target_probability(result: GradCamComparisonResult, *, ax: Axes | None = None) -> Figure:
     """Per model the softmax probability of the target class: a bar at the mean (``ax.patches``)
     and one dot per image, dots of one image joined across models by a thin line."""
     x = np.arange(len(result.models))
-    fig, ax = plt.subplots(figsize=(max(3.5, 1.3 * len(x) + 1.5), 3.2), layout="tight")
+    fig, ax = new_axes(ax, (max(4.5, 1.3 * len(x) + 2.5), 3.6))
     p = result.probability
-    ax.bar(x, p.mean(axis=0), color="C0", alpha=0.5)
+    ax.bar(x, p.mean(axis=0), color="C0", alpha=0.5, label="mean")
     for row in p:
         ax.plot(x, row, color="gray", lw=0.4, alpha=0.5)
     rng = np.random.default_rng(0)
     for m in x:
-        ax.scatter(m + rng.uniform(-0.08, 0.08, len(p)), p[:, m], s=8, color="black", zorder=3)
+        ax.scatter(m + rng.uniform(-0.08, 0.08, len(p)), p[:, m], s=8, color="black", zorder=3,
+                   label="one image" if m == 0 else None)  # fmt: skip
     ax.set_xticks(x, result.models)
     ax.set_ylim(0.0, 1.02)
     ax.set_ylabel("P(target class)")
-    ax.set_title(f"Softmax probability of the {result.target_source} class", fontsize=9)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(
+        f"{model_name(result)}: softmax probability of the {result.target_source} class\n"
+        f"{len(p)} images; no error bars (bar: mean, dots: images)",
+        fontsize="medium",
+    )
     return fig

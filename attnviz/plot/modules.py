@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .overlay import overlay, to_rgb_uint8
+from ._style import SEQUENTIAL, colorbar, draw_overlay, new_axes, new_figure, shared_norm
+from .overlay import to_rgb_uint8
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -106,6 +108,8 @@ def plot_stn_sampling(
     step: int = 4,
     align_corners: bool = False,
     color: str = "yellow",
+    model: str = "model",
+    fig: Figure | None = None,
 ) -> Figure:
     """The STN's sampling grid drawn over its input, the transformed output beside it.
 
@@ -123,7 +127,7 @@ def plot_stn_sampling(
     n = min(len(ins), len(outs), g.shape[0], max_images)
     if n < 1:
         raise ValueError("no images to plot")
-    fig = Figure(figsize=(6.0, 3.0 * n), layout="constrained")
+    fig = new_figure((6.0, 3.0 * n + 0.6), fig)
     axes = fig.subplots(n, 2, squeeze=False)
     for i in range(n):
         img = ins[i]
@@ -142,6 +146,11 @@ def plot_stn_sampling(
         axes[i, 1].imshow(outs[i])
         axes[i, 1].set_title("transformed output" if i == 0 else "")
         axes[i, 1].set_axis_off()
+    fig.suptitle(
+        f"{model}: spatial transformer sampling grid (Jaderberg et al. Fig. 3)\n"
+        f"{n} image{'s' if n != 1 else ''}; every {step}th grid line; no error bars",
+        fontsize="medium",
+    )
     return fig
 
 
@@ -152,17 +161,19 @@ def plot_residual_masks(
     *,
     channels: Sequence[int] = (),
     max_images: int = 4,
-    alpha: float = 0.5,
-    colormap: str = "jet",
+    alpha: float = 0.55,
+    colormap: str = SEQUENTIAL,
     vmin: float | None = None,
     vmax: float | None = None,
+    model: str = "model",
+    fig: Figure | None = None,
 ) -> Figure:
     """Residual-attention soft masks M (Wang et al. 2017, Eq. 3) as overlays on the images.
 
     ``masks``: a ``ram`` capture (B, C, H, W), or its per-position summary (B, H, W)
     (``capture(..., reduce="channel_mean")``). Columns: the image, the mean of M over channels,
-    then M of each channel in ``channels``. Each map is upsampled to the image and coloured from
-    its own min to max unless ``vmin`` / ``vmax`` are given (the titles give the range).
+    then M of each channel in ``channels``. Each map is upsampled to the image; all panels share
+    one colour scale (the joint min to max unless ``vmin`` / ``vmax`` are given) and one bar.
     """
     imgs = display_images(images)
     m = _numpy(masks).astype(np.float64)
@@ -179,21 +190,30 @@ def plot_residual_masks(
     if n < 1:
         raise ValueError("no images to plot")
     ncols = 2 + len(channels)
-    fig = Figure(figsize=(2.4 * ncols, 2.4 * n), layout="constrained")
+    fig = new_figure((2.3 * ncols + 1.0, 2.3 * n + 0.9), fig)
     axes = fig.subplots(n, ncols, squeeze=False)
+    per_image = [
+        [("mean over channels", m[i].mean(axis=0))] + [(f"channel {c}", m[i, c]) for c in channels]
+        for i in range(n)
+    ]
+    norm = shared_norm((mp for maps in per_image for _, mp in maps), vmin, vmax)
+    im = None
     for i in range(n):
-        maps = [("mean over channels", m[i].mean(axis=0))]
-        maps += [(f"channel {c}", m[i, c]) for c in channels]
         axes[i, 0].imshow(imgs[i])
-        axes[i, 0].set_title("image")
-        for k, (label, mp) in enumerate(maps, start=1):
-            ax = axes[i, k]
-            ax.imshow(overlay(imgs[i], mp, alpha, colormap, vmin=vmin, vmax=vmax))
-            lo = mp.min() if vmin is None else vmin
-            hi = mp.max() if vmax is None else vmax
-            ax.set_title(f"{label}\nM in [{lo:.2f}, {hi:.2f}]", fontsize=8)
+        for k, (label, mp) in enumerate(per_image[i], start=1):
+            im = draw_overlay(axes[i, k], imgs[i], mp, norm, cmap=colormap, alpha=alpha)
+            if i == 0:
+                axes[i, k].set_title(label, fontsize="small")
+        if i == 0:
+            axes[i, 0].set_title("image", fontsize="small")
         for ax in axes[i]:
             ax.set_axis_off()
+    colorbar(fig, im, axes, label="soft mask M", shrink=0.85)
+    fig.suptitle(
+        f"{model}: residual-attention soft masks (Wang et al. 2017, Eq. 3)\n"
+        f"{n} image{'s' if n != 1 else ''}; one colour scale for all panels",
+        fontsize="medium",
+    )
     return fig
 
 
@@ -202,8 +222,10 @@ def plot_channel_affinity(
     affinity: Any,
     *,
     image: int | None = None,
-    cmap: str = "viridis",
+    cmap: str = SEQUENTIAL,
     title: str | None = None,
+    model: str = "model",
+    ax: Axes | None = None,
 ) -> Figure:
     """Heatmap of DANet's channel attention x_ji (Fu et al. 2019, Eq. 3): row j = output channel,
     column i = source channel; each row sums to 1.
@@ -222,13 +244,15 @@ def plot_channel_affinity(
         if not -a.shape[0] <= image < a.shape[0]:
             raise ValueError(f"image {image} out of range for a batch of {a.shape[0]}")
         mat, what = a[image], f"image {image}"
-    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = new_axes(ax, (5.2, 4.6))
     im = ax.imshow(mat, cmap=cmap, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="attention x_ji")
+    colorbar(fig, im, ax, label="attention x_ji")
     ax.set_xlabel("source channel i")
     ax.set_ylabel("output channel j")
-    ax.set_title(title or f"DANet channel attention ({what})")
+    ax.set_title(
+        title or f"{model}: DANet channel attention (Fu et al. Eq. 3)\n{what}; no error bars",
+        fontsize="medium",
+    )
     return fig
 
 

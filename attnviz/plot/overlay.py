@@ -1,4 +1,5 @@
-"""Heatmaps blended over images with an OpenCV colormap (shared by all attnviz figures).
+"""Heatmaps blended over images with an OpenCV colormap (viridis by default; the HTML viewer
+and the widgets use it, matplotlib figures draw maps with :func:`._style.draw_overlay`).
 
 ``overlay(image, heatmap)``:
 
@@ -58,7 +59,7 @@ def normalise(heatmap: np.ndarray, vmin: float | None = None, vmax: float | None
     return np.clip((h - lo) / (hi - lo), 0.0, 1.0)
 
 
-def colorize(heatmap01: np.ndarray, colormap: str = "jet") -> np.ndarray:
+def colorize(heatmap01: np.ndarray, colormap: str = "viridis") -> np.ndarray:
     """An HxW map in [0, 1] as HxWx3 RGB uint8 through an OpenCV colormap."""
     try:
         cmap = COLORMAPS[colormap]
@@ -72,7 +73,7 @@ def overlay(
     image: np.ndarray | Image.Image,
     heatmap: np.ndarray,
     alpha: float = 0.5,
-    colormap: str = "jet",
+    colormap: str = "viridis",
     *,
     vmin: float | None = None,
     vmax: float | None = None,

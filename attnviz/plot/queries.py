@@ -19,11 +19,23 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..capture import is_query_kind
-from .overlay import overlay
+from ._style import (
+    OVERLAY_ALPHA,
+    SEQUENTIAL,
+    caption,
+    colorbar,
+    draw_overlay,
+    model_name,
+    new_axes,
+    new_figure,
+    shared_norm,
+)
 
 if TYPE_CHECKING:
     from ..analysis.query_independence import QueryIndependenceResult
@@ -49,13 +61,17 @@ MARKER = dict(marker="*", markersize=12, color="white", markeredgecolor="black",
 def plot_query_grid(
     results: QueryMapsResult | Sequence[QueryMapsResult],
     *,
-    alpha: float = 0.5,
-    colormap: str = "jet",
+    alpha: float = OVERLAY_ALPHA,
+    colormap: str = SEQUENTIAL,
     panel_size: float = 2.0,
     titles: Sequence[str] | None = None,
+    model: str | None = None,
+    fig: Figure | None = None,
 ) -> Figure:
-    """Rows: images; columns: query points. Each panel is ``overlay(image, map)`` with the
-    query pixel marked (``ax.lines[0]`` holds its (x, y)); GC results fill one column."""
+    """GCNet Fig. 2: rows are images, columns query points. Each panel draws the query's map
+    over the image (``ax.images[1]``; all panels share one colour scale and one colour bar)
+    with the query pixel marked (``ax.lines[0]`` holds its (x, y)); GC results fill one
+    column. ``titles``: row labels (default "image 1", ...); ``model``: named in the title."""
     from ..analysis.query_independence import MAX_FIGURE_QUERIES
 
     results = [results] if not isinstance(results, Sequence) else list(results)
@@ -68,8 +84,11 @@ def plot_query_grid(
             "points per image; pass fewer"
         )
     nrows = len(results)
-    fig = Figure(figsize=(panel_size * ncols + 0.4, panel_size * nrows + 0.4))
+    fig = new_figure((panel_size * ncols + 1.6, panel_size * nrows + 1.3), fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    norm = shared_norm(m for r in results for m in r.maps)
+    same_cells = all(np.array_equal(r.query_cells, results[0].query_cells) for r in results)
+    im = None
     for r, res in enumerate(results):
         for q in range(ncols):
             ax = axes[r, q]
@@ -78,19 +97,28 @@ def plot_query_grid(
             if q >= res.n_queries:
                 ax.set_axis_off()
                 continue
-            ax.imshow(overlay(res.image, res.maps[q], alpha=alpha, colormap=colormap))
+            im = draw_overlay(ax, res.image, res.maps[q], norm, cmap=colormap, alpha=alpha)
             if len(res.query_pixels):
                 py, px = res.query_pixels[q]
                 ax.plot([px], [py], **MARKER)
                 cy, cx = res.query_cells[q]
-                ax.set_title(f"query ({cy}, {cx})", fontsize=8)
-            else:
-                ax.set_title(f"{res.site.get('alias')} context", fontsize=8)
+                if r == 0 or not same_cells:
+                    ax.set_title(f"query ({cy}, {cx})", fontsize="small")
+            elif r == 0:
+                ax.set_title("context map", fontsize="small")
             if q == 0:
-                label = titles[r] if titles is not None else res.site.get("alias", "")
-                ax.set_ylabel(label, fontsize=8)
-    fig.suptitle("Non-local attention maps of different query points (GCNet Fig. 2 style)")
-    fig.tight_layout()
+                label = titles[r] if titles is not None else f"image {r + 1}"
+                ax.set_ylabel(label, fontsize="small")
+    site = results[0].site.get("alias", "")
+    unit = "attention weight" if results[0].is_distribution else "attention"
+    colorbar(fig, im, axes, label=unit, shrink=0.85)
+    caption(
+        fig,
+        model or results[0].meta.get("model") or model_name(results[0]),
+        f"attention maps of different query points at {site} (GCNet Fig. 2)",
+        f"{nrows} image{'s' if nrows != 1 else ''}; ★ marks the query",
+        "one colour scale for all panels; no error bars (one image per row)",
+    )
     return fig
 
 
@@ -205,48 +233,93 @@ def plot_statistics_table(
             ]
             + [degeneracy_cell(row)]
         )
-    fig = Figure(figsize=(2.0 + 1.6 * len(header), 0.6 + 0.35 * (len(cells) + 1)))
+    fig = new_figure((2.0 + 1.5 * len(header), 0.9 + 0.3 * (len(cells) + 1)))
     ax = fig.add_subplot(111)
     ax.set_axis_off()
     tab = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
+    tab.set_fontsize(10)
     tab.auto_set_column_width(list(range(len(header))))
     ax.set_title("Query independence (avg. distance over pairs; GCNet Table 1)", fontsize=9)
     return fig
 
 
-def plot_query_distances(
-    result: QueryMapsResult, *, metric: str = "cosine", annot: bool = True
-) -> Figure:
-    """Seaborn heatmap of the (Q, Q) distances between one image's query maps
-    (:meth:`QueryMapsResult.pairwise_distances`); tick labels are the query cells."""
-    import seaborn as sns
+def statistics_table_html(
+    results: QueryIndependenceResult | Sequence[QueryIndependenceResult] | pd.DataFrame,
+    *,
+    paper: bool = True,
+    digits: int = 3,
+    metrics: Sequence[str] = TABLE_METRICS,
+) -> str:
+    """GCNet Table 1 as an HTML ``<table>`` (the cells of :func:`plot_statistics_table`)."""
+    import html
 
+    table = (
+        results
+        if isinstance(results, pd.DataFrame)
+        else statistics_table(results, paper=paper, metrics=metrics)
+    )
+    header = ["model", "site", "instantiation", "images"]
+    header += [METRIC_LABELS[m] for m in metrics] + [DEGENERACY_HEADER]
+    out = ['<table class="attnviz-table">', "<thead><tr>"]
+    out += [f"<th>{html.escape(h)}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    for _, row in table.iterrows():
+        n = row.get("n_images")
+        n = "" if _missing(n) else str(int(n))
+        cells = [str(row["model"]), str(row["site"]), str(row["instantiation"]), n]
+        cells += [
+            _fmt(
+                row[m],
+                row.get(f"{m}_std"),
+                digits,
+                row.get("jsd_att_se") if m == "jsd_att" else None,
+            )
+            for m in metrics
+        ]
+        cells.append(degeneracy_cell(row))
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def plot_query_distances(
+    result: QueryMapsResult,
+    *,
+    metric: str = "cosine",
+    annot: bool = True,
+    model: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Heatmap of the (Q, Q) distances between one image's query maps
+    (:meth:`QueryMapsResult.pairwise_distances`; sequential colours from 0, a colour bar);
+    tick labels are the query cells."""
     d = result.pairwise_distances(metric)
     labels = [f"({int(y)},{int(x)})" for y, x in result.query_cells] or ["context"]
-    fig = Figure(figsize=(1.0 + 0.7 * len(labels), 0.6 + 0.6 * len(labels)))
-    ax = fig.add_subplot(111)
-    sns.heatmap(
-        d,
-        ax=ax,
-        annot=annot,
-        fmt=".3f",
-        cmap="viridis",
-        vmin=0.0,
-        xticklabels=labels,
-        yticklabels=labels,
-        square=True,
-        cbar_kws={"label": "(1 - cos) / 2" if metric == "cosine" else "JSD (nats)"},
-    )
+    fig, ax = new_axes(ax, (2.6 + 0.75 * len(labels), 1.8 + 0.6 * len(labels)))
+    vmax = float(np.nanmax(d)) if d.size and np.nanmax(d) > 0 else 1.0
+    im = ax.imshow(d, cmap=SEQUENTIAL, vmin=0.0, vmax=vmax, interpolation="nearest")
+    if annot:
+        for (r, c), v in np.ndenumerate(d):
+            ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize="x-small",
+                    color="white" if v < 0.5 * vmax else "black")  # fmt: skip
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels)
+    colorbar(fig, im, ax, label="(1 − cos) / 2" if metric == "cosine" else "JSD (nats)")
     ax.set_xlabel("query cell (y, x)")
     ax.set_ylabel("query cell (y, x)")
-    ax.set_title(f"{result.site.get('alias')}: distances between query maps", fontsize=9)
-    fig.tight_layout()
+    who = model or result.meta.get("model") or "model"
+    ax.set_title(
+        f"{who}: distances between query maps\nat {result.site.get('alias')}, one image; "
+        "no error bars",
+        fontsize="medium",
+    )
     return fig
 
 
 __all__ = [
+    "statistics_table_html",
     "plot_query_distances",
     "plot_query_grid",
     "plot_statistics_table",

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ._style import DIVERGING, caption, diverging_norm, dodge, new_axes, new_figure, no_minus_zero
+
 if TYPE_CHECKING:
     from ..analysis.scale_sweep import ScaleSweepResult
 
@@ -28,10 +30,10 @@ __all__ = [
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.add_subplot()
+    return new_axes(ax, figsize)
+
+
+D_LABEL = "D = attention on largest − smallest kernel"
 
 
 def _scale_label(s: float) -> str:
@@ -113,9 +115,13 @@ def plot_channel_attention(
     if m == 0:
         branch_name = "a (smallest kernel)"
     ax.set_xlabel("channel index" + (f" (runs of {run})" if run and run > 1 else ""))
-    ax.set_ylabel(f"attention {branch_name}")
-    ax.set_title(f"{info.alias}: {branch_name}, {what}")
-    ax.legend(title="object scale")
+    ax.set_ylabel(f"attention on {branch_name}")
+    ax.set_title(
+        f"{result.model_name}: site {info.alias}, attention on {branch_name} per channel\n"
+        f"{what}; no error bars (means)",
+        fontsize="medium",
+    )
+    ax.legend(title="object scale", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -136,9 +142,9 @@ def plot_stage_bars(
     width = 0.8 / max(1, len(sidx))
     if image is not None:
         i = _image_index(result, image)
-        title = f"D per site, image {result.image_ids[i]}"
+        title = f"D per site, image {result.image_ids[i]}; no error bars (one image)"
     else:
-        title = f"mean D per site over {result.n_images} images (± s.e.)"
+        title = f"mean D per site, {result.n_images} images; error bars: s.e. of the mean"
     for j, si in enumerate(sidx):
         if image is not None:
             heights = [float(result.image_d[result.site(u).alias][i, si]) for u in sites]
@@ -156,10 +162,10 @@ def plot_stage_bars(
         )
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(x, [result.site(u).alias for u in sites])
-    ax.set_xlabel("SK site")
-    ax.set_ylabel("D = mean(b) - mean(a)")
-    ax.set_title(title)
-    ax.legend(title="object scale")
+    ax.set_xlabel("SK site (last of each stage)")
+    ax.set_ylabel(D_LABEL)
+    ax.set_title(f"{result.model_name}: {title}", fontsize="medium")
+    ax.legend(title="object scale", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -168,10 +174,12 @@ def plot_class_d(
     sites: Sequence[str] | None = None,
     *,
     scales: Sequence[float] | None = None,
+    fig: Figure | None = None,
 ) -> Figure:
     """D per class at two scales (default the first two) for chosen sites (default: the last
     site of the first, second and last stage: SK_2_3, SK_3_4, SK_5_3 in Fig. 4), one panel
-    per site, classes on the x axis."""
+    per site, classes on the x axis: a dot per class and scale with the s.e. of D over the
+    class's images as error bars (classes are unordered: no lines)."""
     if not result.class_names:
         raise ValueError("the sweep had no labels: per-class D needs labelled images")
     if sites is None:
@@ -180,23 +188,42 @@ def plot_class_d(
     sites = [result.site(u).alias for u in sites]
     sidx = _pick_scales(result, scales if scales is not None else result.scales[:2])
     k = len(result.class_names)
-    fig = Figure(figsize=(max(5.0, 0.45 * k + 2.0), 2.6 * len(sites)), layout="constrained")
+    fig = _new_fig(fig, (max(6.0, 0.5 * k + 2.5), 2.3 * len(sites) + 1.2))
     axes = fig.subplots(len(sites), 1, sharex=True, squeeze=False)[:, 0]
     x = np.arange(k)
+    colours = _scale_colours(len(result.scales))
+    offsets = dodge(len(sidx), 0.3)
     for ax, alias in zip(axes, sites):
-        for si in sidx:
-            ax.plot(
-                x,
+        for off, si in zip(offsets, sidx):
+            err = result.class_d_sem.get(alias)
+            ax.errorbar(
+                x + off,
                 result.class_d_mean[alias][si],
-                marker="o",
-                ms=3,
-                label=_scale_label(result.scales[si]),
+                yerr=None if err is None else err[si],
+                fmt="o",
+                ms=4,
+                capsize=2.5,
+                lw=1.0,
+                color=colours[si],
+                label=_sx(result.scales[si]),
             )
-        ax.set_ylabel(f"D at {alias}")
-        ax.set_title(alias)
-        ax.legend(title="object scale", fontsize="small")
-    axes[-1].set_xticks(x, result.class_names, rotation=60, ha="right")
+        ax.axhline(0.0, color="black", lw=0.6)
+        ax.set_ylabel("mean D")
+        ax.set_title(alias, fontsize="medium", loc="left")
+        ax.grid(axis="y", lw=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=len(sidx), title="object scale", fontsize="small")  # fmt: skip
+    axes[-1].set_xticks(x, result.class_names, rotation=90)
     axes[-1].set_xlabel("class")
+    counts = result.class_count
+    caption(
+        fig,
+        result.model_name,
+        f"{D_LABEL} per class",
+        f"{result.n_images} images ({int(counts.min()) if len(counts) else 0}-"
+        f"{int(counts.max()) if len(counts) else 0} per class)",
+        "error bars: s.e. of the class mean",
+    )
     return fig
 
 
@@ -207,30 +234,31 @@ def plot_d_heatmap(
     scales: Sequence[float] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Seaborn heatmap of mean D over sites (rows, model order) x scales (columns)."""
-    import seaborn as sns
-
+    """Mean D over sites (rows, model order) x scales (columns), diverging colours centred
+    on 0 with symmetric limits, the value in each cell."""
     table = result.d_table()
     if sites is not None:
         table = table.loc[[result.site(u).alias for u in sites]]
     if scales is not None:
         table = table.iloc[:, _pick_scales(result, scales)]
-    fig, ax = _new_axes(ax, (1.8 + 1.1 * table.shape[1], 1.0 + 0.38 * table.shape[0]))
-    vmax = float(np.nanmax(np.abs(table.to_numpy()))) or 1.0
-    sns.heatmap(
-        table,
-        ax=ax,
-        annot=True,
-        fmt="+.3f",
-        cmap="RdBu_r",
-        center=0.0,
-        vmin=-vmax,
-        vmax=vmax,
-        cbar_kws={"label": "D"},
-    )
+    fig, ax = _new_axes(ax, (2.8 + 1.1 * table.shape[1], 1.6 + 0.38 * table.shape[0]))
+    values = table.to_numpy(dtype=np.float64)
+    norm = diverging_norm(values)
+    im = ax.imshow(values, cmap=DIVERGING, norm=norm, aspect="auto")
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            shade = abs(v) / norm.vmax if norm.vmax else 0.0
+            ax.text(c, r, no_minus_zero(v, "+.3f"), ha="center", va="center",
+                    fontsize="small", color="white" if shade > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(np.arange(values.shape[1]), list(table.columns))
+    ax.set_yticks(np.arange(values.shape[0]), list(table.index))
+    fig.colorbar(im, ax=ax, label="mean D")
     ax.set_xlabel("object scale")
     ax.set_ylabel("SK site")
-    ax.set_title("D = mean(b) - mean(a)")
+    ax.set_title(
+        f"{result.model_name}: {D_LABEL}\nmean over {result.n_images} images; no error bars",
+        fontsize="medium",
+    )
     return fig
 
 
@@ -249,7 +277,7 @@ def _sx(s: float) -> str:
 
 
 def _new_fig(fig: Figure | None, figsize: tuple[float, float]) -> Figure:
-    return fig if fig is not None else Figure(figsize=figsize, layout="constrained")
+    return new_figure(figsize, fig)
 
 
 def plot_delta_bars(
@@ -335,19 +363,20 @@ def plot_class_delta(
         for si, s in enumerate(result.scales):
             y = result.class_d_mean[alias][si]
             if si == ref_i:
-                ax.plot(x, y, marker="o", ms=4, color=colours[si], label=_sx(s), lw=1.5)
+                ax.plot(x, y, marker="o", ms=4, color=colours[si], label=_sx(s), ls="none")
             else:
                 v = result.view_index(s, "zoom")
                 err = result.class_delta_se[alias][v]
                 off = 0.08 * (si - ref_i)
                 ax.errorbar(x + off, y, yerr=err, marker="s", ms=3.5, capsize=2.5, lw=1.0,
-                            color=colours[si], label=f"{_sx(s)} (± paired s.e. of ΔD)")  # fmt: skip
+                            ls="none", color=colours[si],
+                            label=f"{_sx(s)} (± paired s.e. of ΔD)")  # fmt: skip
         ax.set_ylabel("mean D")
         ax.set_title(alias, fontsize="medium", loc="left")
         ax.grid(axis="y", lw=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
                fontsize="small")  # fmt: skip
-    axes[-1].set_xticks(x, result.class_names, rotation=45, ha="right")
+    axes[-1].set_xticks(x, result.class_names, rotation=90)
     axes[-1].set_xlabel("class")
     counts = result.class_count
     fig.suptitle(
@@ -411,7 +440,8 @@ def plot_image_views(
         ax.axhline(0.0, color="black", lw=0.6)
         ax.set_ylabel("a_large − a_small")
         ax.set_title(f"{alias} ({result.site(alias).branch_text()})", fontsize="small", loc="left")
-        ax.legend(fontsize="x-small", title="object scale", title_fontsize="x-small", ncols=s)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=s,
+               title="object scale", fontsize="small")  # fmt: skip
     ax.set_xlabel("channel index" + (f" (runs of {run})" if run and run > 1 else ""))
     ident = result.image_ids[i].replace("\\", "/").rsplit("/", 1)[-1]
     fig.suptitle(

@@ -1,0 +1,232 @@
+"""One self-contained HTML report from the result folders the CLI commands wrote.
+
+:func:`write_report` finds every analysis folder under the given paths (a folder holding
+``result/manifest.json``) and writes one ``report.html``: per analysis its summary table (an
+HTML table, see :func:`summary_table_html`), its summary text, its figures as inline SVG (the
+``figures/*.svg`` the command wrote, listed in ``figures/.attnviz-figures.json``) and, where the
+folder holds per-query maps (``viewer/``, written by ``attnviz queries``), the
+:class:`~attnviz.viewer.QueryViewer`. Everything is inline: no request leaves the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .results import atomic_write_text, read_manifest
+
+__all__ = ["find_analyses", "load_result", "summary_table_html", "write_report"]
+
+REPORT_FILE = "report.html"
+VIEWER_DIR = "viewer"
+
+
+def _result_classes() -> dict[str, Any]:
+    from .analysis.attribution import AttentionVsAttributionResult, GradCamComparisonResult
+    from .analysis.excitation import ExcitationProfileResult
+    from .analysis.query_independence import QueryIndependenceResult
+    from .analysis.query_maps import QueryMapsResult
+    from .analysis.scale_sweep import ScaleSweepResult
+
+    classes = (
+        AttentionVsAttributionResult,
+        GradCamComparisonResult,
+        ExcitationProfileResult,
+        QueryIndependenceResult,
+        QueryMapsResult,
+        ScaleSweepResult,
+    )
+    return {c.kind: c for c in classes}
+
+
+def load_result(directory: str | os.PathLike) -> Any:
+    """The result saved in ``directory``, of whatever kind its manifest names."""
+    kind = read_manifest(directory).get("kind")
+    classes = _result_classes()
+    if kind not in classes:
+        raise ValueError(f"{directory}: unknown result kind {kind!r}")
+    return classes[kind].load(directory)
+
+
+def find_analyses(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Analysis folders (holding ``result/manifest.json``) at or below ``paths``, in order."""
+    found: list[Path] = []
+    for root in paths:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no such folder: {root}")
+        for manifest in sorted(root.rglob("result/manifest.json")):
+            folder = manifest.parent.parent
+            if folder not in found:
+                found.append(folder)
+    return found
+
+
+def _frame_html(frame: pd.DataFrame, digits: int = 3) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            text = f"{v:.{digits}f}"
+            return text.lstrip("-") if float(text) == 0 else text
+        return str(v)
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = [
+        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    ]
+    return (
+        f'<table class="attnviz-table"><thead><tr>{head}</tr></thead><tbody>'
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def summary_table_html(result: Any) -> str:
+    """The analysis's summary table as HTML: the sweep's D per site and scale, the excitation's
+    specificity per site, GCNet Table 1, the agreement with Grad-CAM per site, the target
+    probability per model ("" for other results)."""
+    kind = getattr(result, "kind", "")
+    if kind == "scale_sweep":
+        return _frame_html(result.d_table().reset_index())
+    if kind == "excitation_profile":
+        cols = ["site", "kind", "channels", "mean_excitation", "specificity"]
+        cols += ["squeeze_specificity", "null_p95", "p_value"]
+        table = result.specificity()
+        return _frame_html(table[[c for c in cols if c in table.columns]])
+    if kind == "query_independence":
+        from .plot.queries import statistics_table_html
+
+        return statistics_table_html(result)
+    if kind == "attention_vs_attribution":
+        return _frame_html(result.site_summary())
+    if kind == "gradcam_comparison":
+        p = result.probability
+        return _frame_html(
+            pd.DataFrame(
+                {
+                    "model": list(result.models),
+                    "images": [p.shape[0]] * len(result.models),
+                    "mean P(target)": p.mean(axis=0),
+                    "std": p.std(axis=0),
+                }
+            )
+        )
+    return ""
+
+
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def inline_svg(text: str, prefix: str) -> str:
+    """An SVG file's text for inlining: the XML prolog dropped, every id (and its
+    references) prefixed so that several figures share one page without clashes."""
+    start = text.find("<svg")
+    text = text[start:] if start >= 0 else text
+    for ident in set(_ID.findall(text)):
+        new = f"{prefix}-{ident}"
+        text = text.replace(f'id="{ident}"', f'id="{new}"')
+        text = text.replace(f"#{ident})", f"#{new})").replace(f'"#{ident}"', f'"#{new}"')
+    return text
+
+
+def _figures(folder: Path) -> list[Path]:
+    directory = folder / "figures"
+    listing = directory / ".attnviz-figures.json"
+    names: list[str] = []
+    if listing.is_file():
+        try:
+            names = [n for n in json.loads(listing.read_text()) if n.endswith(".svg")]
+        except ValueError:
+            names = []
+    paths = [directory / n for n in names] if names else sorted(directory.glob("*.svg"))
+    return [p for p in paths if p.is_file()]
+
+
+def _section(folder: Path, base: Path, number: int) -> str:
+    from .plot._style import model_name
+
+    result = load_result(folder / "result")
+    name = folder.relative_to(base).as_posix() if folder != base else folder.name
+    model = model_name(result)
+    parts = [
+        f'<section class="analysis" id="a{number}">',
+        f"<h2>{html.escape(name)}: {html.escape(result.kind.replace('_', ' '))} "
+        f"({html.escape(model)})</h2>",
+    ]
+    table = summary_table_html(result)
+    if table:
+        parts.append(f"<h3>Summary table</h3>{table}")
+    summary = folder / "summary.txt"
+    if summary.is_file():
+        parts.append(
+            "<details><summary>Summary text</summary><pre>"
+            + html.escape(summary.read_text(encoding="utf-8"))
+            + "</pre></details>"
+        )
+    viewer = folder / VIEWER_DIR
+    if (viewer / "manifest.json").is_file():
+        from .viewer import QueryViewer
+
+        maps = load_result(viewer)
+        parts.append("<h3>Query viewer</h3>" + QueryViewer(maps, model=model).to_html())
+    for k, svg in enumerate(_figures(folder)):
+        body = inline_svg(svg.read_text(encoding="utf-8"), f"a{number}f{k}")
+        parts.append(
+            f'<figure class="attnviz-figure">{body}'
+            f"<figcaption>{html.escape(svg.stem)}</figcaption></figure>"
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+_STYLE = """
+body{font:14px/1.4 sans-serif;margin:24px;max-width:1200px;color:#222}
+h1{font-size:22px}h2{font-size:18px;border-top:1px solid #ccc;padding-top:12px}
+table.attnviz-table{border-collapse:collapse;margin:8px 0;font-size:13px}
+table.attnviz-table th,table.attnviz-table td{border:1px solid #ccc;padding:3px 8px;
+text-align:right}table.attnviz-table th{background:#f3f3f3}
+figure.attnviz-figure{margin:16px 0}figure.attnviz-figure svg{max-width:100%;height:auto}
+figcaption{font-size:12px;color:#555}pre{font-size:12px;overflow-x:auto}
+"""
+
+
+def build_report(paths: Sequence[str | os.PathLike], title: str = "attnviz report") -> str:
+    """The report page (see the module docstring) as a string."""
+    folders = find_analyses(paths)
+    if not folders:
+        raise FileNotFoundError(
+            f"no analysis results under {', '.join(str(p) for p in paths)} (looked for "
+            "result/manifest.json)"
+        )
+    bases = [Path(p) for p in paths]
+    sections, toc = [], []
+    for i, folder in enumerate(folders):
+        base = next((b for b in bases if b == folder or b in folder.parents), folder.parent)
+        sections.append(_section(folder, base, i))
+        label = folder.relative_to(base).as_posix() if folder != base else folder.name
+        toc.append(f'<li><a href="#a{i}">{html.escape(label)}</a></li>')
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><ul>{''.join(toc)}</ul>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+
+
+def write_report(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    title: str = "attnviz report",
+) -> Path:
+    """Write :func:`build_report` to ``out`` (default ``<first path>/report.html``)."""
+    target = Path(out) if out is not None else Path(paths[0]) / REPORT_FILE
+    text = build_report(paths, title)
+    return atomic_write_text(target, text)
