@@ -18,12 +18,15 @@ from .capture import (
     Site,
     capture,
     find_sites,
+    intervene,
     register_adapter,
 )
 from .errors import AttnvizError, NoAttentionSitesError
 
 _LAZY: dict[str, str] = {
     # analyses
+    "ablation": "attnviz.analysis",
+    "AblationResult": "attnviz.analysis",
     "scale_sweep": "attnviz.analysis",
     "ScaleSweepResult": "attnviz.analysis",
     "query_independence": "attnviz.analysis",
@@ -76,12 +79,15 @@ __all__ = [  # the eager names, then the lazy re-exports of _LAZY
     "__version__",
     "capture",
     "find_sites",
+    "intervene",
     "register_adapter",
+    "AblationResult",
     "Analysis",
     "AttentionVsAttributionResult",
     "GradCamComparisonResult",
     "Result",
     "ShapeScenes",
+    "ablation",
     "gradcam_comparison",
     "preprocess_for",
     "run",

@@ -1,5 +1,5 @@
 """Command line: ``attnviz demo | sites | sweep | queries | excitation | compare-attribution |
-report | data | train``.
+ablate | report | data | train``.
 
 Each command lives in its own file under ``attnviz/commands/``, which exposes
 ``register_cli(subparsers)``; argument parsing happens only there. Errors print one line,
@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .commands._common import CommandParser, UsageError
@@ -25,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnviz.commands.queries",
     "attnviz.commands.excitation",
     "attnviz.commands.compare_attribution",
+    "attnviz.commands.ablate",
     "attnviz.commands.report",
     "attnviz.commands.data",
     "attnviz.commands.train",
@@ -54,6 +56,11 @@ def _one_line(exc: BaseException) -> str:
     return first
 
 
+def _warning_line(message: Warning | str, *_: object, **__: object) -> str:
+    """A warning as one line: ``attnviz: warning: MESSAGE``."""
+    return f"attnviz: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -65,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"attnviz {args.command}"
+    previous = warnings.formatwarning
+    warnings.formatwarning = _warning_line  # one line each, no source path
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `attnviz sites --json | head`
@@ -89,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,19 +3,46 @@
 Under ``torchrun --nproc_per_node K -m attnviz ...`` the environment holds ``WORLD_SIZE``,
 ``RANK``, ``MASTER_ADDR`` / ``MASTER_PORT``; :func:`init_from_env` starts the process group
 (gloo on CPU, nccl on CUDA). Without torchrun everything here is a no-op for one process.
+
+The rule that keeps ranks from deadlocking: a collective call (:func:`all_gather_objects`,
+:func:`all_reduce_sum_`, :func:`barrier`, ...) must be made by every rank or by none. A step
+that only one rank runs (rank 0 writing figures, the query viewer, the report: each of which
+may call :func:`attnviz.analysis.runner.run` again) runs inside :func:`local_only`, where this
+process acts as the only one: :func:`is_distributed` is False, :func:`rank` 0, :func:`world_size`
+1, so the runner neither shards nor gathers. The CLI wraps its rank-0 steps in
+:func:`attnviz.commands._common.on_main_rank`, which does this and makes the other ranks wait
+for (and fail with) rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+_LOCAL_DEPTH = [0]  # open local_only() blocks in this process
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Inside the block this process acts alone: no sharding, every collective a no-op.
+
+    For steps that one rank runs by itself (see the module docstring). Nests."""
+    _LOCAL_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL_DEPTH[0] -= 1
+
 
 def is_distributed() -> bool:
-    """True when a process group with more than one rank is running."""
+    """True when a process group with more than one rank is running (outside local_only())."""
+    if _LOCAL_DEPTH[0]:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 

@@ -29,6 +29,7 @@ VIEWER_DIR = "viewer"
 
 
 def _result_classes() -> dict[str, Any]:
+    from .analysis.ablation import AblationResult
     from .analysis.attribution import AttentionVsAttributionResult, GradCamComparisonResult
     from .analysis.excitation import ExcitationProfileResult
     from .analysis.query_independence import QueryIndependenceResult
@@ -36,6 +37,7 @@ def _result_classes() -> dict[str, Any]:
     from .analysis.scale_sweep import ScaleSweepResult
 
     classes = (
+        AblationResult,
         AttentionVsAttributionResult,
         GradCamComparisonResult,
         ExcitationProfileResult,
@@ -64,9 +66,19 @@ def find_analyses(paths: Iterable[str | os.PathLike]) -> list[Path]:
             raise FileNotFoundError(f"no such folder: {root}")
         for manifest in sorted(root.rglob("result/manifest.json")):
             folder = manifest.parent.parent
-            if folder not in found:
+            if folder not in found and _within(manifest, root):
                 found.append(folder)
     return found
+
+
+def _within(path: Path, root: Path) -> bool:
+    """``path`` (symlinks followed) is a file or folder inside ``root``: the report reads
+    nothing outside the folders it was given."""
+    try:
+        real, top = path.resolve(strict=True), root.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return real == top or top in real.parents
 
 
 def _frame_html(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -106,6 +118,8 @@ def summary_table_html(result: Any) -> str:
         return statistics_table_html(result)
     if kind == "attention_vs_attribution":
         return _frame_html(result.site_summary())
+    if kind == "ablation":
+        return ablation_table_html(result)
     if kind == "gradcam_comparison":
         p = result.probability
         return _frame_html(
@@ -121,36 +135,80 @@ def summary_table_html(result: Any) -> str:
     return ""
 
 
-_ID = re.compile(r'\bid="([^"]+)"')
+def ablation_table_html(result: Any) -> str:
+    """An ablation's table, one row per (site group, policy), one column per measure:
+    "mean [95% CI]" of the paired change (a star: Holm-adjusted p < 0.05), every cell escaped.
+    """
+    from .plot._style import no_minus_zero
+
+    frame = result.to_frame()
+    measures = list(dict.fromkeys(frame["measure"]))
+    rows = []
+    for (group, policy), block in frame.groupby(["group", "policy"], sort=False):
+        row = {"group": str(group), "policy": str(policy), "images": int(block["n"].max())}
+        for measure in measures:
+            hit = block[block["measure"] == measure]
+            if hit.empty:
+                row[measure] = ""
+                continue
+            r = hit.iloc[0]
+            lo, mean, hi = (
+                no_minus_zero(float(r[c]), "+.3f") for c in ("ci_low", "mean", "ci_high")
+            )
+            row[measure] = f"{mean} [{lo}, {hi}]" + ("*" if float(r["p_holm"]) < 0.05 else "")
+        rows.append(row)
+    table = _frame_html(pd.DataFrame(rows, columns=["group", "policy", "images", *measures]))
+    note = (
+        "<p>mean change intervened &minus; original over paired images (kl: mean "
+        "KL(original || intervened); agreement: share of unchanged top-1), bootstrap 95% CI in "
+        "brackets; *: Holm-adjusted sign-flip p &lt; 0.05.</p>"
+    )
+    return note + table
 
 
 def inline_svg(text: str, prefix: str) -> str:
-    """An SVG file's text for inlining: the XML prolog dropped, every id (and its
+    """An SVG file's text for inlining: sanitised (no script, event handler, external
+    reference or foreign object; :func:`attnviz.sanitise.sanitise_svg`), every id (and its
     references) prefixed so that several figures share one page without clashes."""
-    start = text.find("<svg")
-    text = text[start:] if start >= 0 else text
-    for ident in set(_ID.findall(text)):
-        new = f"{prefix}-{ident}"
-        text = text.replace(f'id="{ident}"', f'id="{new}"')
-        text = text.replace(f"#{ident})", f"#{new})").replace(f'"#{ident}"', f'"#{new}"')
-    return text
+    from .sanitise import sanitise_svg
+
+    return sanitise_svg(text, prefix)
 
 
-def _figures(folder: Path) -> list[Path]:
+def _figures(folder: Path, root: Path) -> list[Path]:
+    """The SVG figures of an analysis folder: those its figure list names (plain ``.svg``
+    names), else every ``figures/*.svg``; each a file inside ``root`` (symlinks followed)."""
     directory = folder / "figures"
     listing = directory / ".attnviz-figures.json"
-    names: list[str] = []
-    if listing.is_file():
+    names: list[Any] = []
+    if listing.is_file() and _within(listing, root):
         try:
-            names = [n for n in json.loads(listing.read_text()) if n.endswith(".svg")]
-        except ValueError:
+            listed = json.loads(listing.read_text(encoding="utf-8"))
+            names = listed if isinstance(listed, list) else []
+        except (OSError, ValueError):
             names = []
+    names = [n for n in names if _plain_svg_name(n)]
     paths = [directory / n for n in names] if names else sorted(directory.glob("*.svg"))
-    return [p for p in paths if p.is_file()]
+    return [p for p in paths if p.is_file() and _within(p, root)]
 
 
-def _section(folder: Path, base: Path, number: int) -> str:
+def _plain_svg_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name.endswith(".svg")
+        and name == Path(name).name
+        and "/" not in name
+        and "\\" not in name
+    )
+
+
+def _section(folder: Path, base: Path, number: int, root: Path | None = None) -> str:
+    """One analysis's part of the page; ``root``: the folder given (nothing outside it is
+    read)."""
     from .plot._style import model_name
+    from .sanitise import UnsafeSvgError
+
+    root = base if root is None else root
 
     result = load_result(folder / "result")
     name = folder.relative_to(base).as_posix() if folder != base else folder.name
@@ -164,20 +222,27 @@ def _section(folder: Path, base: Path, number: int) -> str:
     if table:
         parts.append(f"<h3>Summary table</h3>{table}")
     summary = folder / "summary.txt"
-    if summary.is_file():
+    if summary.is_file() and _within(summary, root):
         parts.append(
             "<details><summary>Summary text</summary><pre>"
             + html.escape(summary.read_text(encoding="utf-8"))
             + "</pre></details>"
         )
     viewer = folder / VIEWER_DIR
-    if (viewer / "manifest.json").is_file():
+    if (viewer / "manifest.json").is_file() and _within(viewer, root):
         from .viewer import QueryViewer
 
         maps = load_result(viewer)
         parts.append("<h3>Query viewer</h3>" + QueryViewer(maps, model=model).to_html())
-    for k, svg in enumerate(_figures(folder)):
-        body = inline_svg(svg.read_text(encoding="utf-8"), f"a{number}f{k}")
+    for k, svg in enumerate(_figures(folder, root)):
+        try:
+            body = inline_svg(svg.read_text(encoding="utf-8"), f"a{number}f{k}")
+        except (OSError, UnicodeDecodeError, UnsafeSvgError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            parts.append(
+                f"<p>figure {html.escape(svg.stem)} left out: {html.escape(reason or '')}</p>"
+            )
+            continue
         parts.append(
             f'<figure class="attnviz-figure">{body}'
             f"<figcaption>{html.escape(svg.stem)}</figcaption></figure>"
@@ -212,12 +277,37 @@ def build_report(paths: Sequence[str | os.PathLike], title: str = "attnviz repor
         sections.append(_section(folder, base, i))
         label = folder.relative_to(base).as_posix() if folder != base else folder.name
         toc.append(f'<li><a href="#a{i}">{html.escape(label)}</a></li>')
+    body = f"<h1>{html.escape(title)}</h1><ul>{''.join(toc)}</ul>" + "\n".join(sections) + "\n"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{content_policy(body)}">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><ul>{''.join(toc)}</ul>"
-        + "\n".join(sections)
+        + body
         + "</body></html>\n"
+    )
+
+
+_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+
+
+def content_policy(body: str) -> str:
+    """The page's Content-Security-Policy: nothing from the network, images only as data
+    URLs, and no script but the page's own inline scripts (the query viewers, each allowed
+    by its sha256). Every other string in ``body`` is escaped or sanitised, so each
+    ``<script>`` in it is one of those."""
+    import base64
+    import hashlib
+
+    hashes = sorted(
+        {
+            "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+            for s in _SCRIPT.findall(body)
+        }
+    )
+    scripts = " ".join(hashes) if hashes else "'none'"
+    return (
+        f"default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
     )
 
 

@@ -6,7 +6,9 @@ A result folder holds ``<kind>.npz`` (arrays), one csv per table and ``manifest.
 * ``save(dir)`` writes each file to a temporary name in ``dir`` and renames it into place
   (``os.replace``), the manifest last, so a reader never sees a half-written file. It writes
   only its own files: other files in ``dir`` are never touched, and of the files an earlier
-  save of a result listed in its manifest, only those this save no longer writes are removed.
+  save of a result of the same kind listed in its manifest, only plain files this save no
+  longer writes are removed (:func:`remove_listed_files`; a damaged list is ignored with a
+  warning).
 * ``load(dir)`` checks ``kind`` and refuses a newer ``format_version``, naming the path.
 """
 
@@ -16,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -110,6 +113,13 @@ class Result:
     def summary(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def effects(self) -> pd.DataFrame:
+        """The result's effects, one row each: key columns (site, scale, metric, ...), then
+        ``effect`` (the measured value) and ``se`` (its image-sampling standard error, NaN where
+        none is known). The table that seeds and baselines are compared on
+        (:mod:`attnviz.analysis.replicates`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no effect table")
+
     def _payload(self) -> tuple[dict[str, np.ndarray], dict[str, pd.DataFrame], dict[str, Any]]:
         """``(arrays, frames by csv name, manifest fields)`` of this result."""
         raise NotImplementedError  # pragma: no cover - abstract
@@ -131,7 +141,7 @@ class Result:
         directory.mkdir(parents=True, exist_ok=True)
         arrays, frames, fields = self._payload()
         written = [self.npz_name, *frames, MANIFEST_FILE]
-        earlier = _files_of_earlier_save(directory)
+        earlier = _files_of_earlier_save(directory, self.kind)
         atomic_write(directory / self.npz_name, lambda p: _write_npz(p, arrays))
         for name, frame in frames.items():
             atomic_write(directory / name, lambda p, f=frame: f.to_csv(p, index=False))
@@ -144,9 +154,9 @@ class Result:
         }
         text = json.dumps(manifest, indent=2, default=json_default, ensure_ascii=True)
         atomic_write_text(directory / MANIFEST_FILE, text + "\n")
-        for name in earlier - set(written):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / name).unlink()
+        remove_listed_files(
+            directory, earlier, keep=set(written), listing=directory / MANIFEST_FILE
+        )
         return directory
 
     @classmethod
@@ -178,16 +188,66 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
-def _files_of_earlier_save(directory: Path) -> set[str]:
+def _files_of_earlier_save(directory: Path, kind: str) -> list[Any]:
+    """The files an earlier save of a ``kind`` result listed in ``directory``'s manifest
+    (nothing if it holds another kind: its files are not this result's to remove)."""
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, list):
-        return set()
-    # only plain names inside the folder: a manifest never makes save() touch other paths
-    return {f for f in files if isinstance(f, str) and f == Path(f).name and f != MANIFEST_FILE}
+        return []
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        return []
+    files = manifest.get("files")
+    return [f for f in files if f != MANIFEST_FILE] if isinstance(files, list) else []
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name without a folder part: not '', '.', '..', absolute or with a separator."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and name == Path(name).name
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def remove_listed_files(
+    directory: Path, names: Iterable[Any], *, keep: set[str], listing: Path
+) -> None:
+    """Remove the files ``names`` (an earlier run's own list, in ``listing``) from
+    ``directory``, except those in ``keep``. Only plain files directly inside ``directory``
+    are removed; any other entry (a path, '..', a folder, a symlink, a non-string) is left
+    alone with a warning, never an error: this runs after the analysis has finished."""
+    import warnings
+
+    for name in names:
+        if isinstance(name, str) and name in keep:
+            continue
+        if not _plain_name(name):
+            warnings.warn(
+                f"ignored {name!r} in {listing}: not a plain file name inside the folder",
+                stacklevel=2,
+            )
+            continue
+        target = directory / name
+        try:
+            st = target.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            warnings.warn(f"kept {target}: {exc.strerror or exc}", stacklevel=2)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            warnings.warn(f"kept {target}: listed in {listing} but not a plain file", stacklevel=2)
+            continue
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            warnings.warn(f"could not remove {target}: {exc.strerror or exc}", stacklevel=2)
 
 
 def keyed(prefix: str, table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

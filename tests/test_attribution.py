@@ -63,7 +63,11 @@ def test_top_k_iou_identical_disjoint_and_partial():
     assert np.isnan(top_k_iou(np.zeros((4, 4)), a[:4, :4]))
     with pytest.raises(ValueError, match="top_k"):
         top_k_iou(a, a, 0.0)
-    assert iou_chance(0.2) == pytest.approx(0.2 / 1.8)
+    # exact at a 4x4 grid (n = 4 of 16 cells, hypergeometric overlap), by hand:
+    # P(x) = C(4,x) C(12,4-x) / 1820 -> E[x / (8 - x)] = (880/7 + 396/3 + 48*3/5 + 1) / 1820
+    assert iou_chance(0.2, (4, 4)) == pytest.approx((880 / 7 + 132 + 28.8 + 1) / 1820)
+    assert iou_chance(0.2, (4, 4)) == pytest.approx(0.158, abs=5e-4)
+    assert iou_chance(0.2, (1000, 1000)) == pytest.approx(0.2 / 1.8, abs=1e-3)  # large grid
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -284,7 +288,8 @@ def test_agreement_figure_bars_are_the_summary(comparison):
     heights = [p.get_height() for p in ax_r.patches]
     np.testing.assert_allclose(heights, summary["spearman_mean"], equal_nan=True)
     np.testing.assert_allclose([p.get_height() for p in ax_i.patches], summary["iou_mean"])
-    assert ax_i.get_lines()[-1].get_ydata()[0] == pytest.approx(iou_chance(0.2))
+    grid = comparison.sites[0]["compare_grid"]
+    assert ax_i.get_lines()[-1].get_ydata()[0] == pytest.approx(iou_chance(0.2, grid))
     plt.close(fig)
 
 

@@ -174,6 +174,21 @@ def test_attribution_figures(results):
     check(plot.plot_target_probability(g), "cbam_tiny, se_tiny")
 
 
+def test_ablation_figures(shapes_folder, tmp_path):
+    """Issue 22: the figures of a result written by ``attnviz ablate``."""
+    from attnviz.cli import main
+
+    out = tmp_path / "ablation"
+    argv = ["ablate", "--model", "se_tiny", "--images", shapes_folder, "--out", out,
+            "--scopes", "site", "stage", "--limit", "8", "--no-progress"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    r = load_result(out / "result")
+    check(plot.plot_ablation_bars(r), "se_tiny")
+    check(plot.plot_ablation_bars(r, "kl", scope="stage"), "se_tiny")
+    check(plot.plot_ablation_heatmap(r), "se_tiny", maps=True)
+    check(plot.plot_ablation_heatmap(r, "agreement"), "se_tiny", maps=True)
+
+
 def test_ax_and_fig_arguments_draw_into_the_callers_figure(results):
     fig, (a, b) = plt.subplots(1, 2)
     assert plot.plot_stage_bars(results["sweep"], ax=a) is fig

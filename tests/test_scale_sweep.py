@@ -143,6 +143,7 @@ def test_d_equals_hand_computation_from_capture(model, shapes, result):
         "per_image": True,
         "controls": True,
         "native": False,
+        "boxes": 20,  # a ShapesDataset's object boxes: the crop protocol's inside/clipped split
     }
 
 
@@ -291,7 +292,8 @@ def test_timm_skresnet18_is_swept(shapes):
 def test_save_load_roundtrip_and_frames(tmp_path, result):
     out = result.save(tmp_path / "res")
     assert sorted(p.name for p in out.iterdir()) == [
-        "D.csv", "channels.csv", "images.csv", "manifest.json", "scale_sweep.npz", "views.csv",
+        "D.csv", "channels.csv", "controls.csv", "groups.csv", "images.csv", "manifest.json",
+        "scale_sweep.npz", "views.csv",
     ]  # fmt: skip
     back = ScaleSweepResult.load(out)
     assert back.view_records == result.view_records

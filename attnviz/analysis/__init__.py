@@ -4,6 +4,7 @@ one runner, with a function that takes a model and images and returns a result o
 # Re-exports: one import line per analysis.
 # ruff: noqa: F401
 
+from .ablation import AblationResult, ablation
 from .attribution import (
     AttentionVsAttributionResult,
     GradCamComparisonResult,

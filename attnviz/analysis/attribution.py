@@ -31,8 +31,10 @@ Agreement per image and site, on the maps at the comparison grid:
 * IoU of the top-k regions: region = cells at or above the map's k-quantile from the top
   (the ``ceil(k * HW)``-th largest value; ties at the threshold are all included);
   |A & B| / |A | B|; NaN if a map is constant (e.g. an all-zero Grad-CAM after the ReLU,
-  which also makes rho NaN). Two independent random maps give k / (2 - k) on average (0.111 at
-  k = 0.2), reported as ``iou_chance``.
+  which also makes rho NaN). Two independent maps without ties give the exact hypergeometric
+  expectation at the comparison grid (:func:`attnviz.analysis.stats.top_k_iou_chance`: 0.158
+  at 4x4 and k = 0.2; k / (2 - k) = 0.111 only in the large-grid limit), reported per site as
+  ``iou_chance``.
 
 One forward per batch and model: captum's ``LayerGradCam`` runs the model once with
 gradients, through a wrapper that picks each image's target logit from the logits of that
@@ -59,9 +61,10 @@ from ..capture import Site
 from ..capture.kinds import kinds_with_role
 from ..results import Result, from_records, records
 from ._sites import choose_sites
+from .localisation import mask_share, pointing_hit
 from .query_maps import display_image
 from .runner import Analysis, RunInfo, State, run
-from .stats import paired_difference
+from .stats import paired_difference, top_k_iou_chance
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -140,9 +143,11 @@ def pooled_agreement(
     return spearman_rank_correlation(pa, pg), top_k_iou(pa, pg, top_k), grid
 
 
-def iou_chance(top_k: float) -> float:
-    """Expected IoU of the top-k regions of two independent random maps: k / (2 - k)."""
-    return top_k / (2.0 - top_k)
+def iou_chance(top_k: float, grid: Sequence[int] | int) -> float:
+    """Expected IoU of the top-k regions of two independent maps without ties on ``grid``
+    (the comparison grid, or its number of cells), exact: see
+    :func:`attnviz.analysis.stats.top_k_iou_chance`."""
+    return top_k_iou_chance(grid, top_k)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -256,6 +261,28 @@ class AttentionVsAttributionResult(Result):
                 )
         return pd.DataFrame(rows)
 
+    def effects(self) -> pd.DataFrame:
+        """Per site: mean Spearman rho (``metric`` "spearman") and mean top-k IoU above its
+        chance level (``metric`` "iou_above_chance"), each with its standard error over
+        images (std ddof=1 / sqrt(n), NaNs left out)."""
+        rows = []
+        for j, s in enumerate(self.sites):
+            chance = iou_chance(
+                self.top_k, s.get("compare_grid") or self.meta.get("gradcam_grid") or 1
+            )
+            for metric, col, offset in (
+                ("spearman", self.spearman[:, j], 0.0),
+                ("iou_above_chance", self.iou[:, j], chance),
+            ):
+                ok = col[np.isfinite(col)]
+                n = int(ok.size)
+                rows.append(
+                    {"site": s["alias"], "metric": metric,
+                     "effect": float(ok.mean()) - offset if n else np.nan,
+                     "se": float(ok.std(ddof=1) / math.sqrt(n)) if n > 1 else np.nan, "n": n}
+                )  # fmt: skip
+        return pd.DataFrame(rows, columns=["site", "metric", "effect", "se", "n"])
+
     def site_summary(self) -> pd.DataFrame:
         """Per site: grids, images, mean / std of Spearman and IoU (NaNs left out), chance IoU."""
         rows = []
@@ -274,7 +301,9 @@ class AttentionVsAttributionResult(Result):
                     "spearman_std": float(np.nanstd(rho)) if np.isfinite(rho).any() else np.nan,
                     "iou_mean": float(np.nanmean(iou)) if np.isfinite(iou).any() else np.nan,
                     "iou_std": float(np.nanstd(iou)) if np.isfinite(iou).any() else np.nan,
-                    "iou_chance": iou_chance(self.top_k),
+                    "iou_chance": iou_chance(
+                        self.top_k, s.get("compare_grid") or self.meta.get("gradcam_grid") or 1
+                    ),
                     "top_k": self.top_k,
                 }
             )
@@ -293,11 +322,13 @@ class AttentionVsAttributionResult(Result):
                 "spearman_std",
                 "iou_mean",
                 "iou_std",
+                "iou_chance",
             ]
         ]
         head = (
             f"{len(self.ids)} images, Grad-CAM at {self.layer} for the {self.target_source} "
-            f"class; top-{self.top_k:.0%} IoU (chance {iou_chance(self.top_k):.3f})"
+            f"class; top-{self.top_k:.0%} IoU (iou_chance: exact for two independent maps "
+            "without ties at the compare grid)"
         )
         where = (
             "compared at the coarser grid of the two (the finer map average-pooled to it)"
@@ -603,6 +634,16 @@ class GradCamComparisonResult(Result):
     every model explains), ``predictions`` (N, M) and ``probability`` (N, M), the softmax
     probability of the target class. ``gradcam`` (M, K, H, W): the maps of the first K images
     at the input size, for figures; ``images`` (K, H, W, 3) uint8, the view the models saw.
+
+    Calibration-free measures beside P: ``margin`` (N, M) = logit of the target minus the
+    largest other logit (> 0 iff the model predicts the target). Localisation, where the
+    object masks are known (:mod:`attnviz.analysis.localisation`): ``object_area`` (N,) the
+    object's share of the view (the chance level of both measures); ``gradcam_share`` /
+    ``gradcam_pointing`` (N, M) Grad-CAM's mass share on the object and pointing-game hit;
+    ``attention_sites`` (one dict per spatial attention site of every model: model, alias,
+    name, kind, grid) with ``attention_share`` / ``attention_pointing`` (N, S).
+    ``meta["label_smoothing"]``: per model the label smoothing it was trained with (bundled
+    models, from the manifest; None when unknown).
     """
 
     kind: ClassVar[str] = "gradcam_comparison"
@@ -622,6 +663,47 @@ class GradCamComparisonResult(Result):
     class_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    margin: np.ndarray | None = None
+    object_area: np.ndarray | None = None
+    gradcam_share: np.ndarray | None = None
+    gradcam_pointing: np.ndarray | None = None
+    attention_sites: list[dict[str, Any]] = field(default_factory=list)
+    attention_share: np.ndarray | None = None
+    attention_pointing: np.ndarray | None = None
+
+    MEASURES: ClassVar[dict[str, str]] = {
+        "probability": "P(target) = softmax probability of the target class",
+        "margin": "margin = logit(target) - largest other logit",
+        "gradcam_share": "share of Grad-CAM's mass on the object",
+        "gradcam_pointing": "pointing game: Grad-CAM's maximum on the object (hit rate)",
+    }
+
+    def measure(self, name: str) -> np.ndarray:
+        """(N, M) per-image values of a measure of :attr:`MEASURES`."""
+        if name not in self.MEASURES:
+            raise ValueError(f"unknown measure {name!r}; valid: {list(self.MEASURES)}")
+        values = getattr(self, name)
+        if values is None:
+            raise ValueError(f"this result has no {name!r} (object masks or logits unknown)")
+        return np.asarray(values, dtype=np.float64)
+
+    def smoothing_note(self) -> str:
+        """What P(target) can mean for these models: with label smoothing eps over K
+        classes the loss-optimal P(target) is 1 - eps + eps / K, not 1."""
+        smooth = self.meta.get("label_smoothing") or {}
+        k = int(self.meta.get("num_classes") or len(self.class_names) or 0)
+        known = {m: smooth.get(m) for m in self.models if smooth.get(m) is not None}
+        if not known:
+            return "label smoothing of the models unknown: P(target) may be calibrated to < 1"
+        parts = []
+        for eps in sorted(set(known.values())):
+            names = ", ".join(m for m, e in known.items() if e == eps)
+            best = 1 - eps + eps / k if k else float("nan")
+            parts.append(f"{names}: label smoothing {eps:g} (loss-optimal P(target) {best:.2f})")
+        return (
+            "trained with " + "; ".join(parts) + ": a higher P(target) is not a better fit; "
+            "accuracy and the margin do not depend on calibration"
+        )
 
     def model_index(self, key: str) -> int:
         if key not in self.models:
@@ -641,6 +723,7 @@ class GradCamComparisonResult(Result):
                         "target": int(self.targets[i]),
                         "prediction": int(self.predictions[i, m]),
                         "probability": float(self.probability[i, m]),
+                        "margin": float(self.margin[i, m]) if self.margin is not None else np.nan,
                     }
                 )
         return pd.DataFrame(rows)
@@ -666,21 +749,81 @@ class GradCamComparisonResult(Result):
                     "probability_median": float(np.median(p)) if p.size else np.nan,
                     "accuracy": float(correct.mean()) if correct.size else np.nan,
                     "highest_share": float((best == m).mean()) if p.size else np.nan,
+                    "margin_mean": float(self.margin[:, m].mean())
+                    if self.margin is not None and p.size
+                    else np.nan,
+                    "margin_median": float(np.median(self.margin[:, m]))
+                    if self.margin is not None and p.size
+                    else np.nan,
                 }
             )
         return pd.DataFrame(rows)
 
-    def paired_differences(self, baseline: str | None = None) -> pd.DataFrame:
+    def localisation_summary(self) -> pd.DataFrame:
+        """Per map (each model's Grad-CAM, then each spatial attention site): images, mean
+        mass share on the object ± s.e., pointing-game hit rate ± s.e., and the mean object
+        area (the chance level of both); empty without object masks."""
+        if self.gradcam_share is None or self.object_area is None:
+            return pd.DataFrame()
+        area = float(np.mean(self.object_area))
+        rows = []
+
+        def se(v: np.ndarray) -> float:
+            return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else np.nan
+
+        def row(model: str, what: str, grid: str, share: np.ndarray, hit: np.ndarray) -> dict:
+            sh, pt = share[np.isfinite(share)], hit[np.isfinite(hit)]
+            return {"model": model, "map": what, "grid": grid, "n": int(sh.size),
+                    "share_mean": float(sh.mean()) if sh.size else np.nan, "share_se": se(sh),
+                    "pointing": float(pt.mean()) if pt.size else np.nan, "pointing_se": se(pt),
+                    "object_area": area}  # fmt: skip
+
+        for m, name in enumerate(self.models):
+            grid = "x".join(str(v) for v in self.gradcam_grids[m])
+            rows.append(row(name, "Grad-CAM", grid, self.gradcam_share[:, m],
+                            self.gradcam_pointing[:, m]))  # fmt: skip
+        for j, site in enumerate(self.attention_sites):
+            grid = "x".join(str(v) for v in site.get("grid", []))
+            rows.append(row(site["model"], site["alias"], grid, self.attention_share[:, j],
+                            self.attention_pointing[:, j]))  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def effects(self) -> pd.DataFrame:
+        """Per model: mean P(target) (``measure`` "probability") and, for every model but the
+        first, the paired difference P(model) - P(first model) (``measure``
+        "probability_difference"), each with its (paired) standard error over images."""
+        rows = []
+        for m, name in enumerate(self.models):
+            p = self.probability[:, m]
+            se = float(p.std(ddof=1) / math.sqrt(p.size)) if p.size > 1 else np.nan
+            rows.append(
+                {"model": name, "measure": "probability", "effect": float(p.mean()) if p.size
+                 else np.nan, "se": se, "n": int(p.size)}
+            )  # fmt: skip
+        for _, r in self.paired_differences().iterrows():
+            rows.append(
+                {"model": r["model"], "measure": "probability_difference",
+                 "effect": r["mean_difference"], "se": r["paired_se"], "n": int(r["n"])}
+            )  # fmt: skip
+        return pd.DataFrame(rows, columns=["model", "measure", "effect", "se", "n"])
+
+    def paired_differences(
+        self, baseline: str | None = None, measure: str = "probability"
+    ) -> pd.DataFrame:
         """Per model against ``baseline`` (default: the first model) on the same images:
-        the mean of P(model) - P(baseline), its paired standard error and z, the share of
-        images where the model's P is higher, and the exact sign test's two-sided p."""
+        the mean of measure(model) - measure(baseline) (``measure``: a name of
+        :attr:`MEASURES`, default P(target)), its paired standard error and z, the share of
+        images where the model's value is higher, and the exact sign test's two-sided p.
+        Images where either value is NaN are left out."""
         base = self.model_index(baseline) if baseline is not None else 0
+        values = self.measure(measure)
         rows = []
         for m, name in enumerate(self.models):
             if m == base:
                 continue
-            diff = paired_difference(self.probability[:, m], self.probability[:, base])
-            rows.append({"model": name, "baseline": self.models[base], **diff})
+            ok = np.isfinite(values[:, m]) & np.isfinite(values[:, base])
+            diff = paired_difference(values[ok, m], values[ok, base])
+            rows.append({"measure": measure, "model": name, "baseline": self.models[base], **diff})
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
@@ -695,12 +838,23 @@ class GradCamComparisonResult(Result):
             + "\n"
             + self.model_summary().drop(columns=["n"]).to_string(index=False, float_format=fmt)
         )
-        paired = self.paired_differences()
-        if len(self.ids) > 1 and len(paired):
+        text += "\n" + self.smoothing_note()
+        measures = [m for m in self.MEASURES if getattr(self, m) is not None]
+        if len(self.ids) > 1 and len(self.models) > 1:
+            paired = pd.concat([self.paired_differences(measure=m) for m in measures])
             text += (
-                "\npaired on the same images: P(model) - P(baseline), mean ± paired s.e., "
-                "share of images higher, exact sign test\n"
-                + paired.drop(columns=["n"]).to_string(index=False, float_format="{:.3g}".format)
+                "\npaired on the same images: value(model) - value(baseline), mean ± paired "
+                "s.e., share of images higher, exact sign test\n"
+                + paired.to_string(index=False, float_format="{:.3g}".format)
+            )
+        loc = self.localisation_summary()
+        if len(loc):
+            text += (
+                "\nlocalisation on the object mask (maps at the input size): share = map mass "
+                "on the object, pointing = map maximum on the object; both are "
+                f"{loc['object_area'].iloc[0]:.3f} (the mean object area) for a map without "
+                "preference; ± = s.e. over images\n"
+                + loc.to_string(index=False, float_format="{:.3f}".format)
             )
         return text
 
@@ -713,8 +867,13 @@ class GradCamComparisonResult(Result):
             "gradcam": self.gradcam,
             "images": self.images,
         }
+        for key in ("margin", "object_area", "gradcam_share", "gradcam_pointing",
+                    "attention_share", "attention_pointing"):  # fmt: skip
+            if getattr(self, key) is not None:
+                arrays[key] = np.asarray(getattr(self, key), dtype=np.float64)
         fields = {
             "paper": "Woo et al., CBAM, ECCV 2018, Sec. 4.3 / Fig. 4 (Grad-CAM across models)",
+            "attention_sites": self.attention_sites,
             "models": self.models,
             "layers": self.layers,
             "gradcam_grids": self.gradcam_grids,
@@ -725,6 +884,8 @@ class GradCamComparisonResult(Result):
             "meta": self.meta,
         }
         frames = {"probability.csv": self.to_frame(), "models.csv": self.model_summary()}
+        if self.gradcam_share is not None:
+            frames["localisation.csv"] = self.localisation_summary()
         return arrays, frames, fields
 
     @classmethod
@@ -738,6 +899,7 @@ class GradCamComparisonResult(Result):
             class_names=list(manifest.get("class_names", [])),
             skipped=from_records(manifest.get("skipped")),
             meta=dict(manifest.get("meta", {})),
+            attention_sites=list(manifest.get("attention_sites", [])),
             **data,
         )
 
@@ -752,7 +914,10 @@ class _Models(nn.Module):
 
 class GradCamComparison(Analysis):
     """Grad-CAM and the target-class probability of every model, per batch (one forward with
-    gradients per model and batch, through captum's LayerGradCam)."""
+    gradients per model and batch, through captum's LayerGradCam). With ``masks`` (source
+    position -> the object's coverage in the original image) it also scores Grad-CAM and every
+    spatial attention site of every model (recorded in that same forward) on the object
+    (:mod:`attnviz.analysis.localisation`)."""
 
     name = "gradcam_comparison"
     needs_grad = True
@@ -766,9 +931,15 @@ class GradCamComparison(Analysis):
         layer: str | dict[str, str] | None = None,
         keep_maps: int = 8,
         interpolate_mode: str = "bilinear",
+        masks: Any = None,
     ):
         if not models:
             raise ValueError("give at least one model")
+        if masks is not None and not callable(masks):
+            raise TypeError("masks must be a callable: source position -> coverage (H, W)")
+        self.masks = masks
+        self._sites: list[Site] = []
+        self._site_model: list[int] = []
         if isinstance(target, str) and target not in ("label", "prediction"):
             raise ValueError(
                 f"target must be None, 'label', 'prediction', a class index or one index per "
@@ -784,7 +955,14 @@ class GradCamComparison(Analysis):
             layer_name, layer = _resolve_layer(m, wanted)
             self._layers.append(layer_name)
             self._cams.append(LayerGradCam(self._picker(i), layer))
-        return []
+        if self.masks is None:
+            return []
+        from ..capture import find_sites
+
+        spatial = set(kinds_with_role("spatial"))
+        self._sites = [s for s in find_sites(model) if s.kind in spatial]
+        self._site_model = [int(s.name.split(".")[1][1:]) for s in self._sites]
+        return self._sites
 
     def params(self) -> dict[str, Any]:
         target = self.target if isinstance(self.target, (int, str, type(None))) else "given"
@@ -794,7 +972,21 @@ class GradCamComparison(Analysis):
             "target": target,
             "keep_maps": self.keep_maps,
             "interpolate_mode": self.interpolate_mode,
+            "masks": self.masks is not None,
         }
+
+    def _mask(self, index: int, size: tuple[int, int]) -> np.ndarray:
+        """The object's coverage in the view the models saw (the transform's geometric
+        steps applied to the mask, bilinear), float (H, W)."""
+        from PIL import Image
+
+        mask = np.asarray(self.masks(index), dtype=np.float32)
+        view = Image.fromarray(mask, mode="F")
+        if self.transform is not None and self.transform.geometry is not None:
+            view = self.transform.view(view)
+        if view.size != (size[1], size[0]):
+            view = view.resize((size[1], size[0]), Image.BILINEAR)
+        return np.clip(np.asarray(view, dtype=np.float64), 0.0, 1.0)
 
     def _picker(self, i: int):
         model = list(self.models.values())[i]
@@ -824,17 +1016,40 @@ class GradCamComparison(Analysis):
     def step(self, state: State, batch, cache, cams: list[Tensor]) -> None:
         targets = self._batch_targets.cpu()
         size = (int(batch.x.shape[-2]), int(batch.x.shape[-1]))
-        probs, preds, ups = [], [], []
+        probs, preds, ups, margins = [], [], [], []
         for i, cam in enumerate(cams):
             logits = self._logits[i].float().cpu()
             p = torch.softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
             probs.append(p.numpy())
             preds.append(logits.argmax(dim=1).numpy())
+            true = logits.gather(1, targets[:, None])[:, 0]
+            other = logits.scatter(1, targets[:, None], float("-inf")).max(dim=1).values
+            margins.append((true - other).double().numpy())
+            state.info.setdefault("num_classes", int(logits.shape[1]))
             state.info.setdefault(f"grid::{i}", [int(cam.shape[-2]), int(cam.shape[-1])])
             up = LayerAttribution.interpolate(cam, size, self.interpolate_mode)[:, 0]
             ups.append(up.float().cpu().numpy())
+        att = []  # per spatial site: (B, H, W) at the input size
+        for s in self._sites:
+            a = cache[s.name]
+            if a.shape[0] != len(batch):
+                raise RuntimeError(f"site {s.alias} fired more than once per image")
+            state.info.setdefault("grid::" + s.name, [int(a.shape[-2]), int(a.shape[-1])])
+            up = F.interpolate(a[:, None].float(), size, mode=self.interpolate_mode)[:, 0]
+            att.append(up.numpy())
         kept = state.rows.get("cam", {})
         for j, r in enumerate(batch.records):
+            state.put("margin", r.index, np.asarray([v[j] for v in margins], np.float64))
+            if self.masks is not None:
+                mask = self._mask(r.index, size)
+                cams_j = np.stack([u[j] for u in ups])
+                state.put("area", r.index, np.asarray([mask.mean()]))
+                state.put("cam_share", r.index, mask_share(cams_j, mask))
+                state.put("cam_hit", r.index, pointing_hit(cams_j, mask))
+                if att:
+                    att_j = np.stack([a[j] for a in att])
+                    state.put("att_share", r.index, mask_share(att_j, mask))
+                    state.put("att_hit", r.index, pointing_hit(att_j, mask))
             label = -1 if r.label is None else r.label
             state.put("id", r.index, np.asarray(r.id))
             state.put("yt", r.index, np.asarray([label, int(targets[j])]))
@@ -874,6 +1089,26 @@ class GradCamComparison(Analysis):
             source = "fixed"
         else:
             source = "given"
+        n = len(ids)
+        loc: dict[str, Any] = {"margin": state.stacked("margin")[1].reshape(n, n_models)}
+        if self.masks is not None:
+            n_sites = len(self._sites)
+            loc["object_area"] = state.stacked("area")[1].reshape(n)
+            loc["gradcam_share"] = state.stacked("cam_share")[1].reshape(n, n_models)
+            loc["gradcam_pointing"] = state.stacked("cam_hit")[1].reshape(n, n_models)
+            names = list(self.models)
+            loc["attention_sites"] = [
+                {"model": names[m], "alias": s.alias, "name": s.name.split(".", 2)[2],
+                 "kind": s.kind, "grid": state.info.get("grid::" + s.name, [0, 0])}
+                for s, m in zip(self._sites, self._site_model)
+            ]  # fmt: skip
+            empty = np.zeros((n, 0))
+            loc["attention_share"] = (
+                state.stacked("att_share")[1].reshape(n, n_sites) if n_sites else empty
+            )
+            loc["attention_pointing"] = (
+                state.stacked("att_hit")[1].reshape(n, n_sites) if n_sites else empty
+            )
         return GradCamComparisonResult(
             models=list(self.models),
             layers=list(self._layers),
@@ -888,7 +1123,11 @@ class GradCamComparison(Analysis):
             images=np.asarray(disp, np.uint8),
             class_names=list(run.class_names),
             skipped=run.skipped,
-            meta={"interpolate_mode": self.interpolate_mode},
+            meta={
+                "interpolate_mode": self.interpolate_mode,
+                "num_classes": state.info.get("num_classes"),
+            },
+            **loc,
         )
 
 
@@ -920,6 +1159,7 @@ def gradcam_comparison(
     keep_maps: int = 8,
     interpolate_mode: str = "bilinear",
     preprocess: Any = None,
+    masks: Any = "auto",
     **run_options: Any,
 ) -> GradCamComparisonResult:
     """The CBAM paper's comparison: Grad-CAM of several models on the same images, with each
@@ -934,13 +1174,45 @@ def gradcam_comparison(
     ``keep_maps``: images whose maps are kept for figures. ``run_options``: those of
     :func:`attnviz.analysis.runner.run`; one pass over the images, every batch through every
     model (one forward with gradients each), eval mode restored afterwards.
+
+    ``masks``: the object's coverage per image, a callable (source position -> (H, W) in
+    [0, 1] at the original image size); ``"auto"`` (default) takes
+    :meth:`attnviz.data.ShapesDataset.mask` when ``images`` is a ShapesDataset, else none.
+    With masks, Grad-CAM and every spatial attention site of every model are scored on the
+    object (mass share, pointing game; :mod:`attnviz.analysis.localisation`). The margin
+    (target logit minus the largest other) is always kept; ``meta["label_smoothing"]`` gives
+    the bundled models' training label smoothing (P(target) is then optimal below 1).
     """
+    from ..data.shapes import ShapesDataset
+
     named = _named_models(models)
+    if isinstance(masks, str):
+        if masks != "auto":
+            raise ValueError(f"masks must be 'auto', None or a callable, not {masks!r}")
+        masks = images.mask if isinstance(images, ShapesDataset) else None
     if preprocess is None:
         preprocess = next(iter(named.values()))  # the first model's own transform
     analysis = GradCamComparison(
-        named, target=target, layer=layer, keep_maps=keep_maps, interpolate_mode=interpolate_mode
+        named,
+        target=target,
+        layer=layer,
+        keep_maps=keep_maps,
+        interpolate_mode=interpolate_mode,
+        masks=masks,
     )
     result = run(analysis, _Models(named), images, preprocess=preprocess, **run_options)
     assert isinstance(result, GradCamComparisonResult)
+    result.meta["label_smoothing"] = {name: _label_smoothing(name) for name in named}
     return result
+
+
+def _label_smoothing(name: str) -> float | None:
+    """The label smoothing a bundled model was trained with (its manifest), else None."""
+    try:
+        from ..data.assets import read_manifest
+
+        entry = read_manifest()["models"][name]
+    except Exception:
+        return None
+    value = (entry.get("optimizer") or {}).get("label_smoothing")
+    return None if value is None else float(value)

@@ -68,8 +68,10 @@ from ..capture.kinds import kinds_with_role
 from ..results import Result, from_records, records
 from ._sites import choose_sites, last_of_each_stage
 from .runner import Analysis, RunInfo, State, run
+from .stats import bootstrap_ci
 
 DEFAULT_PERMUTATIONS = 300
+BOOTSTRAP_DRAWS = 500  # resamples of the images for the gate_gain interval
 PREDICTION_WARNING = (
     "classes come from the model's own predictions (no labels): the specificity of deep "
     "sites is partly circular, since the prediction is read off the same features"
@@ -149,6 +151,38 @@ def null_summary(observed: float, null: np.ndarray) -> dict[str, float]:
     }
 
 
+def gain_bootstrap(
+    gate: np.ndarray,
+    squeeze: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[int],
+    *,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Percentile bootstrap of gate_gain = specificity(gate) - specificity(squeeze) over
+    images (both recomputed on the same resample): ``[low, high, se]`` of the 95 % interval
+    (:func:`attnviz.analysis.stats.bootstrap_ci`)."""
+    g, z = np.asarray(gate, np.float64), np.asarray(squeeze, np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    cls = [int(k) for k in classes]
+
+    def gain(idx: np.ndarray) -> float:
+        yy = y[idx]
+        out = []
+        for v in (g[idx], z[idx]):
+            means = np.stack(
+                [
+                    v[yy == k].mean(0) if (yy == k).any() else np.full(v.shape[1], np.nan)
+                    for k in cls
+                ]
+            )
+            out.append(specificity_of(means, v.std(axis=0)))
+        return out[0] - out[1]
+
+    return np.asarray(bootstrap_ci(len(y), gain, draws=draws, seed=seed), dtype=np.float64)
+
+
 def squeeze_of(x: Tensor, n_channels: int) -> Tensor | None:
     """GAP of a site module's input x: (B, C, ...) or channels-last (B, ..., C) -> (B, C);
     None when no axis of x has the gate's C channels."""
@@ -187,6 +221,7 @@ class SiteExcitation:
     squeeze_std: np.ndarray = field(default_factory=lambda: np.zeros(0))
     null: np.ndarray = field(default_factory=lambda: np.zeros(0))
     squeeze_null: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gain_ci: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
 
     @property
     def n_channels(self) -> int:
@@ -221,6 +256,9 @@ class SiteExcitation:
             "specificity": spec,
             "squeeze_specificity": sq,
             "gate_gain": spec - sq,
+            "gate_gain_ci_low": float(self.gain_ci[0]),
+            "gate_gain_ci_high": float(self.gain_ci[1]),
+            "gate_gain_se": float(self.gain_ci[2]),
             **gate,
             "squeeze_null_p95": squeeze["null_p95"],
             "squeeze_p_value": squeeze["p_value"],
@@ -305,6 +343,26 @@ class ExcitationProfileResult(Result):
             ]
         )
 
+    def effects(self) -> pd.DataFrame:
+        """Per site: ``specificity`` (gate), ``squeeze_specificity`` and ``gate_gain`` as
+        effects (key columns site, measure); ``se``: for gate_gain the bootstrap standard
+        error over images (NaN without the permutation rows), NaN for the others; ``p``: the
+        permutation p-value of the gate's and the squeeze's specificity."""
+        rows = []
+        for s in self.sites:
+            c = s.controls()
+            for measure, p in (
+                ("specificity", c["p_value"]),
+                ("squeeze_specificity", c["squeeze_p_value"]),
+                ("gate_gain", np.nan),
+            ):
+                se = c["gate_gain_se"] if measure == "gate_gain" else np.nan
+                rows.append(
+                    {"site": s.alias, "measure": measure, "effect": c[measure], "se": se,
+                     "n": self.n_images, "p": p}
+                )  # fmt: skip
+        return pd.DataFrame(rows, columns=["site", "measure", "effect", "se", "n", "p"])
+
     def to_frame(self) -> pd.DataFrame:
         """Long table: site, class ("all" for all images), channel, mean, std, count."""
         rows = []
@@ -336,6 +394,8 @@ class ExcitationProfileResult(Result):
                 "specificity",
                 "squeeze_specificity",
                 "gate_gain",
+                "gate_gain_ci_low",
+                "gate_gain_ci_high",
                 "null_mean",
                 "null_p95",
                 "p_value",
@@ -356,8 +416,9 @@ class ExcitationProfileResult(Result):
         lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         lines.append(
             "gate_spec: excitation; squeeze_spec: its input GAP(x); gate_gain = gate_spec - "
-            "squeeze_spec; null_*: gate_spec under label permutations; p_value: share of "
-            "permutations at or above gate_spec"
+            "squeeze_spec (gate_gain_ci_*: 95 % percentile bootstrap over images, "
+            f"{BOOTSTRAP_DRAWS} resamples, kept with the permutation null); null_*: gate_spec "
+            "under label permutations; p_value: share of permutations at or above gate_spec"
         )
         return "\n".join(lines)
 
@@ -430,6 +491,7 @@ _SITE_ARRAYS = (
     "squeeze_std",
     "null",
     "squeeze_null",
+    "gain_ci",
 )
 _SOURCE_WORDS = {
     "given": "labels",
@@ -612,6 +674,14 @@ class ExcitationProfile(Analysis):
             if f"sumz::{s.name}" in state.sums and not state.info.get(f"no_squeeze::{s.name}"):
                 _, site.squeeze_std, site.squeeze_class_mean = profile("z", s.name)
                 site.squeeze_null = null("z", s.name)
+                if self.permutations and labels is not None:
+                    site.gain_ci = gain_bootstrap(
+                        state.stacked(f"v::{s.name}")[1],
+                        state.stacked(f"vz::{s.name}")[1],
+                        labels,
+                        want,
+                        seed=self.seed,
+                    )
             results.append(site)
         return ExcitationProfileResult(
             sites=results,

@@ -162,6 +162,24 @@ class QueryIndependenceResult(Result):
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def effects(self) -> pd.DataFrame:
+        """Every statistic of every site as an effect: keys site, metric; ``effect`` the mean
+        over images, ``se`` its standard error over images (std ddof=1 / sqrt(n); for a
+        sampled ``jsd_att`` the pair-sampling error added in quadrature), ``n`` the images."""
+        rows = []
+        for s, site in enumerate(self.sites):
+            for m in self.metrics:
+                col = self.values[m][:, s]
+                ok = np.isfinite(col)
+                n = int(ok.sum())
+                mean = float(col[ok].mean()) if n else math.nan
+                se = float(col[ok].std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+                if m == "jsd_att" and self.jsd_se.size and n:
+                    pair = self.jsd_se[ok, s]
+                    se = math.sqrt(se**2 + float(np.sum(pair**2)) / n**2) if n > 1 else se
+                rows.append({"site": site["alias"], "metric": m, "effect": mean, "se": se, "n": n})
+        return pd.DataFrame(rows, columns=["site", "metric", "effect", "se", "n"])
+
     def near_one_hot(self) -> list[str]:
         """Aliases of the sites whose rows are near one-hot (mean eff_keys < 2)."""
         frame = self.to_frame()

@@ -42,6 +42,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..capture import Site, capture
+from ..data.images import MAX_PIXELS
 from ..data.preprocess import EvalTransform, preprocess_for
 from ..data.sources import Batch, image_source, iter_batches, to_pil
 from ..distributed import all_gather_objects, is_distributed, rank, world_size
@@ -277,6 +278,7 @@ def run(
     overwrite: bool = False,
     exclude: Sequence[str | os.PathLike] = (),
     fingerprint: dict[str, Any] | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> Result:
     """Run ``analysis`` on ``model`` over ``images`` (see the module docstring).
 
@@ -287,6 +289,8 @@ def run(
     ``checkpoint_every`` batches; an existing checkpoint is continued with ``resume=True``,
     replaced with ``overwrite=True``, and otherwise refused. ``exclude``: folders never read.
     ``fingerprint``: more facts a resumed run must share (model spec, weights sha256).
+    ``max_pixels``: image files above this many pixels are skipped before decoding (None:
+    PIL's own limit only).
     """
     _check_positive("batch_size", batch_size, allow_none=False)
     _check_positive("limit", limit)
@@ -294,7 +298,7 @@ def run(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
     sites = analysis.sites(model)
-    source = image_source(images, labels, exclude=exclude)
+    source = image_source(images, labels, exclude=exclude, max_pixels=max_pixels)
     if source.prepared and not analysis.accepts_prepared:
         raise ValueError(
             f"{analysis.name} prepares its own inputs from images: give image files, PIL "
@@ -318,6 +322,7 @@ def run(
         "world_size": world,
         "rank": rank_,
         **(fingerprint or {}),
+        **({} if max_pixels == MAX_PIXELS else {"max_pixels": max_pixels}),
         "items": source.fingerprint()[:n_items],
     }
     if checkpoint is not None:
@@ -337,6 +342,12 @@ def run(
             raise CheckpointError(
                 f"{ckpt} holds an unfinished run ({done} of {len(shard)} images): use --resume "
                 "to continue it or --overwrite to start over"
+            )
+        elif resume and not ckpt.exists() and rank_ == 0:
+            print(
+                f"{analysis.name}: nothing to resume (no checkpoint {ckpt.name} in "
+                f"{ckpt.parent}): starting a fresh run",
+                file=sys.stderr,
             )
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..capture import Site
 from ..capture.kinds import kinds_with_role
 from ..data.preprocess import EvalTransform
+from ..data.scene_controls import CONTENT_CONTROLS, content_control_text
 from ..data.shapes import split_strip
 from ..data.views import resolution_control, zoom_geometry, zoom_views
 from ..results import Result, from_records, keyed, records, unkeyed
@@ -44,7 +45,15 @@ __all__ = ["ScaleSweepResult", "SweepSite", "scale_sweep", "stage_last_sites"]
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 1.5, 2.0)
 ZOOM, CONTROL = "zoom", "resolution_control"
-CONDITIONS = (ZOOM, CONTROL)
+CONDITIONS = (ZOOM, CONTROL, *CONTENT_CONTROLS)
+GROUPS = ("inside", "clipped")  # crop protocol: is the object box inside the s-times crop
+
+
+def control_text(condition: str, scale: float) -> str:
+    """What a control view is, in one line (``condition`` a name of :data:`CONDITIONS`)."""
+    if condition == CONTROL:
+        return "the 1.0x view resized down by the zoom view's upsampling factor and back up"
+    return content_control_text(condition, scale)
 
 
 def _sx(s: float) -> str:
@@ -136,6 +145,18 @@ class ScaleSweepResult(Result):
       images whose zoom view needed upsampling; ``image_upsampling`` (N, S) and
       ``image_view_d[a]`` (N, V) with ``per_image=True``; ``view_records``: per image (scene)
       and view, its box and upsampling (written as ``views.csv``).
+
+    Content controls (native scenes, :mod:`attnviz.data.scene_controls`): more views with
+    the condition of their control (``copies``, ``copies_perimeter``, ``constant_area``,
+    ``contrast_matched``, ``background_swap``) at the scale they are matched to; their
+    ``delta_*``, ``zoom_delta`` and ``excess_*`` mean what they mean for the resolution
+    control (:meth:`control_table` sets them side by side).
+
+    Crop protocol with object boxes (``boxes``): ``group_count`` (2, V) images whose object
+    lies inside / is clipped by the zoom crop of the view's scale (:data:`GROUPS`), and
+    ``group_delta_mean[a]``, ``group_delta_se[a]``, ``group_excess_mean[a]``,
+    ``group_excess_se[a]``: (2, V) the paired statistics of each group; ``image_clipped``
+    (N, S) per image with ``per_image=True`` (1 clipped, 0 inside, NaN unknown).
     """
 
     kind: ClassVar[str] = "scale_sweep"
@@ -177,6 +198,12 @@ class ScaleSweepResult(Result):
     image_upsampling: np.ndarray | None = None
     views_native: bool = False
     view_records: list[dict[str, Any]] = field(default_factory=list)
+    group_count: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    group_delta_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    group_delta_se: dict[str, np.ndarray] = field(default_factory=dict)
+    group_excess_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    group_excess_se: dict[str, np.ndarray] = field(default_factory=dict)
+    image_clipped: np.ndarray | None = None
 
     # -- views and paired statistics -------------------------------------------------------
     def view_index(self, scale: float, condition: str = ZOOM) -> int:
@@ -207,6 +234,68 @@ class ScaleSweepResult(Result):
         with np.errstate(invalid="ignore", divide="ignore"):
             z = float(m / se) if se > 0 else float("nan")
         return float(m), float(se), z
+
+    def control_views(self) -> list[tuple[str, float]]:
+        """(condition, scale) of every control view that counted images, in view order."""
+        return [
+            (c, s)
+            for vi, (c, s) in enumerate(self.views())
+            if c != ZOOM and len(self.view_count) and self.view_count[vi] > 0
+        ]
+
+    def control_table(self, min_z: float = 3.0) -> pd.DataFrame:
+        """Per site and control view, how much of the change with scale the control alone
+        reproduces, paired on the same images: ``control_dD`` (± ``control_se``, z) = D(control)
+        - D(1.0x); ``zoom_dD`` = D(s) - D(1.0x) on the same images; ``share`` = control_dD /
+        zoom_dD (NaN where the zoom change has |z| < ``min_z``: no change to reproduce);
+        ``zoom_minus_control`` (± s.e., z) = D(s) - D(control), the change the control leaves
+        unexplained; ``control_sd``: the std of the control's dD over images (how far it moves
+        one image's D)."""
+        rows = []
+        for cond, sc in self.control_views():
+            v = self.view_index(sc, cond)
+            for u in self.sites:
+                m, se, z = self.delta(u.alias, sc, cond)
+                zz = self.delta(u.alias, sc)[2]
+                zd = float(self.zoom_delta[u.alias][v])
+                ex, exse = float(self.excess_mean[u.alias][v]), float(self.excess_se[u.alias][v])
+                ok = math.isfinite(zz) and abs(zz) >= min_z and zd != 0
+                rows.append(
+                    {"site": u.alias, "condition": cond, "scale": sc,
+                     "n_images": int(self.view_count[v]), "control_dD": m, "control_se": se,
+                     "control_z": z, "control_sd": se * math.sqrt(int(self.view_count[v])),
+                     "zoom_dD": zd, "zoom_z": zz,
+                     "share": m / zd if ok else float("nan"), "zoom_minus_control": ex,
+                     "zoom_minus_control_se": exse,
+                     "zoom_minus_control_z": ex / exse if exse > 0 else float("nan")}
+                )  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def group_table(self) -> pd.DataFrame:
+        """Crop protocol with object boxes: per site, view (s > 1) and group (inside /
+        clipped by the s-times crop) the paired dD and, for resolution controls, zoom -
+        control, each with its paired s.e. and z (empty without boxes)."""
+        rows = []
+        if not len(self.group_count):
+            return pd.DataFrame(rows)
+        for vi, (cond, sc) in enumerate(self.views()):
+            if sc == self.reference_scale:
+                continue
+            for gi, g in enumerate(GROUPS):
+                n = int(self.group_count[gi, vi])
+                for u in self.sites:
+                    m = float(self.group_delta_mean[u.alias][gi, vi])
+                    se = float(self.group_delta_se[u.alias][gi, vi])
+                    ex = float(self.group_excess_mean[u.alias][gi, vi])
+                    exse = float(self.group_excess_se[u.alias][gi, vi])
+                    rows.append(
+                        {"site": u.alias, "condition": cond, "scale": sc, "group": g,
+                         "n_images": n, "delta_D": m, "delta_D_se": se,
+                         "delta_D_z": m / se if se > 0 else float("nan"),
+                         "zoom_minus_control": ex if cond != ZOOM else float("nan"),
+                         "zoom_minus_control_se": exse if cond != ZOOM else float("nan")}
+                    )  # fmt: skip
+        return pd.DataFrame(rows)
 
     @property
     def reference_scale(self) -> float:
@@ -245,6 +334,23 @@ class ScaleSweepResult(Result):
             index=pd.Index(self.site_aliases, name="site"),
             columns=pd.Index([f"{s:g}x" for s in self.scales], name="scale"),
         )
+
+    def effects(self) -> pd.DataFrame:
+        """The paired change dD = D(view) - D(1.0x) of every site and view (scale above the
+        reference, every condition with images): keys site, condition, scale; ``effect`` = the
+        mean dD over images, ``se`` its paired standard error, ``n`` the images."""
+        rows = []
+        for vi, (cond, sc) in enumerate(self.views()):
+            n = int(self.view_count[vi]) if len(self.view_count) else self.n_images
+            if sc == self.reference_scale or n == 0:
+                continue
+            for u in self.sites:
+                m, se, _ = self.delta(u.alias, sc, cond)
+                rows.append(
+                    {"site": u.alias, "condition": cond, "scale": sc, "effect": m, "se": se,
+                     "n": n}
+                )  # fmt: skip
+        return pd.DataFrame(rows, columns=["site", "condition", "scale", "effect", "se", "n"])
 
     # -- frames ----------------------------------------------------------------------------
     def to_frame(self, what: str = "D") -> pd.DataFrame:
@@ -377,8 +483,9 @@ class ScaleSweepResult(Result):
     # -- Result ----------------------------------------------------------------------------
     def summary(self, digits: int = 4) -> str:
         """Plain text: the branches of each site, the table of D (mean ± s.e.) per site and
-        scale, the paired change delta_D ± paired s.e. (! = |z| >= 3) and, where there are
-        resolution controls, how much of each site's change the control alone reproduces."""
+        scale, the paired change delta_D ± paired s.e. (! = |z| >= 3), for every control
+        (resolution or content) how much of each site's change it alone reproduces, and with
+        object boxes the crop protocol's inside / clipped split."""
 
         def table(header: list[str], body: list[list[str]]) -> list[str]:
             rows = [header, *body]
@@ -427,45 +534,99 @@ class ScaleSweepResult(Result):
                 f"dD = D(s) - D({_sx(ref)}) per image: mean ± paired standard error, z = mean / "
                 "s.e.; ! = |z| >= 3"
             )
-        controlled = [s for s in others if self.has_control(s)]
-        if controlled:
-            out.append("")
-            header = ["site"]
-            for s in controlled:
-                header += [f"control dD @ {_sx(s)}", "share", f"zoom - control @ {_sx(s)}"]
-            body = []
-            for u in self.sites:
-                cells = [mark[u.alias]]
-                for s in controlled:
-                    v = self.view_index(s, CONTROL)
-                    m, se, _ = self.delta(u.alias, s, CONTROL)
-                    zd = self.zoom_delta[u.alias][v]
-                    ex, exse = self.excess_mean[u.alias][v], self.excess_se[u.alias][v]
-                    exz = ex / exse if exse > 0 else float("nan")
-                    zz = self.delta(u.alias, s)[2]
-                    share = f"{m / zd:.0%}" if math.isfinite(zz) and abs(zz) >= 3 else "n.s."
-                    flag = " !" if math.isfinite(exz) and abs(exz) >= 3 else ""
-                    cells += [
-                        f"{m:+.{digits}f} ± {se:.{digits}f}",
-                        share,
-                        f"{ex:+.{digits}f} ± {exse:.{digits}f} (z {exz:+.1f}){flag}",
-                    ]
-                body.append(cells)
-            out += table(header, body)
-            counts = ", ".join(
-                f"{_sx(s)}: {int(self.view_count[self.view_index(s, CONTROL)])}" for s in controlled
-            )
-            out.append(
-                "resolution control = the 1.0x view resized down by the zoom view's upsampling "
-                f"factor and back up, no zoom (images whose zoom view needed upsampling: "
-                f"{counts}); share = control dD / zoom dD on the same images (the part of the "
-                "change the lost resolution alone reproduces; n.s. where the zoom change has "
-                "|z| < 3); zoom - control = the change with "
-                "object scale beyond resolution (paired s.e.; ! = |z| >= 3)"
-            )
+        out += self._control_summary(table, mark, digits)
+        out += self._group_summary(table, mark, digits)
         if self.skipped:
             out.append(f"{len(self.skipped)} file(s) skipped (listed in manifest.json)")
         return "\n".join(out)
+
+    def _control_summary(self, table, mark: dict[str, str], digits: int) -> list[str]:
+        """One block per control condition: its dD, the share of the zoom's dD it
+        reproduces, and zoom - control (what the control leaves unexplained)."""
+        frame = self.control_table()
+        out: list[str] = []
+        if frame.empty:
+            return out
+        word = "native" if self.views_native else "zoom"
+        for cond in dict.fromkeys(frame["condition"]):
+            part = frame[frame["condition"] == cond]
+            scales = list(dict.fromkeys(part["scale"]))
+            header = ["site"]
+            for sc in scales:
+                header += [f"{cond} dD @ {_sx(sc)}", "share", f"{word} - control @ {_sx(sc)}"]
+            body = []
+            for u in self.sites:
+                cells = [mark[u.alias]]
+                for sc in scales:
+                    r = part[(part["site"] == u.alias) & (part["scale"] == sc)].iloc[0]
+                    exz = r["zoom_minus_control_z"]
+                    flag = " !" if math.isfinite(exz) and abs(exz) >= 3 else ""
+                    share = f"{r['share']:.0%}" if math.isfinite(r["share"]) else "n.s."
+                    cells += [
+                        f"{r['control_dD']:+.{digits}f} ± {r['control_se']:.{digits}f}",
+                        share,
+                        f"{r['zoom_minus_control']:+.{digits}f} ± "
+                        f"{r['zoom_minus_control_se']:.{digits}f} (z {exz:+.1f}){flag}",
+                    ]
+                body.append(cells)
+            out.append("")
+            out += table(header, body)
+            counts = ", ".join(f"{_sx(sc)}: {int(part[part['scale'] == sc]['n_images'].iloc[0])}"
+                               for sc in scales)  # fmt: skip
+            label = "resolution control" if cond == CONTROL else f"content control {cond!r}"
+            counted = "images whose zoom view needed upsampling" if cond == CONTROL else "scenes"
+            out.append(
+                f"{label} = {control_text(cond, scales[-1])} ({counted}: {counts}); share = "
+                f"control dD / {word} dD on the same images (the part of the change this "
+                f"control alone reproduces; n.s. where the {word} change has |z| < 3); "
+                f"{word} - control = the change with object scale beyond this control "
+                "(paired s.e.; ! = |z| >= 3)"
+            )
+        return out
+
+    def _group_summary(self, table, mark: dict[str, str], digits: int) -> list[str]:
+        """Crop protocol with object boxes: dD (and zoom - control) of the images whose
+        object lies inside the s-times crop beside those it clips."""
+        frame = self.group_table()
+        out: list[str] = []
+        if frame.empty:
+            return out
+        every = list(dict.fromkeys(zip(frame["condition"], frame["scale"])))
+        rows = {(r["site"], r["condition"], r["scale"], r["group"]): r for _, r in frame.iterrows()}
+        for keys in ([k for k in every if k[0] == ZOOM], [k for k in every if k[0] != ZOOM]):
+            if not keys:
+                continue
+            header = ["site"]
+            for cond, sc in keys:
+                what = "dD" if cond == ZOOM else f"zoom - {cond}"
+                header += [f"{what} @ {_sx(sc)} {g}" for g in GROUPS]
+            body = []
+            for u in self.sites:
+                cells = [mark[u.alias]]
+                for cond, sc in keys:
+                    for g in GROUPS:
+                        r = rows[(u.alias, cond, sc, g)]
+                        if cond == ZOOM:
+                            m, se = r["delta_D"], r["delta_D_se"]
+                        else:
+                            m, se = r["zoom_minus_control"], r["zoom_minus_control_se"]
+                        z = m / se if se > 0 else float("nan")
+                        flag = " !" if math.isfinite(z) and abs(z) >= 3 else ""
+                        cells.append(f"{m:+.{digits}f} ± {se:.{digits}f} (z {z:+.1f}){flag}")
+                body.append(cells)
+            out.append("")
+            out += table(header, body)
+        keys = every
+        counts = "; ".join(
+            f"{_sx(sc)}: {int(self.group_count[0, self.view_index(sc)])} inside, "
+            f"{int(self.group_count[1, self.view_index(sc)])} clipped"
+            for sc in dict.fromkeys(sc for c, sc in keys if c == ZOOM)
+        )
+        out.append(
+            "crop protocol split by the object box: inside = the object lies within the "
+            f"s-times crop, clipped = the crop cuts it ({counts}); paired s.e.; ! = |z| >= 3"
+        )
+        return out
 
     def _payload(self):
         arrays: dict[str, np.ndarray] = {"class_count": self.class_count}
@@ -489,8 +650,15 @@ class ScaleSweepResult(Result):
             "excess_mean",
             "excess_se",
             "image_view_d",
+            "group_delta_mean",
+            "group_delta_se",
+            "group_excess_mean",
+            "group_excess_se",
         ):
             arrays.update(keyed(key, getattr(self, key) or {}))
+        arrays["group_count"] = np.asarray(self.group_count, dtype=np.int64)
+        if self.image_clipped is not None:
+            arrays["image_clipped"] = np.asarray(self.image_clipped, dtype=np.float64)
         arrays["view_count"] = np.asarray(self.view_count)
         arrays["class_view_count"] = np.asarray(self.class_view_count)
         arrays["upsampling"] = np.asarray(self.upsampling, dtype=np.float64)
@@ -501,6 +669,10 @@ class ScaleSweepResult(Result):
             frames["images.csv"] = self.to_frame("images")
         if self.view_records:
             frames["views.csv"] = pd.DataFrame(self.view_records)
+        if self.control_views():
+            frames["controls.csv"] = self.control_table()
+        if len(self.group_count):
+            frames["groups.csv"] = self.group_table()
         fields = {
             "view_conditions": list(self.view_conditions),
             "view_scales": list(self.view_scales),
@@ -543,9 +715,13 @@ class ScaleSweepResult(Result):
             "upsampling": arrays.get("upsampling", np.zeros((2, 0))),
             "image_upsampling": arrays.get("image_upsampling"),
             "image_view_d": unkeyed(arrays, "image_view_d") if per_image else None,
+            "group_count": arrays.get("group_count", np.zeros((0, 0), np.int64)),
+            "image_clipped": arrays.get("image_clipped") if per_image else None,
         }
         for key in ("view_d_mean", "view_d_sem", "delta_mean", "delta_se", "class_delta_mean",
-                    "class_delta_se", "zoom_delta", "excess_mean", "excess_se"):  # fmt: skip
+                    "class_delta_se", "zoom_delta", "excess_mean", "excess_se",
+                    "group_delta_mean", "group_delta_se", "group_excess_mean",
+                    "group_excess_se"):  # fmt: skip
             extra[key] = unkeyed(arrays, key)
         return cls(
             sites=sites,
@@ -624,7 +800,11 @@ class ScaleSweep(Analysis):
     resolution control per scale > 1 (the 1.0x view degraded by that zoom view's upsampling
     factor; counted only where the zoom view needed upsampling). With ``native=True`` the
     items are :class:`~attnviz.data.shapes.ShapeScenes` strips (the views rendered natively)
-    and no control is needed.
+    and no resolution control is needed; ``content`` then adds one view per content control
+    of the strips (:mod:`attnviz.data.scene_controls`), compared with the zoom view at
+    ``content_scale``. ``boxes`` ({image id or source position: object box (x0, y0, x1, y1)
+    in original pixels}) flags, per image and scale, whether the object is clipped by the
+    zoom crop; the paired statistics are then also kept for the inside and clipped images.
     """
 
     name = "scale_sweep"
@@ -638,6 +818,9 @@ class ScaleSweep(Analysis):
         *,
         controls: bool = True,
         native: bool = False,
+        content: Sequence[str] = (),
+        content_scale: float | None = None,
+        boxes: dict[Any, Sequence[float]] | None = None,
     ):
         scales = tuple(float(s) for s in scales)
         if not scales:
@@ -652,6 +835,18 @@ class ScaleSweep(Analysis):
         cond = [(ZOOM, s) for s in scales]
         if self.controls:
             cond += [(CONTROL, s) for s in scales if s > 1.0]
+        self.content = tuple(content)
+        if self.content:
+            if not self.native:
+                raise ValueError("content controls need natively rendered scenes (ShapeScenes)")
+            bad = [c for c in self.content if c not in CONTENT_CONTROLS]
+            if bad:
+                raise ValueError(f"unknown content controls {bad}; valid: {list(CONTENT_CONTROLS)}")
+            target = max(scales) if content_scale is None else float(content_scale)
+            if target not in scales:
+                raise ValueError(f"content_scale {target} is not a swept scale {list(scales)}")
+            cond += [(c, target) for c in self.content]
+        self.boxes = None if self.native or not boxes else dict(boxes)
         self.views = cond
         self.keep_images = True  # step() needs each image's size (upsampling factors)
         self._sites: list[Site] = []
@@ -665,12 +860,17 @@ class ScaleSweep(Analysis):
         return self._sites
 
     def params(self) -> dict[str, Any]:
-        return {
+        params = {
             "scales": list(self.scales),
             "per_image": self.per_image,
             "controls": self.controls,
             "native": self.native,
         }
+        if self.content:
+            params["content"] = list(self.content)
+        if self.boxes is not None:
+            params["boxes"] = len(self.boxes)
+        return params
 
     # -- views -----------------------------------------------------------------------------
     def view_images(
@@ -678,7 +878,8 @@ class ScaleSweep(Analysis):
     ) -> tuple[list[Image.Image], list[float]]:
         """The V views of one item (PIL, before normalisation) and each zoom's upsampling."""
         if self.native:
-            views = [transform.view(v) for v in split_strip(image, len(self.scales))]
+            n_views = len(self.scales) + len(self.content)
+            views = [transform.view(v) for v in split_strip(image, n_views)]
             h, _ = transform.input_size
             up = [h / image.height] * len(self.scales)
             return views, up
@@ -718,6 +919,29 @@ class ScaleSweep(Analysis):
                 out[:, j] = self.scales
         return out
 
+    def _clipped(self, batch) -> np.ndarray | None:
+        """(S, B) float: 1 where the image's object box is not inside the s-times crop (the
+        crop in original pixels, :func:`attnviz.data.views.zoom_geometry`), 0 where it is,
+        NaN without a box (or when the geometry is unknown); None without boxes."""
+        if self.boxes is None:
+            return None
+        out = np.full((len(self.scales), len(batch)), np.nan)
+        for j, (r, image) in enumerate(zip(batch.records, batch.images)):
+            box = self.boxes.get(r.id, self.boxes.get(r.index))
+            if box is None:
+                continue
+            try:
+                geos = zoom_geometry(_image_size(image), self.transform, self.scales)
+            except ValueError:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in box)
+            for i, g in enumerate(geos):
+                c0, d0, c1, d1 = g.box
+                eps = 1e-6
+                inside = x0 >= c0 - eps and y0 >= d0 - eps and x1 <= c1 + eps and y1 <= d1 + eps
+                out[i, j] = 0.0 if inside else 1.0
+        return out
+
     # -- per batch -------------------------------------------------------------------------
     def step(self, state: State, batch, cache, output) -> None:
         b, s, v = len(batch), len(self.scales), len(self.views)
@@ -733,10 +957,18 @@ class ScaleSweep(Analysis):
         counted = np.ones((v, b), dtype=bool)
         zoom_of = np.arange(v)  # the zoom view a view is compared with
         for vi, (cond, sc) in enumerate(self.views):
-            if cond == CONTROL:
+            if cond != ZOOM:  # a control: compared with the zoom view at its scale
                 zi = self.scales.index(sc)
                 zoom_of[vi] = zi
-                counted[vi] = up[zi] > 1.0 + 1e-9
+                if cond == CONTROL:  # only where the zoom view needed upsampling
+                    counted[vi] = up[zi] > 1.0 + 1e-9
+        clipped = self._clipped(batch)  # (S, B) or None
+        groups: dict[str, np.ndarray] = {}
+        if clipped is not None:
+            flag = clipped[zoom_of]  # (V, B): the flag of the zoom view a view belongs to
+            groups = {"inside": counted & (flag == 0.0), "clipped": counted & (flag == 1.0)}
+            for g, gw in groups.items():
+                state.add(f"group_count::{g}", gw.sum(1))
         state.add("count", b)
         state.add("view_count", counted.sum(1))
         state.add("up_sum", up.sum(1))
@@ -772,6 +1004,11 @@ class ScaleSweep(Analysis):
                 state.add(f"{key}_sum::{site.alias}", (w * val).sum(1))
                 state.add(f"{key}_sq::{site.alias}", (w * val * val).sum(1))
             state.add(f"zd_sum::{site.alias}", (w * zdelta).sum(1))
+            for g, gw in groups.items():
+                gwf = gw.astype(np.float64)
+                for key, val in (("dd", delta), ("ex", excess)):
+                    state.add(f"g{key}_sum::{g}::{site.alias}", (gwf * val).sum(1))
+                    state.add(f"g{key}_sq::{g}::{site.alias}", (gwf * val * val).sum(1))
             for lab in set(known):
                 cols = [j for j, x in enumerate(labels) if x == lab]
                 state.add(f"cd_sum::{site.alias}::{lab}", d[:, cols].sum(1))
@@ -795,6 +1032,8 @@ class ScaleSweep(Analysis):
                 state.put("id", r.index, np.asarray(r.id))
                 state.put("label", r.index, -1 if r.label is None else r.label)
                 state.put("upsampling", r.index, up[:, j])
+                if clipped is not None:
+                    state.put("clipped", r.index, clipped[:, j])
 
     def finalise(self, state: State, run: RunInfo) -> ScaleSweepResult:
         n = float(state.sum("count"))
@@ -814,7 +1053,14 @@ class ScaleSweep(Analysis):
             "branch_mean", "branch_std", "d_mean", "d_std", "d_sem", "class_d_mean",
             "class_d_sem", "view_d_mean", "view_d_sem", "delta_mean", "delta_se",
             "class_delta_mean", "class_delta_se", "zoom_delta", "excess_mean", "excess_se",
+            "group_delta_mean", "group_delta_se", "group_excess_mean", "group_excess_se",
         )  # fmt: skip
+        grouped = self.boxes is not None
+        group_count = (
+            np.stack([state.sum(f"group_count::{g}", zeros_v) for g in GROUPS])
+            if grouped
+            else np.zeros((0, v))
+        )
         out: dict[str, dict[str, np.ndarray]] = {key: {} for key in keys}
         swept = []
         for site in self._sites:
@@ -869,7 +1115,12 @@ class ScaleSweep(Analysis):
             out["excess_mean"][a], out["excess_se"][a] = _mean_se(
                 state.sum(f"ex_sum::{a}", zeros_v), state.sum(f"ex_sq::{a}", zeros_v), view_count
             )
-        image_d = image_att = ids = image_labels = image_view_d = image_up = None
+            if grouped:
+                for key, name in (("dd", "group_delta"), ("ex", "group_excess")):
+                    total = np.stack([state.sum(f"g{key}_sum::{g}::{a}", zeros_v) for g in GROUPS])
+                    sq = np.stack([state.sum(f"g{key}_sq::{g}::{a}", zeros_v) for g in GROUPS])
+                    out[name + "_mean"][a], out[name + "_se"][a] = _mean_se(total, sq, group_count)
+        image_d = image_att = ids = image_labels = image_view_d = image_up = image_clip = None
         if self.per_image:
             image_d = {s_.alias: state.stacked(f"image_d::{s_.alias}")[1] for s_ in swept}
             image_view_d = {s_.alias: state.stacked(f"image_view_d::{s_.alias}")[1] for s_ in swept}
@@ -877,6 +1128,8 @@ class ScaleSweep(Analysis):
             ids = [str(x) for x in state.stacked("id")[1]]
             image_labels = [int(x) for x in state.stacked("label")[1]]
             image_up = state.stacked("upsampling")[1]
+            if grouped:
+                image_clip = state.stacked("clipped")[1]
         up_mean = state.sum("up_sum", np.zeros(s)) / max(n, 1)
         return ScaleSweepResult(
             sites=swept,
@@ -898,6 +1151,8 @@ class ScaleSweep(Analysis):
             image_view_d=image_view_d,
             image_upsampling=image_up,
             views_native=self.native,
+            group_count=group_count.astype(np.int64),
+            image_clipped=image_clip,
             **out,
         )
 
@@ -910,6 +1165,7 @@ def scale_sweep(
     sites: Iterable[str | Site] | str | None = None,
     per_image: bool = False,
     controls: bool = True,
+    boxes: Any = "auto",
     **run_options: Any,
 ) -> ScaleSweepResult:
     """Run the SKNet object-scale sweep of ``model`` over ``images``.
@@ -924,6 +1180,14 @@ def scale_sweep(
     those of :func:`attnviz.analysis.runner.run` (``preprocess``, ``labels``, ``batch_size``,
     ``workers``, ``limit``, ``strict``, ``progress``, ``checkpoint``, ``resume``, ...). The
     model runs in eval mode; its training flags are restored afterwards.
+
+    A ShapeScenes made with ``controls=`` adds its content controls (see
+    :mod:`attnviz.data.scene_controls`). ``boxes`` (crop protocol only): the object box of
+    each image in original pixels, {image id or source position: (x0, y0, x1, y1)}, to split
+    the paired statistics into images whose object lies inside the zoom crop and images it
+    clips; ``"auto"`` (default) takes them from a :class:`~attnviz.data.ShapesDataset`'s
+    records or from the ``records.csv`` of a folder written by
+    :func:`attnviz.data.write_image_folder` (none otherwise); None: no split.
     """
     from ..data.shapes import ShapeScenes
 
@@ -941,6 +1205,9 @@ def scale_sweep(
         per_image,
         controls=controls,
         native=native,
+        content=images.controls if native else (),
+        content_scale=images.control_scale if native else None,
+        boxes=None if native else (_auto_boxes(images) if boxes == "auto" else boxes),
     )
     result = run(analysis, model, images, **run_options)
     assert isinstance(result, ScaleSweepResult)
@@ -954,6 +1221,25 @@ def scale_sweep(
             for j, sc in enumerate(result.scales)
         ]
     return result
+
+
+def _auto_boxes(images: Any) -> dict[Any, tuple[float, ...]] | None:
+    """Object boxes of a ShapesDataset (by position) or of a folder with ``records.csv``
+    (by relative path, the folder's image ids); None when there are none."""
+    from pathlib import Path
+
+    from ..data.shapes import ShapesDataset
+
+    if isinstance(images, ShapesDataset):
+        return {i: tuple(float(v) for v in r.box) for i, r in enumerate(images.records)}
+    if isinstance(images, (str, Path)) and (Path(images) / "records.csv").is_file():
+        table = pd.read_csv(Path(images) / "records.csv")
+        if {"path", "x0", "y0", "x1", "y1"} <= set(table.columns):
+            return {
+                str(r.path): (float(r.x0), float(r.y0), float(r.x1), float(r.y1))
+                for r in table.itertuples()
+            }
+    return None
 
 
 def _scene_view_records(scenes: Any) -> list[dict[str, Any]]:

@@ -36,7 +36,8 @@ are spikes at different keys, not because they are broad maps that differ.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -324,3 +325,185 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         "higher_share": higher / n if n else math.nan,
         "sign_test_p": sign_test_p(higher, lower),
     }
+
+
+# ----------------------------------------------------------------------------- nulls (issue 21)
+def two_sided_p(z: float) -> float:
+    """Two-sided normal p-value of a z score, erfc(|z| / sqrt 2); NaN for a NaN z."""
+    if z is None or not math.isfinite(z):
+        return math.nan if z is None or math.isnan(z) else 0.0
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values over one family of tests (Holm 1979).
+
+    With the m finite p-values sorted p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i}
+    min(1, (m - j + 1) p_(j)). NaN entries are not tests: they stay NaN and do not count in m.
+    Reject at level alpha where adj <= alpha (controls the family-wise error rate).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p.ravel()))
+    m = ok.size
+    if m == 0:
+        return out
+    flat = p.ravel()[ok]
+    order = np.argsort(flat, kind="mergesort")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * flat[order])
+    adjusted = np.maximum.accumulate(scaled)
+    res = out.ravel()
+    res[ok[order]] = adjusted
+    return res.reshape(p.shape)
+
+
+def top_k_cells(n_cells: int, top_k: float) -> int:
+    """Cells in a top-k region of a map without ties: max(1, ceil(k * N)) (the tool's rule)."""
+    if not 0.0 < top_k <= 1.0:
+        raise ValueError(f"top_k must be a fraction in (0, 1], got {top_k}")
+    if n_cells < 1:
+        raise ValueError(f"a map needs at least one cell, got {n_cells}")
+    return max(1, math.ceil(top_k * n_cells - 1e-9))
+
+
+def top_k_iou_chance(grid: Sequence[int] | int, top_k: float = 0.2) -> float:
+    """Exact expected IoU of the top-k regions of two independent maps without ties.
+
+    Each region is a uniformly random set of n = :func:`top_k_cells` of the N = H * W cells, so
+    the overlap X is hypergeometric (N, n, n) and IoU = X / (2n - X):
+    E[IoU] = sum_x C(n, x) C(N - n, n - x) / C(N, n) * x / (2n - x). At a 4x4 grid and k = 0.2,
+    n = 4 and E = 0.158 (not k / (2 - k) = 0.111, the large-grid limit). Maps with ties at the
+    threshold grow their regions (all tied cells are included): use :func:`permutation_null`
+    with the tool's own IoU for those.
+    """
+    n_cells = int(grid) if isinstance(grid, (int, np.integer)) else math.prod(int(g) for g in grid)
+    n = top_k_cells(n_cells, top_k)
+    total = math.comb(n_cells, n)
+    expected = 0.0
+    for x in range(max(0, 2 * n - n_cells), n + 1):
+        expected += math.comb(n, x) * math.comb(n_cells - n, n - x) / total * x / (2 * n - x)
+    return expected
+
+
+def permutation_null(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    draws: int = 2000,
+    seed: int = 0,
+    exact_max: int = 8,
+) -> np.ndarray:
+    """The statistic of ``a`` against the cells of ``b`` put in another order: its null
+    distribution when the two maps are unrelated.
+
+    Few cells (N <= ``exact_max``): every one of the N! orders, exactly; more: ``draws``
+    orders from ``numpy.random.default_rng(seed)``. The statistic is the caller's own (e.g.
+    Spearman's rho, or the tool's top-k IoU with its tie rule), so the null keeps the maps'
+    values, ties and grid.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size != b.size:
+        raise ValueError(f"maps differ in size: {a.size} vs {b.size}")
+    if a.size <= exact_max:
+        from itertools import permutations
+
+        orders: Any = (np.asarray(o) for o in permutations(range(b.size)))
+    else:
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"draws must be a whole number >= 1, got {draws!r}")
+        rng = np.random.default_rng(seed)
+        orders = (rng.permutation(b.size) for _ in range(draws))
+    return np.asarray([statistic(a, b[o]) for o in orders], dtype=np.float64)
+
+
+def permutation_p(observed: float, null: np.ndarray, alternative: str = "two-sided") -> float:
+    """p of ``observed`` under a permutation ``null``: ``"greater"`` share of null >= observed,
+    ``"two-sided"`` share with |null| >= |observed| (for statistics centred on 0, like rho).
+    Exact when the null enumerates every order; (1 + count) / (1 + R) for sampled nulls is the
+    caller's choice. NaNs in the null are left out; NaN when nothing is left."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if null.size == 0 or not math.isfinite(observed):
+        return math.nan
+    eps = 1e-12
+    if alternative == "greater":
+        return float(np.mean(null >= observed - eps))
+    if alternative == "two-sided":
+        return float(np.mean(np.abs(null) >= abs(observed) - eps))
+    raise ValueError(f"alternative must be 'greater' or 'two-sided', got {alternative!r}")
+
+
+def bootstrap_ci(
+    n: int,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    draws: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` items resampled with
+    replacement (``draws`` resamples from ``numpy.random.default_rng(seed)``): the
+    (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled statistic, and its
+    bootstrap standard error (std, ddof=1): ``(low, high, se)``; NaNs left out, all NaN if
+    none is finite. The statistic gets the resampled item indices, so it can recompute
+    anything from per-item rows (e.g. gate_gain from per-image excitations).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n < 1 or draws < 2:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = np.asarray([statistic(rng.integers(0, n, n)) for _ in range(draws)], np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return math.nan, math.nan, math.nan
+    lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(lo), float(hi), float(values.std(ddof=1))
+
+
+def sign_flip_p(d: np.ndarray, *, draws: int = 2000, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation p of paired differences ``d`` (H0: symmetric about 0).
+
+    The statistic is |mean(d)|; each draw flips the sign of every d_i with probability 1/2
+    (``numpy.random.default_rng(seed)``); exact over all 2^n flips when n <= 12. The p is
+    (1 + #{null >= observed}) / (1 + draws) for drawn flips, the exact share otherwise; 1.0
+    when every d_i is 0, NaN for no items.
+    """
+    d = np.asarray(d, dtype=np.float64).ravel()
+    n = d.size
+    if n == 0:
+        return math.nan
+    observed = abs(d.mean())
+    if n <= 12:
+        signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+        null = np.abs(signs @ d) / n
+        return float(np.mean(null >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    count = 0
+    for start in range(0, draws, 500):
+        k = min(500, draws - start)
+        signs = rng.integers(0, 2, size=(k, n)) * 2.0 - 1.0
+        count += int((np.abs(signs @ d) / n >= observed - 1e-12).sum())
+    return (1 + count) / (1 + draws)
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, *, draws: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values``: as :func:`bootstrap_ci` with
+    ``statistic = mean`` and the same resamples (``rng.integers(0, n, n)`` per draw, from
+    ``numpy.random.default_rng(seed)``), vectorised in chunks of draws."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    n = v.size
+    if n < 1 or draws < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    chunks = [
+        v[rng.integers(0, n, (min(256, draws - start), n))].mean(axis=1)
+        for start in range(0, draws, 256)
+    ]
+    means = np.concatenate(chunks)
+    lo, hi = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(lo), float(hi)

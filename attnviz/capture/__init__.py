@@ -8,6 +8,7 @@ from .core import (
     find_sites,
     unread_modules,
 )
+from .intervene import Intervention, NotWritableError, intervene
 from .kinds import (
     KINDS,
     ROLES,
@@ -19,12 +20,14 @@ from .kinds import (
     register_kind,
     window_to_grid,
 )
+from .policies import POLICIES, Policy, PolicyError, get_policy, register_policy
 from .reductions import REDUCTIONS
 from .registry import (
     Adapter,
     Computed,
     Intercepted,
     Reading,
+    Written,
     adapter_for,
     register_adapter,
     registered_adapters,
@@ -35,6 +38,7 @@ from .site import Site, stage_block
 
 __all__ = [
     "KINDS",
+    "POLICIES",
     "ROLES",
     "CompiledModelError",
     "REDUCTIONS",
@@ -43,6 +47,11 @@ __all__ = [
     "Capture",
     "Computed",
     "Intercepted",
+    "Intervention",
+    "NotWritableError",
+    "Policy",
+    "PolicyError",
+    "Written",
     "Kind",
     "Reading",
     "Site",
@@ -50,11 +59,14 @@ __all__ = [
     "capture",
     "find_sites",
     "get_kind",
+    "get_policy",
+    "intervene",
     "is_query_kind",
     "kinds_with_role",
     "query_kinds",
     "register_adapter",
     "register_kind",
+    "register_policy",
     "registered_adapters",
     "softmax_over_positions",
     "stage_block",

@@ -11,15 +11,16 @@ import re
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import AttnvizError, NoAttentionSitesError
-from .kinds import Kind, get_kind, query_kinds
+from .kinds import REGISTRY_CHANGES, Kind, get_kind, query_kinds
 from .reductions import Reduction, resolve_reduction
 from .registry import Adapter, _adapter_lookup, qualified_name, registered_adapters
 from .site import Site, assign_aliases, feature_stages
@@ -32,22 +33,92 @@ class CompiledModelError(AttnvizError, TypeError):
     """``capture`` was given a ``torch.compile``d module, whose compiled code skips hooks."""
 
 
-class _CallRecorder(TorchFunctionMode):
-    """Records the outputs of the named torch functions called while it is active."""
+class CallListener:
+    """One user of a site's torch-function interception: ``on_call(name, out) -> out`` sees
+    the output of every call of a function named in ``names`` made by the site module in the
+    thread ``thread``. Writers (``order`` 0, intervene) see a call before readers (1, capture),
+    so a capture reads what an intervention wrote, whichever context was entered first."""
 
-    def __init__(self, names: tuple[str, ...], stash: dict[str, list[Any]]):
-        super().__init__()
+    def __init__(self, names: tuple[str, ...], on_call: Callable[[str, Any], Any], order: int):
         self.names = names
-        self.stash = stash
+        self.on_call = on_call
+        self.order = order
+        self.thread = threading.get_ident()
+
+
+class _CallMode(TorchFunctionMode):
+    """Passes the outputs of the named torch functions through the listeners, in order."""
+
+    def __init__(self, listeners: list[CallListener]):
+        super().__init__()
+        self.listeners = listeners
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", None)
-        if name in self.names:
-            self.stash.setdefault(f"{name}()", []).append(out)
-            if isinstance(out, Tensor):  # to notice an in-place change before it is read
-                self.stash.setdefault(_VERSIONS, []).append((f"{name}()", out, out._version))
+        for listener in self.listeners:
+            if name in listener.names:
+                out = listener.on_call(name, out)
         return out
+
+
+class _InterceptionPoint:
+    """The torch-function interception of one site module, shared by every capture and
+    intervene context on it: one pre-hook enters a :class:`_CallMode` while the module runs,
+    one post-hook (also run when the forward raises) leaves it."""
+
+    _points: ClassVar[dict[int, _InterceptionPoint]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, module: nn.Module):
+        self.listeners: list[CallListener] = []
+        self.modes: dict[int, list[_CallMode]] = {}  # per thread: entered, not yet left
+        self._handles = [
+            module.register_forward_pre_hook(self._enter, prepend=True),
+            module.register_forward_hook(self._leave, prepend=True, always_call=True),
+        ]
+
+    @classmethod
+    def add(cls, module: nn.Module, listener: CallListener) -> None:
+        with cls._lock:
+            point = cls._points.get(id(module))
+            if point is None:
+                point = cls._points[id(module)] = cls(module)
+            point.listeners.append(listener)
+            point.listeners.sort(key=lambda li: li.order)
+
+    @classmethod
+    def remove(cls, module: nn.Module, listener: CallListener) -> None:
+        with cls._lock:
+            point = cls._points.get(id(module))
+            if point is None or listener not in point.listeners:
+                return
+            point.listeners.remove(listener)
+            if not point.listeners:
+                del cls._points[id(module)]
+                for handle in point._handles:
+                    handle.remove()
+            for mode in reversed(point.modes.pop(listener.thread, [])):  # a forward raised
+                mode.__exit__(None, None, None)
+
+    def _enter(self, module: nn.Module, inputs: tuple) -> None:
+        thread = threading.get_ident()
+        mine = [li for li in self.listeners if li.thread == thread]
+        if mine and not _is_tracing():
+            mode = _CallMode(mine)
+            mode.__enter__()
+            self.modes.setdefault(thread, []).append(mode)
+
+    def _leave(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        stack = self.modes.get(threading.get_ident())
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+
+#: Attention an intervention wrote in this forward, by (thread, id(site module)): canonical
+#: layout. A capture of the same site records this tensor, so what it reads is what the module
+#: used, also for adapters that read by recomputing (timm Non-local from its ``t``/``p``).
+_WRITTEN: dict[tuple[int, int], Tensor] = {}
 
 
 _VERSIONS = "\0versions"  # stash key of (tap, tensor, version) records of intercepted outputs
@@ -148,12 +219,48 @@ def _scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]], list[
     return found, unread
 
 
+# ----------------------------------------------------------------------------- discovery cache
+#: Bumped by torch whenever any module gets a submodule (``add_module``, attribute assignment,
+#: ``Sequential`` item assignment): a cached scan of a model is reused only while neither this
+#: nor the adapter/kind registries changed. (Deleting a submodule without assigning another is
+#: not seen: call :func:`clear_site_cache` after ``del model.block``.)
+_MODULE_CHANGES = [0]
+
+
+def _on_module_registration(module: nn.Module, name: str, submodule: Any) -> None:
+    _MODULE_CHANGES[0] += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_on_module_registration)
+_SCANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def clear_site_cache() -> None:
+    """Forget every cached site discovery (see ``_MODULE_CHANGES``)."""
+    _SCANS.clear()
+
+
+def _cached_scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]], Any]:
+    """``(_scan(model)[0], feature_stages(model))``, reused while the model's modules and the
+    registries are unchanged (``capture`` / ``intervene`` entered once per image stay cheap)."""
+    key = (_MODULE_CHANGES[0], REGISTRY_CHANGES[0])
+    hit = _SCANS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = (_scan(model)[0], feature_stages(model))
+    _SCANS[model] = (key, value)
+    return value
+
+
 def _find(
     model: nn.Module, found: list[tuple[str, nn.Module, Adapter]] | None = None
 ) -> list[tuple[Site, nn.Module, Adapter]]:
     if found is None:
-        found, _ = _scan(model)
-    stages = feature_stages(model)
+        found, stages = _cached_scan(model)
+    else:
+        stages = feature_stages(model)
     kinds = [adapter.kind_for(module) for _, module, adapter in found]
     aliases = assign_aliases([(name, k) for (name, _, _), k in zip(found, kinds)], stages)
     out = []
@@ -265,19 +372,34 @@ def select_sites(
             raise _no_sites_error(model, f" of kind {kinds} (its sites are of kind {present})")
     if sites is not None:
         wanted = [sites] if isinstance(sites, (str, Site)) else list(sites)
-        by_key: dict[str, tuple[Site, nn.Module, Adapter]] = {}
-        for f in found:
-            by_key[f[0].name] = f
-            by_key[f[0].alias] = f
-        chosen: dict[str, tuple[Site, nn.Module, Adapter]] = {}
+        chosen: set[str] = set()
         for w in wanted:
-            key = w.name if isinstance(w, Site) else w
-            if key not in by_key:
-                valid = ", ".join(f"{s.alias} ({s.name})" for s, _, _ in found)
-                raise ValueError(f"unknown site {key!r}; valid sites: {valid}")
-            chosen[by_key[key][0].name] = by_key[key]
+            chosen.update(s.name for s, _, _ in resolve_site_key(found, w))
         found = [f for f in found if f[0].name in chosen]
     return found
+
+
+def resolve_site_key(
+    found: Sequence[tuple[Site, nn.Module, Adapter]], key: str | Site
+) -> list[tuple[Site, nn.Module, Adapter]]:
+    """The sites one key names: a module name, an alias, ``stage:N`` (every site of paper
+    stage N), a kind name (every site of that kind) or ``all``. Errors list the valid keys."""
+    if isinstance(key, Site):
+        key = key.name
+    out = [f for f in found if key in (f[0].name, f[0].alias)]
+    if not out and key == "all":
+        out = list(found)
+    elif not out and isinstance(key, str) and key.startswith("stage:"):
+        out = [f for f in found if str(f[0].stage) == key[len("stage:") :]]
+    elif not out and key in {f[0].kind for f in found}:
+        out = [f for f in found if f[0].kind == key]
+    if not out:
+        valid = ", ".join(f"{s.alias} ({s.name})" for s, _, _ in found)
+        stages = sorted({s.stage for s, _, _ in found if s.stage is not None})
+        kinds = sorted({s.kind for s, _, _ in found})
+        groups = ", ".join(["all", *(f"stage:{n}" for n in stages), *kinds])
+        raise ValueError(f"unknown site {key!r}; valid sites: {valid}; or a group: {groups}")
+    return out
 
 
 class AttentionCache(Mapping[str, Tensor]):
@@ -489,7 +611,7 @@ class Capture:
         self._queries = queries
         self._io = io
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._recorders: list[_CallRecorder] = []  # active while an intercepting site runs
+        self._listeners: list[tuple[nn.Module, CallListener]] = []  # intercepting sites
         self._thread: int | None = None
         self._full_map_bytes = 0
         self._warned_size = False
@@ -514,8 +636,8 @@ class Capture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        while self._recorders:  # a forward raised inside an intercepting site
-            self._recorders.pop().__exit__(None, None, None)
+        while self._listeners:
+            _InterceptionPoint.remove(*self._listeners.pop())
         self._thread = None
 
     def _mine(self) -> bool:
@@ -531,26 +653,24 @@ class Capture:
                 self._handles.append(sub.register_forward_hook(self._tap_hook(stash, path)))
 
         intercepts = adapter.intercepts
-        recorder: list[_CallRecorder] = []
+        if intercepts:
+
+            def on_call(name: str, out: Any) -> Any:
+                stash.setdefault(f"{name}()", []).append(out)
+                if isinstance(out, Tensor):  # to notice an in-place change before it is read
+                    stash.setdefault(_VERSIONS, []).append((f"{name}()", out, out._version))
+                return out
+
+            listener = CallListener(intercepts, on_call, order=1)
+            _InterceptionPoint.add(module, listener)
+            self._listeners.append((module, listener))
 
         def pre_hook(mod: nn.Module, inputs: tuple) -> None:
             if self._mine():
                 stash.clear()
-                if intercepts and not _is_tracing():
-                    mode = _CallRecorder(intercepts, stash)
-                    mode.__enter__()
-                    recorder.append(mode)
-                    self._recorders.append(mode)
 
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
             if not self._mine():
-                return
-            if recorder:
-                mode = recorder.pop()
-                mode.__exit__(None, None, None)
-                self._recorders.remove(mode)
-            elif intercepts:
-                stash.clear()
                 return
             if _is_tracing() or not isinstance(output, Tensor):
                 stash.clear()
@@ -610,6 +730,12 @@ class Capture:
             reading = adapter.read_attention(module, taps, inputs, output, rows)
             att = reading.attention
             meta = dict(reading.meta)
+            written = _WRITTEN.get((threading.get_ident(), id(module)))
+            if written is not None:  # an intervention replaced it: that is what the module used
+                att = written
+                meta["intervened"] = True
+                if rows is not None and reading.rows_selected:
+                    att = att.index_select(kind.query_axis, rows.to(att.device))
             if rows is not None:
                 if not reading.rows_selected:
                     att = att.index_select(kind.query_axis, rows.to(att.device))

@@ -102,10 +102,14 @@ class Kind:
 
 KINDS: dict[str, Kind] = {}
 
+#: Bumped whenever a kind or an adapter is registered: site discovery caches check it.
+REGISTRY_CHANGES = [0]
+
 
 def register_kind(kind: Kind) -> Kind:
     """Add a kind (or replace one of the same name) and return it."""
     KINDS[kind.name] = kind
+    REGISTRY_CHANGES[0] += 1
     return kind
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .kinds import get_kind
+from .kinds import REGISTRY_CHANGES, get_kind
 
 
 @dataclass
@@ -82,6 +82,30 @@ class Intercepted:
 Read = "str | Computed | Intercepted"
 
 
+ViewFn = Callable[[nn.Module, Tensor, tuple], Tensor]
+
+
+@dataclass(frozen=True)
+class Written:
+    """Where a site's attention can be replaced (``attnviz.intervene``).
+
+    ``at`` is a submodule path (``""``: the module itself) whose output is the attention, or
+    ``"name()"``: the output of the one call of torch function ``name`` (``softmax``,
+    ``sigmoid``) inside the module's forward. ``view(module, raw, inputs)`` turns that raw
+    tensor into the kind's canonical layout (default: the kind's ``canonicalize``); the
+    canonical layout must be a reshape of the raw tensor, so a replacement goes back by
+    ``reshape(raw.shape)``.
+    """
+
+    at: str
+    view: ViewFn | None = None
+
+    @property
+    def function(self) -> str | None:
+        """The intercepted torch function's name, or None for a submodule output."""
+        return self.at[:-2] if self.at.endswith("()") else None
+
+
 @dataclass(frozen=True)
 class Adapter:
     """How one module type's attention is read."""
@@ -95,6 +119,30 @@ class Adapter:
     describe: Callable[[nn.Module], dict] | None = None
     meta: Callable[[nn.Module, tuple, Any], dict] | None = None
     query_grid: Callable[[nn.Module, tuple], tuple[int, int]] | None = None
+    write: Written | str | None = None  # where to replace the attention, or why it cannot be
+
+    @property
+    def writer(self) -> Written | str:
+        """Where ``intervene`` replaces this attention, or a one-line reason it cannot.
+
+        Declared by the adapter (``write=``), else derived: a plain submodule output is
+        replaced at that submodule; one intercepted function call is replaced at the call.
+        """
+        if self.write is not None:
+            return self.write
+        if isinstance(self.read, str) and self.transform is None:
+            return Written(self.read)
+        if isinstance(self.read, Intercepted) and len(self.read.functions) == 1:
+            compute, key = self.read.compute, Intercepted.key(self.read.functions[0])
+
+            def view(module: nn.Module, raw: Tensor, inputs: tuple) -> Tensor:
+                return compute(module, {key: (raw,)}, inputs, None, None).attention
+
+            return Written(key, view)
+        return (
+            f"the {self.module_type.rsplit('.', 1)[-1]} adapter reads its attention by "
+            "recomputing it, and declares no place to write it (register_adapter(..., write=))"
+        )
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -161,6 +209,7 @@ def register_adapter(
     describe: Callable[[nn.Module], dict] | None = None,
     meta: Callable[[nn.Module, tuple, Any], dict] | None = None,
     query_grid: Callable[[nn.Module, tuple], tuple[int, int]] | None = None,
+    write: Written | str | None = None,
 ) -> Adapter:
     """Teach attnviz to read a module class's attention.
 
@@ -175,7 +224,9 @@ def register_adapter(
     (e.g. a GC variant without attention). Registering the same class again replaces it
     (a built-in adapter too). ``kind`` may be a callable ``module -> kind name`` when the kind
     depends on the module's configuration; ``query_grid(module, inputs) -> (H, W)`` gives the
-    query grid of a per-query kind when it is not the input's H x W.
+    query grid of a per-query kind when it is not the input's H x W. ``write`` says where
+    :func:`attnviz.intervene` replaces the attention (a :class:`Written`), or why it cannot (a
+    one-line reason); by default a plain submodule read is also the place to write.
     """
     _ensure_builtin_adapters()  # so that a user's adapter replaces a built-in one, not vice versa
     if not callable(kind):
@@ -193,14 +244,17 @@ def register_adapter(
         describe=describe,
         meta=meta,
         query_grid=query_grid,
+        write=write,
     )
     _ADAPTERS[key] = adapter
+    REGISTRY_CHANGES[0] += 1
     return adapter
 
 
 def unregister_adapter(module_type: type | str) -> None:
     key = module_type if isinstance(module_type, str) else qualified_name(module_type)
     _ADAPTERS.pop(key, None)
+    REGISTRY_CHANGES[0] += 1
 
 
 def registered_adapters() -> dict[str, Adapter]:

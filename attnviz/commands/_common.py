@@ -2,8 +2,14 @@
 
 Every analysis command takes ``--model``, ``--weights``, ``--images``, ``--out``, ``--sites``,
 ``--device``, ``--input-size``, ``--batch-size``, ``--workers``, ``--limit``, ``--resume``,
-``--overwrite``, ``--strict`` and ``--no-progress`` (:func:`add_analysis_arguments`), and
-writes ``OUT/result/``, ``OUT/figures/`` and ``OUT/summary.txt`` (:class:`OutputFolder`).
+``--overwrite``, ``--strict``, ``--no-progress`` and ``--max-pixels``
+(:func:`add_analysis_arguments`), and writes ``result/``, ``figures/`` and ``summary.txt``
+into OUT, or into ``OUT/<analysis>/`` when OUT already holds another analysis's result
+(:class:`OutputFolder`).
+
+Under torchrun every rank runs the command; what rank 0 does alone after the analysis
+(saving, figures, the query viewer, replicates) goes through :func:`on_main_rank`, which runs
+it without collectives (:func:`attnviz.distributed.local_only`) while the other ranks wait.
 
 Errors print one line, ``attnviz CMD: error: ...``: exit 2 for bad usage (found from the
 arguments alone), 1 for failures at run time. ``--debug`` shows the traceback instead.
@@ -13,15 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
+import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import AttnvizError, OutputError
 from ..results import atomic_write_text
@@ -29,6 +37,7 @@ from ..results import atomic_write_text
 LOCK_FILE = ".attnviz.lock"
 FIGURES_LIST = ".attnviz-figures.json"
 SUMMARY_FILE = "summary.txt"
+MAX_PIXELS = 50_000_000  # = attnviz.data.images.MAX_PIXELS (not imported: the parser needs no PIL)
 
 
 class UsageError(AttnvizError):
@@ -161,11 +170,160 @@ def add_analysis_arguments(
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"skip image files of more than N pixels (width x height, read before decoding; "
+        f"default {MAX_PIXELS})",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=positive_int,
         default=20,
         help="checkpoint every N batches (default 20)",
     )
+    add_replicate_arguments(p)
+
+
+# ----------------------------------------------------------------------------- replicates
+# the baseline kinds of attnviz.models.baselines.BASELINES, repeated here so that building the
+# parser does not import torch (a test checks that they agree)
+BASELINE_KINDS = ("permuted", "untrained")
+DEFAULT_BASELINE_N = 3
+
+
+def baseline_value(text: str) -> tuple[str, int]:
+    """``--baseline untrained[:N]`` / ``permuted[:N]`` -> (kind, N) (N default 3)."""
+    kind, _, count = text.partition(":")
+    if kind not in BASELINE_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown baseline {text!r}: use {' or '.join(BASELINE_KINDS)}, optionally :N"
+        )
+    if count and (not count.isdigit() or int(count) < 1):
+        raise argparse.ArgumentTypeError(f"baseline {text!r}: N must be a whole number >= 1")
+    return kind, int(count) if count else DEFAULT_BASELINE_N
+
+
+def add_replicate_arguments(p: argparse.ArgumentParser) -> None:
+    """``--baseline`` and ``--seeds``: the same analysis on baselines and training seeds,
+    joined per effect in ``OUT/replicates/`` (:mod:`attnviz.analysis.replicates`)."""
+    p.add_argument(
+        "--baseline",
+        type=baseline_value,
+        action="append",
+        default=[],
+        metavar="KIND[:N]",
+        help="also run the analysis on N baselines of each model: 'untrained' (random "
+        "initialisations of the architecture) or 'permuted' (trained weights shuffled within "
+        "each tensor); N default 3; repeat for both. Writes OUT/replicates/",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="also run the analysis on the bundled training-seed replicates of each model: "
+        "'all' or seed numbers (seed 0 is the model itself). Writes OUT/replicates/",
+    )
+
+
+def _chosen_seeds(args: argparse.Namespace, spec: str) -> list[int]:
+    """The replicate seeds ``--seeds`` names for a bundled model (seed 0 left out)."""
+    from ..models.seeds import seeds_of
+
+    values = list(args.seeds or [])
+    if not values:
+        return []
+    if spec not in _tiny_names() or getattr(args, "weights", None):
+        raise UsageError(f"--seeds needs bundled models without --weights, not {spec!r}")
+    have = seeds_of(spec)
+    if values == ["all"]:
+        return [s for s in have if s != 0]
+    if not all(v.isdigit() for v in values):
+        raise UsageError(f"--seeds takes 'all' or seed numbers, got {values}")
+    missing = [int(v) for v in values if int(v) not in have]
+    if missing:
+        raise UsageError(f"{spec} has no bundled seed(s) {missing}; bundled seeds: {have}")
+    return [int(v) for v in values if int(v) != 0]
+
+
+def _tiny_names() -> set[str]:
+    from ..models import TINY_MODELS
+
+    return set(TINY_MODELS)
+
+
+def replicate_options(args: argparse.Namespace, out: OutputFolder, config: Any) -> dict[str, Any]:
+    """Runner options of a replicate run: those of the trained run without checkpoints."""
+    return {
+        "preprocess": config,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "limit": args.limit,
+        "strict": args.strict,
+        "progress": False,
+        "exclude": [out.path],
+    }
+
+
+def run_replicates_cli(
+    args: argparse.Namespace,
+    out: OutputFolder,
+    result: Any,
+    analyse: Callable[[dict[str, Any]], Any],
+    specs: Sequence[str] | None = None,
+    name: str = "replicates",
+) -> Any:
+    """``--seeds`` / ``--baseline`` for any analysis command: run ``analyse({spec: model})``
+    once per seed replicate (every model at that seed) and per baseline (every model made
+    that baseline), join with the trained ``result`` into a
+    :class:`~attnviz.analysis.replicates.ReplicatesResult`, write it to ``OUT/<name>/`` with
+    its summary, print the summary and return it (None when neither option is given). Call it
+    on the main rank: the replicate runs are local to it."""
+    if not args.seeds and not args.baseline:
+        return None
+    from ..analysis.replicates import run_replicates
+    from ..distributed import local_only
+    from ..models import create_tiny, load_model
+    from ..models.baselines import baseline_models
+
+    specs = list(specs or [args.model])
+    chosen = [_chosen_seeds(args, s) for s in specs]
+    common = sorted(set(chosen[0]).intersection(*map(set, chosen[1:])))
+
+    def at_seed(k: int) -> Callable[[], dict[str, Any]]:
+        return lambda: {s: load_cli_model(args, f"{s}@seed{k}")[0] for s in specs}
+
+    def factory(spec: str) -> Callable[[], Any]:
+        if spec in _tiny_names():
+            return lambda: create_tiny(spec)
+        return lambda: load_model(resolve_spec(spec))[0]  # the architecture, no weights
+
+    trained = {s: load_cli_model(args, s)[0] for s in specs}
+    baselines: dict[str, Callable[[], dict[str, Any]]] = {}
+    for kind, n in args.baseline:
+        per_spec = {s: baseline_models(trained[s], kind, n, factory=factory(s)) for s in specs}
+        for label in per_spec[specs[0]]:
+            baselines[label] = lambda label=label, built=per_spec: {
+                s: built[s][label]() for s in specs
+            }
+    with local_only():
+        rep = run_replicates(
+            lambda models, _images: analyse(models),
+            trained,
+            None,
+            seeds={f"seed{k}": at_seed(k) for k in common},
+            baselines=baselines,
+            trained_result=result,
+            meta={"model": ", ".join(specs), "specs": specs},
+        )
+    folder = rep.save(out.path / name)
+    text = rep.summary()
+    atomic_write_text(folder / SUMMARY_FILE, text + "\n")
+    print(text)
+    print(f"wrote {folder}")
+    return rep
 
 
 # ----------------------------------------------------------------------------- the model
@@ -174,8 +332,9 @@ def resolve_spec(spec: str) -> str:
     if ":" in spec:
         return spec
     from ..models import TINY_MODELS
+    from ..models.seeds import split_seed
 
-    return spec if spec in TINY_MODELS else f"timm:{spec}"
+    return spec if split_seed(spec)[0] in TINY_MODELS else f"timm:{spec}"
 
 
 def check_device(device: str) -> str:
@@ -248,13 +407,15 @@ def run_options(
         "overwrite": args.overwrite,
         "exclude": [out.path],
         "fingerprint": fingerprint,
+        "max_pixels": args.max_pixels,
     }
 
 
 @contextlib.contextmanager
 def distributed_session(device: str) -> Iterator[bool]:
     """Under torchrun: start the process group (gloo on CPU) for the command, stop it after.
-    Yields True on the rank that writes the outputs (rank 0, or the only process)."""
+    Yields True on the rank that writes the outputs (rank 0, or the only process); what that
+    rank does alone goes through :func:`on_main_rank`."""
     from ..distributed import init_from_env, rank, shutdown
 
     started = init_from_env(check_device(device))
@@ -263,6 +424,33 @@ def distributed_session(device: str) -> Iterator[bool]:
     finally:
         if started:
             shutdown()
+
+
+T = TypeVar("T")
+
+
+def on_main_rank(main: bool, step: Callable[[], T]) -> T | None:
+    """Run ``step()`` on the main rank only, as if it were the only process
+    (:func:`attnviz.distributed.local_only`: an analysis run inside it neither shards nor
+    gathers), while every other rank waits for it; if it fails there, every rank fails (the
+    main rank with its own error, the others in one line). Every rank must call this at the
+    same point: it is a collective step. Returns ``step()``'s value on the main rank."""
+    from ..distributed import all_reduce_max, local_only
+
+    value: T | None = None
+    error: BaseException | None = None
+    if main:
+        try:
+            with local_only():
+                value = step()
+        except BaseException as exc:  # re-raised below, after the other ranks know
+            error = exc
+    failed = all_reduce_max(int(error is not None))
+    if error is not None:
+        raise error
+    if failed:
+        raise OutputError("rank 0 failed while writing the outputs (see its error)")
+    return value
 
 
 def sites_argument(values: Sequence[str] | None) -> Any:
@@ -277,23 +465,63 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _result_kind(folder: Path) -> str | None:
+    """The kind of the result in ``folder/result`` (None if there is none)."""
+    from ..results import read_manifest
+
+    with contextlib.suppress(Exception):
+        kind = read_manifest(folder / "result").get("kind")
+        return kind if isinstance(kind, str) and kind else None
+    return None
+
+
+_LOCK_RETRIES = 20
+
+
 @dataclass
 class OutputFolder:
     """``OUT``, checked before any work and locked while a command writes into it.
 
     Checks: not a file, writable, not inside (or equal to) an image folder, and not locked by
-    another running attnviz (``OUT/.attnviz.lock``, an advisory ``flock``; the second run is
-    refused). Writes ``result/``, ``figures/`` (removing only the figures its own earlier run
-    listed in ``figures/.attnviz-figures.json``), ``summary.txt`` and ``checkpoint/``.
+    another running attnviz (``OUT/.attnviz.lock``: an advisory ``flock`` on a plain file,
+    opened without following a symlink, re-checked to be the file at that name after locking,
+    and never removed, so that two writers can never hold locks on two different files; the
+    second run is refused).
+
+    Each analysis owns its files. The analysis (``analysis=``, else the kind of the first
+    result saved) writes into :attr:`root`: ``OUT`` itself when OUT holds no result of another
+    analysis (the single-analysis layout: ``OUT/result/``, ``OUT/figures/``,
+    ``OUT/summary.txt``), else ``OUT/<analysis>/`` with the same files inside. Rerunning an
+    analysis removes only the figures its own earlier run listed in
+    ``figures/.attnviz-figures.json`` (plain file names inside that folder; anything else in
+    the list is ignored with a warning). Checkpoints go to ``OUT/checkpoint/``, named per
+    analysis.
     """
 
     path: Path
     images: Sequence[Path] = ()
-    _lock: Any = field(default=None, repr=False)
+    analysis: str | None = None
+    _lock: int | None = field(default=None, repr=False)
+    _root: Path | None = field(default=None, repr=False)
 
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
+
+    @property
+    def root(self) -> Path:
+        """Where this analysis's result, figures, viewer and summary go (see the class)."""
+        if self._root is None:
+            self._root = self._root_for(self.analysis)
+        return self._root
+
+    def _root_for(self, kind: str | None) -> Path:
+        if kind is None:
+            return self.path
+        top = _result_kind(self.path)
+        if top == kind or (top is None and _result_kind(self.path / kind) != kind):
+            return self.path
+        return self.path / kind
 
     def __enter__(self) -> OutputFolder:
         out = self.path
@@ -318,35 +546,73 @@ class OutputFolder:
 
         if rank() != 0:  # torchrun: rank 0 holds the lock for all ranks
             return self
-        lock = open(out / LOCK_FILE, "a+")
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            lock.close()
-            raise OutputError(
-                f"--out {out} is in use by another running attnviz ({holder}); wait for it or "
-                "choose another output folder"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}: attnviz {' '.join(sys.argv[1:2])}\n")
-        lock.flush()
-        self._lock = lock
+        self._lock = self._acquire()
         return self
+
+    def _open_lock(self) -> int:
+        """A descriptor of ``OUT/.attnviz.lock``: a plain file, never through a symlink."""
+        path = self.path / LOCK_FILE
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        refuse = (
+            f"--out {self.path}: {LOCK_FILE} is not a plain file of its own (a symlink, folder, "
+            "device or hard link); remove it and run again"
+        )
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise OutputError(refuse) from None
+            raise OutputError(f"cannot lock --out {self.path}: {exc.strerror or exc}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise OutputError(refuse)
+        return fd
+
+    def _acquire(self) -> int:
+        path = self.path / LOCK_FILE
+        for _ in range(_LOCK_RETRIES):
+            fd = self._open_lock()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                raise OutputError(
+                    f"--out {self.path} is in use by another running attnviz "
+                    f"({holder.splitlines()[0] if holder else 'another process'}); wait for "
+                    "it or choose another output folder"
+                ) from None
+            # the lock holds only if the file is still the one at that name (not removed or
+            # replaced between our open and our flock): else drop it and try again
+            mine = os.fstat(fd)
+            try:
+                now = os.stat(path, follow_symlinks=False)
+                same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                holder = f"pid {os.getpid()}: attnviz {' '.join(sys.argv[1:2])}\n"
+                os.pwrite(fd, holder.encode("utf-8", "replace"), 0)
+                return fd
+            os.close(fd)
+        raise OutputError(f"cannot lock --out {self.path}: its lock file keeps changing")
 
     def __exit__(self, *exc: object) -> None:
         if self._lock is not None:
+            # the file stays: removing a locked file would let two writers lock two files
             with contextlib.suppress(OSError):
-                os.unlink(self.path / LOCK_FILE)
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-            self._lock.close()
+                os.ftruncate(self._lock, 0)
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
             self._lock = None
 
     # -- writing ---------------------------------------------------------------------------
     def save_result(self, result: Any, name: str = "result") -> Path:
-        return result.save(self.path / name)
+        if self._root is None and self.analysis is None:
+            self._root = self._root_for(getattr(result, "kind", None) or None)
+        return result.save(self.root / name)
 
     def save_figures(
         self,
@@ -355,15 +621,18 @@ class OutputFolder:
         formats: Sequence[str] = ("png", "svg"),
     ) -> list[Path]:
         """Write each figure as ``<name>.<fmt>``; remove the earlier run's figures not
-        written again (only those its list names); close the figures."""
+        written again (only plain files its list names); close the figures."""
         import matplotlib.pyplot as plt
 
-        directory = self.path / name
+        from ..results import remove_listed_files
+
+        directory = self.root / name
         directory.mkdir(parents=True, exist_ok=True)
         listing = directory / FIGURES_LIST
-        earlier: list[str] = []
+        earlier: list[Any] = []
         with contextlib.suppress(OSError, ValueError):
-            earlier = [f for f in json.loads(listing.read_text()) if f == Path(f).name]
+            listed = json.loads(listing.read_text(encoding="utf-8"))
+            earlier = listed if isinstance(listed, list) else []
         written: list[Path] = []
         for stem, fig in figures.items():
             for ext in formats:
@@ -372,14 +641,13 @@ class OutputFolder:
                 written.append(path)
             plt.close(fig)
         names = [p.name for p in written]
-        for stale in set(earlier) - set(names):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / stale).unlink()
+        remove_listed_files(directory, earlier, keep=set(names), listing=listing)
         atomic_write_text(listing, json.dumps(names, indent=1))
         return written
 
     def save_summary(self, text: str) -> Path:
-        return atomic_write_text(self.path / SUMMARY_FILE, text.rstrip() + "\n")
+        self.root.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(self.root / SUMMARY_FILE, text.rstrip() + "\n")
 
     def remove_checkpoint(self, analysis: str) -> None:
         """Remove this command's own checkpoint files (and the folder if left empty)."""
@@ -395,10 +663,12 @@ class OutputFolder:
 
 @contextlib.contextmanager
 def output_folder(
-    out: str | os.PathLike, images: Sequence[str | os.PathLike] = ()
+    out: str | os.PathLike, images: Sequence[str | os.PathLike] = (), analysis: str | None = None
 ) -> Iterator[OutputFolder]:
+    """The locked :class:`OutputFolder` ``out``; ``analysis``: the kind of result the command
+    writes (its files go to ``OUT/<analysis>/`` if OUT holds another analysis's result)."""
     image_dirs = [Path(i) for i in images if Path(i).is_dir()]
-    with OutputFolder(Path(out), image_dirs) as folder:
+    with OutputFolder(Path(out), image_dirs, analysis) as folder:
         yield folder
 
 
@@ -408,5 +678,6 @@ def report(out: OutputFolder, result: Any, summary: str) -> int:
     print(summary)
     for path, reason in getattr(result, "skipped", []):
         print(f"skipped {path}: {reason}")
-    print(f"wrote {out.path / 'result'}, {out.path / 'figures'} and {out.path / SUMMARY_FILE}")
+    root = out.root
+    print(f"wrote {root / 'result'}, {root / 'figures'} and {root / SUMMARY_FILE}")
     return 0

@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..distributed import barrier
 from ._common import (
     UsageError,
     add_analysis_arguments,
@@ -26,9 +25,12 @@ from ._common import (
     load_cli_model,
     model_fingerprint,
     non_negative_int,
+    on_main_rank,
     output_folder,
+    replicate_options,
     report,
     run_options,
+    run_replicates_cli,
     sites_argument,
 )
 
@@ -110,10 +112,19 @@ def attribution_figures(result: Any, n_images: int = 4) -> dict:
 
 
 def paper_figures(result: Any, n_images: int = 4) -> dict:
-    """Grad-CAM of every model per image (CBAM Fig. 4 style) and P(target) per model."""
-    from ..plot.attribution import plot_gradcam_comparison, plot_target_probability
+    """Grad-CAM of every model per image (CBAM Fig. 4 style), P(target) and the margin per
+    model with paired differences, and (with object masks) the localisation on the object."""
+    from ..plot.attribution import (
+        plot_gradcam_comparison,
+        plot_localisation,
+        plot_target_probability,
+    )
 
     figures = {"target_probability": plot_target_probability(result)}
+    if result.margin is not None:
+        figures["margin"] = plot_target_probability(result, measure="margin")
+    if result.gradcam_share is not None:
+        figures["localisation"] = plot_localisation(result)
     if result.gradcam.ndim == 4 and result.gradcam.shape[1] and n_images > 0:
         figures["gradcam_by_model"] = plot_gradcam_comparison(result, max_images=n_images)
     return figures
@@ -138,7 +149,10 @@ def run_models(args: argparse.Namespace) -> int:
         )
     if len(set(args.model)) != len(args.model):
         raise UsageError(f"--model names a model twice: {args.model}")
-    with distributed_session(args.device) as main, output_folder(args.out, [args.images]) as out:
+    with (
+        distributed_session(args.device) as main,
+        output_folder(args.out, [args.images], PAPER_ANALYSIS) as out,
+    ):
         models, configs = {}, []
         for spec in args.model:
             models[spec], config = load_cli_model(args, spec)
@@ -153,11 +167,21 @@ def run_models(args: argparse.Namespace) -> int:
             keep_maps=args.figure_images,
             **options,
         )
-        if main:
+
+        def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
             out.save_figures(paper_figures(result, args.figure_images))
             report(out, result, result.summary())
-        barrier()
+            run_replicates_cli(
+                args, out, result,
+                lambda reps: gradcam_comparison(
+                    reps, args.images, target=None if args.target == "auto" else args.target,
+                    layer=args.layer, keep_maps=0, **replicate_options(args, out, configs[0]),
+                ),
+                specs=list(args.model),
+            )  # fmt: skip
+
+        on_main_rank(main, write)
         out.remove_checkpoint(PAPER_ANALYSIS)
     return 0
 
@@ -166,7 +190,10 @@ def run_one(args: argparse.Namespace) -> int:
     from ..analysis.attribution import attention_vs_attribution
 
     args.model = args.model[0]
-    with distributed_session(args.device) as main, output_folder(args.out, [args.images]) as out:
+    with (
+        distributed_session(args.device) as main,
+        output_folder(args.out, [args.images], ANALYSIS) as out,
+    ):
         model, config = load_cli_model(args)
         result = attention_vs_attribution(
             model,
@@ -178,11 +205,22 @@ def run_one(args: argparse.Namespace) -> int:
             keep_maps=args.figure_images,
             **run_options(args, out, config, model_fingerprint(args)),
         )
-        if main:
+
+        def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
             out.save_figures(attribution_figures(result, args.figure_images))
             report(out, result, result.summary())
-        barrier()
+            run_replicates_cli(
+                args, out, result,
+                lambda models: attention_vs_attribution(
+                    models[args.model], args.images,
+                    target=None if args.target == "auto" else args.target, layer=args.layer,
+                    sites=sites_argument(args.sites), top_k=args.top_k, keep_maps=0,
+                    **replicate_options(args, out, config),
+                ),
+            )  # fmt: skip
+
+        on_main_rank(main, write)
         out.remove_checkpoint(ANALYSIS)
     return 0
 

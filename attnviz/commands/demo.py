@@ -27,6 +27,7 @@ DEMO_PARTS: tuple[tuple[str, str, tuple[int, int]], ...] = (
     ("queries", "attnviz.commands.queries", (1, 10_000)),
     ("excitation", "attnviz.commands.excitation", (10, 30_000)),
     ("attribution", "attnviz.commands.compare_attribution", (4, 30_000)),
+    ("ablation", "attnviz.commands.ablate", (1, 30_000)),  # 10 images: a few seconds
 )
 DEFAULT_OUT = Path("attnviz-out")
 

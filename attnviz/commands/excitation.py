@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..distributed import barrier
 from ._common import (
     add_analysis_arguments,
     add_subparser,
@@ -22,10 +21,13 @@ from ._common import (
     load_cli_model,
     model_fingerprint,
     non_negative_int,
+    on_main_rank,
     output_folder,
     positive_int,
+    replicate_options,
     report,
     run_options,
+    run_replicates_cli,
     sites_argument,
 )
 
@@ -102,7 +104,10 @@ def excitation_figures(result: Any, classes: Sequence[int | str] | None = None) 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.excitation import excitation_profile
 
-    with distributed_session(args.device) as main, output_folder(args.out, [args.images]) as out:
+    with (
+        distributed_session(args.device) as main,
+        output_folder(args.out, [args.images], ANALYSIS) as out,
+    ):
         model, config = load_cli_model(args)
         result = excitation_profile(
             model,
@@ -114,11 +119,22 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             **run_options(args, out, config, model_fingerprint(args)),
         )
-        if main:
+
+        def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
             out.save_figures(excitation_figures(result, args.classes))
             report(out, result, result.summary())
-        barrier()
+            run_replicates_cli(
+                args, out, result,
+                lambda models: excitation_profile(
+                    models[args.model], args.images, classes=args.classes,
+                    sites=sites_argument(args.sites), channels=args.channels,
+                    permutations=args.permutations, seed=args.seed,
+                    **replicate_options(args, out, config),
+                ),
+            )  # fmt: skip
+
+        on_main_rank(main, write)
         out.remove_checkpoint(ANALYSIS)
     return 0
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..distributed import barrier, rank
+from ..distributed import rank
 from ..results import atomic_write_text
 from ._common import (
     UsageError,
@@ -32,10 +35,13 @@ from ._common import (
     load_cli_model,
     model_fingerprint,
     non_negative_int,
+    on_main_rank,
     output_folder,
     positive_int,
+    replicate_options,
     report,
     run_options,
+    run_replicates_cli,
     sites_argument,
 )
 
@@ -107,18 +113,42 @@ def query_figures(result: Any) -> dict[str, Any]:
     return figures
 
 
-def save_viewer(out: Path, model: Any, images: Any, result: Any, preprocess: Any) -> Path | None:
+def _image_file(images: Any, ident: str, exclude: Sequence[Any] = ()) -> Path | None:
+    """The file of the image ``ident`` (an id of the source ``images``: printable text, so a
+    non-UTF-8 name is found through the listing, not rebuilt from the id)."""
+    from ..data.sources import image_source
+
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        source = image_source(images, exclude=exclude)
+        ids = list(source.ids)
+        if source.paths is None or ident not in ids:
+            return None
+        return Path(source.paths[ids.index(ident)])
+    path = Path(ident)
+    return path if path.is_file() else None
+
+
+def save_viewer(
+    out: Path,
+    model: Any,
+    images: Any,
+    result: Any,
+    preprocess: Any,
+    *,
+    exclude: Sequence[Any] = (),
+) -> Path | None:
     """The maps of every query cell of the first image at the figure's site, for the HTML
-    query viewer of ``attnviz report`` (``OUT/viewer/``); None without a per-query site or
-    when the first image is not a file under ``images``."""
+    query viewer of ``attnviz report`` (``OUT/viewer/``); None without a per-query site, or
+    (saying why in one line on stderr) when the first image is not a file under ``images``."""
     from ..capture import is_query_kind
     from ..viewer import viewer_maps
 
     site = result.map_site
     if site is None or not is_query_kind(site["kind"]) or not result.ids:
         return None
-    image = Path(images) / result.ids[0] if Path(images).is_dir() else Path(result.ids[0])
-    if not image.is_file():
+    image = _image_file(images, result.ids[0], exclude)
+    if image is None:
+        print(f"no query viewer: the first image {result.ids[0]} is not a file", file=sys.stderr)
         return None
     maps = viewer_maps(model, image, site=site["name"], preprocess=preprocess)
     maps.meta["model"] = result.model
@@ -128,7 +158,7 @@ def save_viewer(out: Path, model: Any, images: Any, result: Any, preprocess: Any
 def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
     from ..analysis.query_independence import query_independence
 
-    with output_folder(out_path, [args.images]) as out:
+    with output_folder(out_path, [args.images], ANALYSIS) as out:
         model, config = load_cli_model(args, spec)
         sites = sites_argument(args.sites)
         result = query_independence(
@@ -142,12 +172,23 @@ def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
             seed=args.seed,
             **run_options(args, out, config, model_fingerprint(args, spec)),
         )
-        if rank() == 0:
+
+        def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
             out.save_figures(query_figures(result))
-            save_viewer(out.path, model, args.images, result, config)
+            save_viewer(out.root, model, args.images, result, config, exclude=[out.path])
             report(out, result, result.summary())
-        barrier()
+            run_replicates_cli(
+                args, out, result,
+                lambda models: query_independence(
+                    models[spec], args.images, sites=sites, model_name=spec,
+                    n_queries=args.n_queries, map_images=0, exact=args.exact, seed=args.seed,
+                    **replicate_options(args, out, config),
+                ),
+                specs=[spec],
+            )  # fmt: skip
+
+        on_main_rank(rank() == 0, write)
         out.remove_checkpoint(ANALYSIS)
     return result
 
@@ -173,11 +214,14 @@ def run(args: argparse.Namespace) -> int:
             for spec in args.model:
                 sub = out.path / spec.replace(":", "_").replace("/", "_")
                 results.append(_one(args, spec, sub))
-            if main:
+
+            def write() -> None:
                 table = statistics_table(results)
                 table.to_csv(out.path / "table1.csv", index=False)
                 atomic_write_text(out.path / "table1.md", markdown_table(table))
                 print(markdown_table(table))
+
+            on_main_rank(main, write)
     return 0
 
 

@@ -2,6 +2,7 @@
 
     attnviz sweep --model sk_tiny --images DIR --out OUT [--scales 1.0 1.5 2.0] [--resume]
     attnviz sweep --model sk_tiny --shapes 100 --out OUT   # generated scenes, rendered natively
+    attnviz sweep --model sk_tiny --shapes 100 --content-controls --out OUT   # + content controls
     torchrun --nproc_per_node 2 -m attnviz sweep ...   # each rank sweeps a shard
 
 Writes ``OUT/result/``, ``OUT/figures/`` and ``OUT/summary.txt``; checkpoints go to
@@ -14,7 +15,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..distributed import barrier
 from ._common import (
     UsageError,
     add_analysis_arguments,
@@ -22,10 +22,13 @@ from ._common import (
     distributed_session,
     load_cli_model,
     model_fingerprint,
+    on_main_rank,
     output_folder,
     positive_int,
+    replicate_options,
     report,
     run_options,
+    run_replicates_cli,
     scale_value,
     sites_argument,
 )
@@ -67,6 +70,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--shapes-seed", type=int, default=20_000, help="seed of the generated scenes (20000)"
+    )
+    p.add_argument(
+        "--content-controls",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="with --shapes: content controls beside the native views (no name: all of "
+        "copies, copies_perimeter, constant_area, contrast_matched, background_swap)",
     )
     p.add_argument(
         "--no-control",
@@ -140,12 +151,24 @@ def _figure_item(args: argparse.Namespace, images: Any, config: Any, scales) -> 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.scale_sweep import scale_sweep
+    from ..data.scene_controls import CONTENT_CONTROLS
     from ..data.shapes import ShapeScenes, train_object_size_range
 
     if (args.images is None) == (args.shapes is None):
         raise UsageError("give exactly one of --images DIR and --shapes N")
+    content: tuple[str, ...] = ()
+    if args.content_controls is not None:
+        if args.shapes is None:
+            raise UsageError("--content-controls needs --shapes N (natively rendered scenes)")
+        content = tuple(args.content_controls) or tuple(CONTENT_CONTROLS)
+        bad = [c for c in content if c not in CONTENT_CONTROLS]
+        if bad:
+            raise UsageError(f"unknown content control(s) {bad}; valid: {list(CONTENT_CONTROLS)}")
     folders = [args.images] if args.images else []
-    with distributed_session(args.device) as main, output_folder(args.out, folders) as out:
+    with (
+        distributed_session(args.device) as main,
+        output_folder(args.out, folders, ANALYSIS) as out,
+    ):
         model, config = load_cli_model(args)
         if args.shapes is not None:
             size = int(config.input_size[-1]) if 64 <= int(config.input_size[-1]) <= 96 else 64
@@ -155,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 size=size,
                 seed=args.shapes_seed,
                 object_range=train_object_size_range(args.model),
+                controls=content,
             )
         else:
             images = args.images
@@ -167,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             controls=not args.no_control,
             **run_options(args, out, config, model_fingerprint(args)),
         )
-        if main:
+
+        def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             result.meta.setdefault("model", args.model)
             out.save_result(result)
             if not args.no_figures:
@@ -179,7 +204,16 @@ def run(args: argparse.Namespace) -> int:
                 one.meta["model"] = args.model
                 out.save_figures(sweep_figures(result, (one, views)))
             report(out, result, result.summary())
-        barrier()
+            run_replicates_cli(
+                args, out, result,
+                lambda models: scale_sweep(
+                    models[args.model], images, scales=args.scales,
+                    sites=sites_argument(args.sites), controls=not args.no_control,
+                    **replicate_options(args, out, config),
+                ),
+            )  # fmt: skip
+
+        on_main_rank(main, write)
         out.remove_checkpoint(ANALYSIS)
     return 0
 

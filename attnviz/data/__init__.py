@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from . import scene_controls  # noqa: F401  registers ShapeScenes' content controls
 from .images import list_images, load_image
 from .preprocess import EvalTransform, PreprocessError, preprocess_for
 from .shapes import SHAPE_CLASSES, ShapeRecord, ShapeScenes, ShapesDataset, write_image_folder

@@ -22,6 +22,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 MIN_SIDE = 8
 MAX_ASPECT = 10.0
+MAX_PIXELS = 50_000_000  # width x height read from the header; PIL's own limit is ~89 Mpx
 
 PathLike = str | os.PathLike
 
@@ -78,15 +79,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def too_large(width: int, height: int, max_pixels: int) -> str:
+    """The skip reason of an image above the pixel cap."""
+    return (
+        f"too large: {width}x{height} = {width * height / 1e6:.3g} Mpx "
+        f"(max {max_pixels / 1e6:g} Mpx; see --max-pixels)"
+    )
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    if max_pixels is None:
+        return
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a whole number >= 1 or None, got {max_pixels!r}")
+
+
 def load_image(
-    path: PathLike, *, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
+    path: PathLike,
+    *,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[Image.Image | None, str | None]:
     """Decode one file into an RGB PIL image, or return ``(None, reason)`` if it is unusable.
 
     Reasons: ``"missing file"``, ``"empty file"``, ``"not an image"``, ``"truncated or
     corrupt image: ..."``, ``"too small: WxH (min side N)"``, ``"extreme aspect ratio: WxH"``,
-    ``"unreadable: ..."``.
+    ``"too large: WxH ..."`` (more than ``max_pixels`` pixels, read from the header before
+    any pixel is decoded; None: only PIL's own limit), ``"unreadable: ..."``.
     """
+    check_max_pixels(max_pixels)
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -107,6 +129,9 @@ def load_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. PIL's palette-transparency warning
             with Image.open(path) as img:
+                w, h = img.size  # from the header: nothing decoded yet
+                if max_pixels is not None and w * h > max_pixels:
+                    return None, too_large(w, h, max_pixels)
                 img.load()
                 w, h = img.size
                 if min(w, h) < min_side:

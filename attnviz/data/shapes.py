@@ -396,11 +396,64 @@ def render_scales(
     scales = tuple(float(s) for s in scales)
     if any(not (math.isfinite(s) and s > 0) for s in scales):
         raise ValueError(f"object scales must be finite and > 0, got {list(scales)}")
+    draws = scene_draws(dataset, index)
+    ref_mean = compose(draws, [SceneObject(draws.cx, draws.cy, 1.0)])[0].mean()
+    views, masks, boxes = [], [], []
+    for s in scales:
+        img, alpha = compose(draws, [SceneObject(draws.cx, draws.cy, s)])
+        views.append(finish(draws, img, ref_mean))
+        masks.append(alpha)
+        boxes.append(_object_box(dataset, index, draws.geo, s))
+    return views, masks, boxes
+
+
+@dataclass(frozen=True)
+class SceneDraws:
+    """Every random draw of one :class:`ShapesDataset` sample, in the order of
+    :meth:`ShapesDataset._draw` (so a scene can be recomposed with other objects)."""
+
+    n: int
+    cls: _ShapeClass
+    geo: dict
+    bg: np.ndarray
+    v_obj: float
+    colour: np.ndarray
+    colour2: np.ndarray | None
+    pat_theta: float | None
+    bright: float
+    contrast: float
+    noise: np.ndarray
+
+    @property
+    def cx(self) -> float:
+        return float(self.geo["cx"])
+
+    @property
+    def cy(self) -> float:
+        return float(self.geo["cy"])
+
+    @property
+    def side(self) -> float:
+        """Side of the square the 1.0x object is inscribed in (pixels)."""
+        return float(self.geo["side"])
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object to draw: centre (pixels), size ``s`` times the sample's, and ``hollow``:
+    0 = filled, f in (0, 1) = minus a concentric copy at ``s * f`` (an outline of the object)."""
+
+    cx: float
+    cy: float
+    s: float
+    hollow: float = 0.0
+
+
+def scene_draws(dataset: ShapesDataset, index: int) -> SceneDraws:
+    """The draws of sample ``index`` of ``dataset``."""
     rng, geo = _scene_geometry(dataset, index)
     n = dataset.size
     cls = SHAPE_CLASSES[index % dataset.num_classes]
-    cx, cy, side, theta = geo["cx"], geo["cy"], geo["side"], geo["theta"]
-    # the remaining draws, in the order of ShapesDataset._draw
     bg, v_bg = _background(rng, n)
     v_obj = _contrasting_value(rng, v_bg)
     colour = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 1.0), v_obj)
@@ -412,29 +465,60 @@ def render_scales(
     bright = rng.uniform(0.85, 1.15)
     contrast = rng.uniform(0.8, 1.2)
     noise = rng.normal(0, 0.02, (n, n, 3))
+    return SceneDraws(n, cls, geo, bg, v_obj, colour, colour2, pat_theta, bright, contrast, noise)
 
-    def compose(s: float) -> tuple[np.ndarray, np.ndarray]:
-        big = n * _SS
+
+def _object_alpha(d: SceneDraws, obj: SceneObject) -> np.ndarray:
+    """Coverage (n, n) in [0, 1] of one object, drawn 2x supersampled and box-filtered."""
+    big = d.n * _SS
+
+    def paint(s: float) -> Image.Image:
         canvas = Image.new("L", (big, big), 0)
-        cls.painter(ImageDraw.Draw(canvas), cx * _SS, cy * _SS, s * side * _SS / 2, theta)
-        alpha = np.asarray(canvas.reduce(_SS), dtype=np.float32) / 255.0
-        fill = np.broadcast_to(colour, (n, n, 3)).astype(np.float32)
-        if cls.pattern is not None:
-            pat = cls.pattern(n, cx, cy, s * side / 2, pat_theta)[..., None]
-            fill = fill * (1 - pat) + colour2 * pat
-        img = bg * (1 - alpha[..., None]) + fill * alpha[..., None]
-        return img * bright, alpha
+        d.cls.painter(ImageDraw.Draw(canvas), obj.cx * _SS, obj.cy * _SS,
+                      s * d.side * _SS / 2, d.geo["theta"])  # fmt: skip
+        return canvas
 
-    ref_mean = compose(1.0)[0].mean()
-    views, masks, boxes = [], [], []
-    for s in scales:
-        img, alpha = compose(s)
-        img = (img - ref_mean) * contrast + ref_mean
-        img = img + noise
-        views.append((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-        masks.append(alpha)
-        boxes.append(_object_box(dataset, index, geo, s))
-    return views, masks, boxes
+    canvas = paint(obj.s)
+    if obj.hollow > 0:
+        inner = np.asarray(paint(obj.s * obj.hollow))
+        canvas = Image.fromarray(np.where(inner > 0, 0, np.asarray(canvas)).astype(np.uint8))
+    return np.asarray(canvas.reduce(_SS), dtype=np.float32) / 255.0
+
+
+def compose(
+    d: SceneDraws, objects: list[SceneObject], background: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scene with ``objects`` (not overlapping) on its background (or ``background``),
+    before contrast jitter and noise: (float image times the brightness jitter, coverage)."""
+    bg = d.bg if background is None else background
+    alpha = fw = None
+    for obj in objects:
+        a = _object_alpha(d, obj)
+        fill = np.broadcast_to(d.colour, (d.n, d.n, 3)).astype(np.float32)
+        if d.cls.pattern is not None:
+            pat = d.cls.pattern(d.n, obj.cx, obj.cy, obj.s * d.side / 2, d.pat_theta)[..., None]
+            fill = fill * (1 - pat) + d.colour2 * pat
+        if alpha is None:
+            alpha, fw = a, fill * a[..., None]
+        else:
+            alpha, fw = alpha + a, fw + fill * a[..., None]
+    if alpha is None:
+        raise ValueError("give at least one object")
+    img = bg * (1 - alpha[..., None]) + fw
+    return img * d.bright, alpha
+
+
+def finish(d: SceneDraws, img: np.ndarray, ref_mean: float) -> np.ndarray:
+    """Contrast jitter about ``ref_mean``, pixel noise, clip and quantise to uint8."""
+    img = (img - ref_mean) * d.contrast + ref_mean
+    img = img + d.noise
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ShapeScenes' content controls: {"names": {name: description}, "render": render_controls},
+# filled by attnviz.data.scene_controls when it is imported (it builds on this module, which
+# never imports it; attnviz.data imports both)
+SCENE_CONTROLS: dict[str, Any] = {"names": {}, "render": None}
 
 
 def train_object_size_range(model: str = "sk_tiny") -> tuple[float, float]:
@@ -460,6 +544,11 @@ class ShapeScenes(Dataset):
     touch the border). Item k is ``(strip, label)``: the views side by side in one
     ``(len(scales) * size) x size`` RGB image (:meth:`views` splits it). ``records`` holds
     one :class:`SceneRecord` per scene with every view's box.
+
+    ``controls``: names of :data:`attnviz.data.scene_controls.CONTENT_CONTROLS` (``copies``,
+    ``copies_perimeter``, ``constant_area``, ``contrast_matched``, ``background_swap``); their
+    views, made against the largest scale (``control_scale``), follow the scale views in each
+    strip (:meth:`control_views` gives them on their own).
     """
 
     def __init__(
@@ -470,7 +559,15 @@ class ShapeScenes(Dataset):
         size: int = 64,
         seed: int = 20_000,
         object_range: tuple[float, float] = (0.15, 0.75),
+        controls: tuple[str, ...] | list[str] = (),
     ) -> None:
+        names = SCENE_CONTROLS["names"]
+        controls = tuple(str(c) for c in controls)
+        bad = [c for c in controls if c not in names]
+        if bad or len(set(controls)) != len(controls):
+            raise ValueError(
+                f"content controls must be distinct names of {list(names)}, got {list(controls)}"
+            )
         if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
             raise ValueError(f"n_scenes must be a whole number >= 1, got {n_scenes!r}")
         scales = tuple(float(s) for s in scales)
@@ -485,6 +582,7 @@ class ShapeScenes(Dataset):
             )
         self.n_scenes, self.scales, self.size, self.seed = n_scenes, scales, size, seed
         self.object_range = (lo, hi)
+        self.controls, self.control_scale = controls, max(scales)
         self.source = ShapesDataset(10**6, size=size, seed=seed, scale_range=(lo, top))
         self.classes = list(self.source.classes)
         self.indices: list[int] = []
@@ -514,6 +612,8 @@ class ShapeScenes(Dataset):
             "object_range": list(self.object_range),
             "scene_size_range": list(self.source.scale_range),
             "scenes_tried": self.tried,
+            "controls": list(self.controls),
+            "control_scale": self.control_scale,
         }
 
     def render(self, k: int) -> tuple[list[np.ndarray], list[np.ndarray], SceneRecord]:
@@ -536,6 +636,14 @@ class ShapeScenes(Dataset):
         self._records[k] = rec
         return views, masks, rec
 
+    def control_views(self, k: int) -> list:
+        """Scene ``k``'s content-control views (:class:`~attnviz.data.scene_controls.ControlView`),
+        in the order of ``controls``."""
+        if not 0 <= k < self.n_scenes:
+            raise IndexError(f"scene {k} out of range for {self.n_scenes} scenes")
+        render = SCENE_CONTROLS["render"]
+        return render(self.source, self.indices[k], self.controls, self.control_scale)
+
     def views(self, k: int) -> list[Image.Image]:
         """Scene ``k``'s views as PIL images, in the order of ``scales``."""
         return [Image.fromarray(v, mode="RGB") for v in self.render(k)[0]]
@@ -551,6 +659,7 @@ class ShapeScenes(Dataset):
         if k < 0:
             k += self.n_scenes
         views, _, rec = self.render(k)
+        views = views + [c.image for c in self.control_views(k)] if self.controls else views
         return Image.fromarray(np.concatenate(views, axis=1), mode="RGB"), rec.label
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .images import list_images, load_image, printable, to_rgb
+from .images import MAX_PIXELS, check_max_pixels, list_images, load_image, printable, to_rgb
 
 __all__ = [
     "Batch",
@@ -149,11 +149,15 @@ def image_source(
     labels: Sequence[int] | None = None,
     *,
     exclude: Iterable[str | os.PathLike] = (),
+    max_pixels: int | None = MAX_PIXELS,
 ) -> ImageSource:
     """An :class:`ImageSource` over ``images`` (see the module docstring); ``labels`` override.
 
-    ``exclude``: folders never read (a run's own output folder).
+    ``exclude``: folders never read (a run's own output folder). ``max_pixels``: image files
+    with more pixels (width x height, read from the header before decoding) are skipped with
+    the reason ``"too large: ..."``; None leaves only PIL's own limit.
     """
+    check_max_pixels(max_pixels)
     given = None if labels is None else [int(v) for v in labels]
 
     def check(n: int) -> None:
@@ -162,7 +166,7 @@ def image_source(
 
     def from_paths(paths: list[Path], ids: Sequence[str], labs, classes) -> ImageSource:
         def read(i: int) -> tuple[Any, None, str | None]:
-            img, reason = load_image(paths[i])
+            img, reason = load_image(paths[i], max_pixels=max_pixels)
             return img, None, reason
 
         return ImageSource(ids, read, labels=labs, class_names=classes, paths=paths)

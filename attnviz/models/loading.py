@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import pickle
 import socket
@@ -390,6 +391,80 @@ def _load_python(
     return model, cfg
 
 
+# --------------------------------------------------------------------------- seed replicates
+# (their storage and bundling: attnviz.models.seeds)
+SEED_DIR = "seeds"
+
+
+def seeds_dir() -> Path:
+    return assets_dir() / SEED_DIR
+
+
+def seed_key(name: str, seed: int) -> str:
+    return f"{name}@seed{int(seed)}"
+
+
+def split_seed(spec: str) -> tuple[str, int | None]:
+    """``"sk_tiny@seed1"`` -> ("sk_tiny", 1); a spec without ``@seed`` -> (spec, None)."""
+    name, sep, rest = spec.rpartition("@")
+    if not sep or not rest.startswith("seed") or not rest[4:].isdigit():
+        return spec, None  # other uses of "@" (e.g. a hub revision) are the loader's
+    return name, int(rest[4:])
+
+
+def seed_manifest(directory: str | Path | None = None) -> dict[str, Any]:
+    """The seed replicates' manifest (``{"models": {}}`` when none is bundled)."""
+    path = Path(directory or seeds_dir()) / "manifest.json"
+    if not path.is_file():
+        return {"models": {}}
+    return json.loads(path.read_text())
+
+
+def seeds_of(name: str, directory: str | Path | None = None) -> list[int]:
+    """Seeds of a bundled model: 0 (the bundled model) and every bundled replicate, sorted."""
+    found = [
+        entry["seed"]
+        for key, entry in seed_manifest(directory)["models"].items()
+        if key.partition("@")[0] == name
+    ]
+    return [0, *sorted(int(s) for s in found if int(s) != 0)]
+
+
+def load_seed(name: str, seed: int) -> tuple[nn.Module, PreprocessConfig]:
+    """The bundled replicate ``name@seed<seed>`` in eval mode, float32, sha256 checked."""
+    from safetensors.torch import load_file
+
+    key = seed_key(name, seed)
+    entry = seed_manifest()["models"].get(key)
+    if entry is None:
+        have = seeds_of(name)
+        raise FileNotFoundError(
+            f"no bundled seed replicate {key} in {seeds_dir()} (seeds of {name}: {have}); "
+            f"train it with `python -m attnviz.models.train {name} --seed {seed}` and bundle it "
+            "with `python -m attnviz.models.seeds DIR`"
+        )
+    path = seeds_dir() / entry["file"]
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"{path} has sha256 {digest}, the manifest says {entry['sha256']}")
+    state = {
+        k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()
+    }
+    model = TINY_MODELS[name](num_classes=entry["config"]["num_classes"])
+    model.load_state_dict(state, strict=True)
+    pre = entry["preprocessing"]
+    cfg = PreprocessConfig(
+        input_size=tuple(pre["input_size"]),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        interpolation=pre["interpolation"],
+        crop_pct=pre["crop_pct"],
+        classes=tuple(entry.get("classes", ())),
+        source={"spec": key, "weights": str(path), "weights_sha256": digest, "seed": int(seed)},
+    )
+    return model.eval(), cfg
+
+
 Loader = Callable[
     [str, "str | Path | None", bool, "int | None"], tuple[nn.Module, PreprocessConfig]
 ]
@@ -407,9 +482,23 @@ def load_model(
     weights: str | Path | None = None,
     pretrained: bool = False,
     num_classes: int | None = None,
+    seed: int | None = None,
 ) -> tuple[nn.Module, PreprocessConfig]:
     """Build the model named by ``spec``, load its weights, return it in eval mode with its
-    :class:`PreprocessConfig` (see the module docstring for the specs)."""
+    :class:`PreprocessConfig` (see the module docstring for the specs). ``seed`` (or a spec
+    ``NAME@seedK``): a bundled training-seed replicate (:mod:`attnviz.models.seeds`; seed 0
+    is the bundled model itself)."""
+    spec, at = split_seed(spec)
+    if at is not None and seed is not None and at != seed:
+        raise ValueError(f"model spec {spec}@seed{at} and seed={seed} disagree")
+    seed = at if at is not None else seed
+    if seed:
+        if weights is not None or num_classes is not None or spec not in TINY_MODELS:
+            raise ValueError(
+                f"seed={seed} names a bundled seed replicate of a bundled tiny model; it takes "
+                f"no weights= or num_classes= (got spec {spec!r})"
+            )
+        return load_seed(spec, seed)
     if weights is not None:
         _check_weights_path(Path(weights))
     prefix, sep, rest = spec.partition(":")

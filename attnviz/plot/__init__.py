@@ -3,10 +3,12 @@
 # Re-exports: one import line per analysis / figure module.
 # ruff: noqa: F401
 
+from .ablation import plot_ablation_bars, plot_ablation_heatmap, plot_patching
 from .attribution import (
     plot_agreement,
     plot_attention_vs_gradcam,
     plot_gradcam_comparison,
+    plot_localisation,
     plot_target_probability,
 )
 from .excitation import (

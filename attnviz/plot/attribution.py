@@ -24,7 +24,6 @@ from ._style import (
     colorbar,
     draw_overlay,
     model_name,
-    new_axes,
     new_figure,
     shared_norm,
     site_list,
@@ -217,26 +216,127 @@ def plot_gradcam_comparison(
     return fig
 
 
-def plot_target_probability(result: GradCamComparisonResult, *, ax: Axes | None = None) -> Figure:
-    """Per model the softmax probability of the target class: a bar at the mean (``ax.patches``)
-    and one dot per image, dots of one image joined across models by a thin line."""
+def _optimum(result: GradCamComparisonResult) -> tuple[float, float] | None:
+    """(label smoothing, loss-optimal P(target)) when every model shares a known smoothing."""
+    smooth = {result.meta.get("label_smoothing", {}).get(m) for m in result.models}
+    k = int(result.meta.get("num_classes") or len(result.class_names) or 0)
+    if len(smooth) != 1 or None in smooth or not k:
+        return None
+    eps = float(next(iter(smooth)))
+    return eps, 1.0 - eps + eps / k
+
+
+def plot_target_probability(
+    result: GradCamComparisonResult,
+    *,
+    measure: str = "probability",
+    baseline: str | None = None,
+    ax: Axes | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """Per model a measure of :attr:`GradCamComparisonResult.MEASURES` (default P(target), the
+    softmax probability of the target class): a bar at the mean (``ax.patches``) and one dot
+    per image, dots of one image joined across models; beside it (unless ``ax`` is given) the
+    paired differences from ``baseline`` (default the first model): mean ± paired s.e. and the
+    per-image differences. For P, the loss-optimal value under the models' label smoothing is
+    drawn as a dashed line."""
+    values = result.measure(measure)
+    label = {"probability": "P(target class)", "margin": "margin: logit(target) − max other",
+             "gradcam_share": "Grad-CAM mass on the object",
+             "gradcam_pointing": "Grad-CAM maximum on the object"}[measure]  # fmt: skip
     x = np.arange(len(result.models))
-    fig, ax = new_axes(ax, (max(4.5, 1.3 * len(x) + 2.5), 3.6))
-    p = result.probability
-    ax.bar(x, p.mean(axis=0), color="C0", alpha=0.5, label="mean")
-    for row in p:
-        ax.plot(x, row, color="gray", lw=0.4, alpha=0.5)
+    if ax is not None:
+        fig, axes = ax.figure, [ax]
+    else:
+        fig = new_figure((max(8.0, 2.2 * len(x) + 4.0), 3.9), fig)
+        axes = list(fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.0]}))
+    left = axes[0]
+    left.bar(x, np.nanmean(values, axis=0), color="C0", alpha=0.5, label="mean")
+    for row in values:
+        left.plot(x, row, color="gray", lw=0.4, alpha=0.5)
     rng = np.random.default_rng(0)
     for m in x:
-        ax.scatter(m + rng.uniform(-0.08, 0.08, len(p)), p[:, m], s=8, color="black", zorder=3,
-                   label="one image" if m == 0 else None)  # fmt: skip
-    ax.set_xticks(x, result.models)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_ylabel("P(target class)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(
-        f"{model_name(result)}: softmax probability of the {result.target_source} class\n"
-        f"{len(p)} images; no error bars (bar: mean, dots: images)",
-        fontsize="medium",
+        left.scatter(m + rng.uniform(-0.08, 0.08, len(values)), values[:, m], s=8,
+                     color="black", zorder=3, label="one image" if m == 0 else None)  # fmt: skip
+    left.set_xticks(x, result.models)
+    left.set_xlabel("model")
+    left.set_ylabel(label)
+    optimum = _optimum(result) if measure == "probability" else None
+    if measure == "probability":
+        left.set_ylim(0.0, 1.02)
+    if optimum is not None:
+        left.axhline(optimum[1], color="C3", ls="--", lw=1.0,
+                     label=f"loss-optimal P with label\nsmoothing {optimum[0]:g}: "
+                     f"{optimum[1]:.2f}")  # fmt: skip
+    left.legend(fontsize="x-small", loc="lower left")
+    left.set_title("per model: mean (bar) and images (dots)", fontsize="small", loc="left")
+    if len(axes) > 1:
+        right = axes[1]
+        table = result.paired_differences(baseline, measure) if len(x) > 1 else None
+        base = result.models[result.model_index(baseline) if baseline else 0]
+        if table is not None and len(table):
+            xs = np.arange(len(table))
+            b = result.model_index(base)
+            for j, name in enumerate(table["model"]):
+                d = values[:, result.model_index(name)] - values[:, b]
+                right.scatter(j + rng.uniform(-0.08, 0.08, len(d)), d, s=6, color="gray",
+                              alpha=0.6, label="one image" if j == 0 else None)  # fmt: skip
+            mean, se = table["mean_difference"].to_numpy(float), table["paired_se"].to_numpy(float)
+            right.errorbar(xs, mean, yerr=se, fmt="o",
+                           color="C0", capsize=4, ms=6, zorder=3,
+                           label="mean ± paired s.e.")  # fmt: skip
+            right.set_xticks(xs, list(table["model"]))
+            right.set_xlim(-0.6, len(xs) - 0.4)
+        right.axhline(0.0, color="black", lw=0.8)
+        right.set_xlabel("model")
+        short = label.split(":")[0]
+        right.set_ylabel(f"{short}: model − {base}")
+        right.set_title(f"paired on the same images, against {base}", fontsize="small",
+                        loc="left")  # fmt: skip
+        right.legend(fontsize="x-small", loc="lower left")
+    note = ""
+    if optimum is not None:
+        note = f"; label smoothing {optimum[0]:g}: a higher P is not a better fit"
+    caption(
+        fig,
+        model_name(result),
+        f"{label}, target = the {result.target_source} class{note}",
+        f"{len(values)} images",
+        "error bars: paired s.e. of the difference (right); no error bars on the left",
+    )
+    return fig
+
+
+def plot_localisation(result: GradCamComparisonResult, *, fig: Figure | None = None) -> Figure:
+    """Where the object masks are known: per map (each model's Grad-CAM, then each spatial
+    attention site) the share of its mass on the object and the pointing-game hit rate,
+    mean ± s.e. over images, with the mean object area (the level of a map without
+    preference) as a dashed line."""
+    table = result.localisation_summary()
+    if table.empty:
+        raise ValueError("the result has no localisation: run it on images with object masks")
+    n = len(table)
+    fig = new_figure((8.0, 0.28 * n + 1.9), fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(n)[::-1]
+    labels = [f"{r.model} · {r.map} ({r.grid})" for r in table.itertuples()]
+    colours = [f"C{result.models.index(m) % 10}" for m in table["model"]]
+    for ax, key, what in ((axes[0], "share", "mass on the object (share)"),
+                          (axes[1], "pointing", "maximum on the object (hit rate)")):  # fmt: skip
+        mean = table[f"{key}_mean" if key == "share" else key]
+        ax.barh(y, mean, xerr=table[f"{key}_se"], color=colours, alpha=0.8, capsize=2)
+        ax.axvline(float(table["object_area"].iloc[0]), color="black", ls="--", lw=0.9,
+                   label="mean object area")  # fmt: skip
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel(what)
+        ax.grid(axis="x", lw=0.3)
+    axes[0].set_yticks(y, labels, fontsize="small")
+    axes[1].legend(fontsize="x-small", loc="lower right")
+    caption(
+        fig,
+        model_name(result),
+        "Grad-CAM and spatial attention on the object mask",
+        f"{len(result.ids)} images; dashed: the object's mean area (a map without preference)",
+        "error bars: s.e. over images",
     )
     return fig

@@ -6,6 +6,7 @@ matplotlib ``Figure``; none runs a model.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -280,6 +281,46 @@ def _new_fig(fig: Figure | None, figsize: tuple[float, float]) -> Figure:
     return new_figure(figsize, fig)
 
 
+# per control condition: bar hatch (delta bars) and marker (Fig. 4)
+CONTROL_HATCH = {
+    "resolution_control": "//",
+    "copies": "xx",
+    "copies_perimeter": "..",
+    "constant_area": "oo",
+    "contrast_matched": "\\\\",
+    "background_swap": "--",
+}
+CONTROL_MARKER = {
+    "resolution_control": "v",
+    "copies": "D",
+    "copies_perimeter": "^",
+    "constant_area": "o",
+    "contrast_matched": "P",
+    "background_swap": "X",
+}
+
+
+def _control_label(cond: str) -> str:
+    return "resolution control" if cond == "resolution_control" else cond.replace("_", " ")
+
+
+def _shares(result: ScaleSweepResult, site: str) -> str:
+    """'copies 140 %, contrast matched 42 %, ...': the share of the site's ΔD each control
+    reproduces (n.s. where the change itself has |z| < 3)."""
+    table = result.control_table()
+    if table.empty:
+        return ""
+    rows = table[table["site"] == site]
+    one_scale = rows["scale"].nunique() == 1
+    parts = []
+    for r in rows.itertuples():
+        share = f"{r.share:.0%}" if np.isfinite(r.share) else "n.s."
+        at = "" if one_scale else f" {_sx(r.scale)}"
+        parts.append(f"{_control_label(r.condition)}{at} {share}")
+    head = f"share of ΔD({_sx(rows['scale'].iloc[0])}) reproduced: " if one_scale else ""
+    return head + ", ".join(parts)
+
+
 def plot_delta_bars(
     result: ScaleSweepResult,
     sites: Sequence[str] | None = None,
@@ -288,17 +329,20 @@ def plot_delta_bars(
     ax: Axes | None = None,
 ) -> Figure:
     """Bars of the paired change delta_D(s) = D(s) - D(1.0x) per site (default: the last
-    site of each stage) and scale, with paired standard errors as error bars; where the
-    sweep ran a resolution control, its bar (hatched) stands beside each zoom bar."""
+    site of each stage) and scale, with paired standard errors as error bars; every control
+    the sweep ran (resolution control, content controls) stands beside the view it is matched
+    to, hatched (one hatch per control)."""
     sites = [result.site(u).alias for u in (sites or result.stage_last_sites())]
     ref = result.reference_scale
     chosen = [s for s in (scales or result.scales) if s != ref]
     bars = []  # (label, condition, scale)
     kind = "native" if result.views_native else "zoom"
+    controls = result.control_views()
     for s in chosen:
         bars.append((f"{kind} {_sx(s)}", "zoom", s))
-        if result.has_control(s):
-            bars.append((f"resolution control {_sx(s)}", "resolution_control", s))
+        for cond, cs in controls:
+            if cs == s:
+                bars.append((f"{_control_label(cond)} ({_sx(s)})", cond, s))
     colours = dict(zip(chosen, _scale_colours(len(chosen))))
     fig, ax = _new_axes(ax, (1.6 + 1.1 * len(sites) * max(1, len(bars)) / 2, 3.8))
     x = np.arange(len(sites))
@@ -316,7 +360,7 @@ def plot_delta_bars(
             capsize=3,
             color=colours[s],
             alpha=0.45 if control else 1.0,
-            hatch="//" if control else None,
+            hatch=CONTROL_HATCH.get(cond, "//") if control else None,
             edgecolor="black",
             linewidth=0.5,
             label=label,
@@ -324,7 +368,7 @@ def plot_delta_bars(
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(x, sites)
     ax.set_xlabel("SK site (last of each stage)")
-    ax.set_ylabel(f"ΔD = D(s) − D({_sx(ref)})")
+    ax.set_ylabel(f"ΔD = D(view) − D({_sx(ref)})")
     views = "native renders" if result.views_native else "crops of the original"
     n_ctrl = ", ".join(
         f"{int(result.view_count[result.view_index(s, 'resolution_control')])} "
@@ -332,8 +376,9 @@ def plot_delta_bars(
         for s in chosen
         if result.has_control(s)
     )
+    what = "larger object and its controls" if controls else "larger object"
     ax.set_title(
-        f"{result.model_name}: change of D with object scale, {result.n_images} images "
+        f"{result.model_name}: paired ΔD per image, {what}, {result.n_images} images "
         f"({views}{'; ' + n_ctrl if n_ctrl else ''})\nerror bars: paired s.e. of ΔD per image",
         fontsize="medium",
     )
@@ -349,12 +394,15 @@ def plot_class_delta(
 ) -> Figure:
     """The SKNet paper's Fig. 4: per class, mean D at 1.0x against 1.5x and 2.0x for the last
     site of each stage (one panel per site). Error bars on the larger scales: the paired s.e.
-    of the change ΔD of that class (D(s) − D(1.0x) per image)."""
+    of the change ΔD of that class (D(s) − D(1.0x) per image). Every control the sweep ran
+    adds open markers (per class: D(1.0x) + the control's ΔD of that class), and each panel
+    says how much of the site's ΔD each control reproduces (``result.control_table()``)."""
     if not result.class_names:
         raise ValueError("the sweep had no labels: per-class D needs labelled images")
     sites = [result.site(u).alias for u in (sites or result.stage_last_sites())]
     k = len(result.class_names)
-    fig = _new_fig(fig, (max(6.0, 0.5 * k + 2.5), 2.3 * len(sites) + 0.8))
+    extra = 0.35 * len(sites) + 0.4 if result.control_views() else 0.0
+    fig = _new_fig(fig, (max(7.5, 0.5 * k + 2.5), 2.3 * len(sites) + 0.8 + extra))
     axes = fig.subplots(len(sites), 1, sharex=True, squeeze=False)[:, 0]
     x = np.arange(k)
     colours = _scale_colours(len(result.scales))
@@ -371,19 +419,34 @@ def plot_class_delta(
                 ax.errorbar(x + off, y, yerr=err, marker="s", ms=3.5, capsize=2.5, lw=1.0,
                             ls="none", color=colours[si],
                             label=f"{_sx(s)} (± paired s.e. of ΔD)")  # fmt: skip
+        for cond, cs in result.control_views():
+            v = result.view_index(cs, cond)
+            y = result.class_d_mean[alias][ref_i] + result.class_delta_mean[alias][v]
+            ax.plot(x + 0.08 * (result.scale_index(cs) - ref_i) + 0.12, y, ls="none",
+                    marker=CONTROL_MARKER.get(cond, "v"), ms=4, mfc="none", mew=0.8,
+                    color=colours[result.scale_index(cs)],
+                    label=f"{_control_label(cond)} ({_sx(cs)})")  # fmt: skip
         ax.set_ylabel("mean D")
-        ax.set_title(alias, fontsize="medium", loc="left")
+        shares = _shares(result, alias)
+        title = alias + ("\n" + "\n".join(textwrap.wrap(shares, 95)) if shares else "")
+        ax.set_title(title, fontsize="small" if shares else "medium", loc="left")
         ax.grid(axis="y", lw=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
                fontsize="small")  # fmt: skip
     axes[-1].set_xticks(x, result.class_names, rotation=90)
     axes[-1].set_xlabel("class")
     counts = result.class_count
+    note = (
+        "\nopen markers: controls; share = the control's ΔD / the larger view's ΔD,\npaired "
+        "on the same images (n.s. where that ΔD has |z| < 3)"
+        if result.control_views()
+        else ""
+    )
     fig.suptitle(
         f"{result.model_name}: per-class D, {result.n_images} images "
         f"({int(counts.min()) if len(counts) else 0}-{int(counts.max()) if len(counts) else 0}"
-        " per class); error bars: paired s.e. of the change from "
-        f"{_sx(result.reference_scale)}",
+        " per class)\nerror bars: paired s.e. of the change from "
+        f"{_sx(result.reference_scale)}" + note,
         fontsize="medium",
     )
     return fig

@@ -38,6 +38,7 @@ register_adapter(
     "timm.layers.non_local_attn.BatNonLocalAttn",
     kind="bat",
     read=Computed(taps=("ba.conv_p", "ba.conv_q"), compute=_bilinear),
+    write="its p and q matrices are normalised functionally in two steps; no one tensor to write",
     family="timm",
     describe=lambda m: {"block_size": int(m.ba.block_size), "groups": int(m.ba.groups)},
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import register_adapter
+from ..registry import Written, register_adapter
 
 register_adapter("timm.layers.cbam.ChannelAttn", kind="cbam_channel", read="gate", family="timm")
 register_adapter(
@@ -17,6 +17,7 @@ register_adapter(
     read="fc2",
     transform=torch.sigmoid,
     family="timm",
+    write=Written("sigmoid()"),  # the functional sigmoid of fc2's output
 )
 for _type in ("timm.layers.cbam.SpatialAttn", "timm.layers.cbam.LightSpatialAttn"):
     register_adapter(_type, kind="cbam_spatial", read="gate", family="timm")

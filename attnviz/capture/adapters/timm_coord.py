@@ -38,7 +38,10 @@ def _two_gates(
 
 _TWO_GATES = Computed(taps=("gate",), compute=_two_gates, every_call=True)
 _PKG = "timm.layers.coord_attn"
-register_adapter(f"{_PKG}.CoordAttn", kind="coord", read=_TWO_GATES, family="timm")
-register_adapter(f"{_PKG}.EfficientLocalAttn", kind="ela", read=_TWO_GATES, family="timm")
+_TWICE = "its gate runs twice per forward (height, then width); writing is not supported"
+register_adapter(f"{_PKG}.CoordAttn", kind="coord", read=_TWO_GATES, family="timm", write=_TWICE)
+register_adapter(
+    f"{_PKG}.EfficientLocalAttn", kind="ela", read=_TWO_GATES, family="timm", write=_TWICE
+)
 register_adapter(f"{_PKG}.SimpleCoordAttn", kind="scoord", read="gate", family="timm")
 register_adapter(f"{_PKG}.StripAttn", kind="strip", read="gate", family="timm")

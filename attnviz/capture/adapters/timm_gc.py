@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import register_adapter, softmax_over_positions
+from ..registry import Written, register_adapter, softmax_over_positions
 
 
 def _fusion(module: nn.Module) -> dict:
@@ -25,4 +25,9 @@ register_adapter(
     family="timm",
     applies=lambda m: getattr(m, "conv_attn", None) is not None,
     describe=_fusion,
+    # written at the functional softmax: (B, 1, H * W) -> (B, 1, H, W)
+    write=Written(
+        "softmax()",
+        view=lambda m, raw, inputs: raw.reshape(inputs[0].shape[0], 1, *inputs[0].shape[-2:]),
+    ),
 )

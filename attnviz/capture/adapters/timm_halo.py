@@ -82,6 +82,7 @@ register_adapter(
     "timm.layers.halo_attn.HaloAttn",
     kind="halo",
     read=Intercepted(functions=("softmax",), compute=_attention),
+    write="its windows are reordered per query on reading, not a reshape of the module's tensor",
     family="timm",
     query_grid=_query_grid,
     describe=lambda m: {

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import Computed, Reading, register_adapter
+from ..registry import Computed, Reading, Written, register_adapter
 
 
 def _attention(
@@ -35,4 +35,5 @@ register_adapter(
     read=Computed(taps=("t", "p"), compute=_attention),
     family="timm",
     describe=lambda m: {"instantiation": "embedded_gaussian", "scale": float(m.scale)},
+    write=Written("softmax()"),  # the functional softmax, (B, HW, HW)
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Computed, Reading, register_adapter
+from ..registry import Computed, Reading, Written, register_adapter
 
 
 def _attention(
@@ -41,4 +41,8 @@ register_adapter(
     read=Computed(taps=("rsoftmax",), compute=_attention),
     family="timm",
     describe=_describe,
+    write=Written(
+        "rsoftmax",
+        view=lambda m, raw, inputs: _attention(m, {"rsoftmax": raw}, inputs, None, None).attention,
+    ),
 )
