@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     # analyses
     "ablation": "attnviz.analysis",
     "AblationResult": "attnviz.analysis",
+    "scale_patching": "attnviz.analysis.scale_patching",
     "scale_sweep": "attnviz.analysis",
     "ScaleSweepResult": "attnviz.analysis",
     "query_independence": "attnviz.analysis",
@@ -42,6 +43,8 @@ _LAZY: dict[str, str] = {
     "ShapeScenes": "attnviz.data",
     "Analysis": "attnviz.analysis",
     "run": "attnviz.analysis",
+    "run_replicates": "attnviz.analysis.replicates",
+    "ReplicatesResult": "attnviz.analysis.replicates",
     "Result": "attnviz.results",
     "preprocess_for": "attnviz.data",
     # models and data
@@ -88,9 +91,12 @@ __all__ = [  # the eager names, then the lazy re-exports of _LAZY
     "Result",
     "ShapeScenes",
     "ablation",
+    "scale_patching",
     "gradcam_comparison",
     "preprocess_for",
     "run",
+    "run_replicates",
+    "ReplicatesResult",
     "BAM",
     "CBAM",
     "ChannelAttention",
@@ -154,6 +160,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         run,
         scale_sweep,
     )
+    from .analysis.replicates import ReplicatesResult, run_replicates
     from .blocks import (
         BAM,
         CBAM,

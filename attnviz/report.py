@@ -140,6 +140,7 @@ def ablation_table_html(result: Any) -> str:
     "mean [95% CI]" of the paired change (a star: Holm-adjusted p < 0.05), every cell escaped.
     """
     from .plot._style import no_minus_zero
+    from .plot.ablation import DIFFERENCES
 
     frame = result.to_frame()
     measures = list(dict.fromkeys(frame["measure"]))
@@ -152,9 +153,8 @@ def ablation_table_html(result: Any) -> str:
                 row[measure] = ""
                 continue
             r = hit.iloc[0]
-            lo, mean, hi = (
-                no_minus_zero(float(r[c]), "+.3f") for c in ("ci_low", "mean", "ci_high")
-            )
+            fmt = "+.3f" if measure in DIFFERENCES else ".3f"  # kl, agreement: not changes
+            lo, mean, hi = (no_minus_zero(float(r[c]), fmt) for c in ("ci_low", "mean", "ci_high"))
             row[measure] = f"{mean} [{lo}, {hi}]" + ("*" if float(r["p_holm"]) < 0.05 else "")
         rows.append(row)
     table = _frame_html(pd.DataFrame(rows, columns=["group", "policy", "images", *measures]))

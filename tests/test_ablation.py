@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ import attnviz
 from attnviz.analysis.ablation import AblationResult, ablation, summarise_changes
 from attnviz.analysis.stats import bootstrap_ci, bootstrap_mean_ci, holm, sign_flip_p
 from attnviz.capture import PolicyError
+from attnviz.cli import main
 from attnviz.commands.ablate import POLICY_NAMES
 from attnviz.data import write_image_folder
 
@@ -120,6 +119,14 @@ def test_batch_size_does_not_change_the_result_and_round_trip(shapes, se_model, 
     for k in a.original:
         np.testing.assert_array_equal(c.original[k], a.original[k])
     assert "Decomposition" in a.summary() and "SE_4_2" in a.summary()
+    table = a.table().set_index(["group", "policy"])
+    frame = a.to_frame().set_index(["group", "policy", "measure"]).sort_index()
+    for (group, policy), row in table.iterrows():
+        r = frame.loc[(group, policy, "p_true")]
+        assert row["dP(target)"] == f"{r['mean']:+.3f} ± {r['se']:.3f}"
+        assert row["KL"] == f"{frame.loc[(group, policy, 'kl'), 'mean']:.3f}"
+    lines = a.markdown().splitlines()
+    assert len(lines) == 2 + len(table) and lines[0].startswith("| group | policy | n |")
 
 
 def test_one_forward_per_group_and_policy_per_batch(shapes, se_model):
@@ -191,12 +198,9 @@ def test_cli_policy_names_match_the_registry():
     assert set(POLICY_NAMES) == set(POLICIES) - {"patch"}
 
 
-def test_cli_runs_and_refuses_bad_policies_in_one_line(shapes, tmp_path):
+def test_cli_runs_and_refuses_bad_policies_in_one_line(shapes, tmp_path, capsys):
     out = tmp_path / "out"
     cmd = [
-        sys.executable,
-        "-m",
-        "attnviz",
         "ablate",
         "--model",
         "se_tiny",
@@ -211,12 +215,13 @@ def test_cli_runs_and_refuses_bad_policies_in_one_line(shapes, tmp_path):
         "remove",
         "shuffle:1",
     ]
-    bad = subprocess.run(cmd[:-2] + ["zero"], capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "unknown policy 'zero'" in bad.stderr
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "Ablation on se_tiny: 10 images" in done.stdout
+    with pytest.raises(SystemExit) as bad:
+        main(cmd[:-2] + ["zero"])
+    err = capsys.readouterr().err
+    assert bad.value.code == 2
+    assert err.strip().count("\n") == 0 and "unknown policy 'zero'" in err
+    assert main(cmd) == 0
+    assert "Ablation on se_tiny: 10 images" in capsys.readouterr().out
     result = AblationResult.load(
         next(p.parent for p in out.rglob("manifest.json") if "ablation" in p.read_text())
     )
@@ -290,3 +295,31 @@ def test_target_is_the_label_not_the_prediction_on_prepared_inputs():
     assert frame.loc["p_true", "mean"] == pytest.approx(expected, abs=1e-6)
     acc = ((p1.argmax(-1) == t).double() - (p0.argmax(-1) == t).double()).mean().item()
     assert frame.loc["accuracy", "mean"] == pytest.approx(acc)
+
+
+def test_cli_scale_patching_reference_and_bank(shapes, tmp_path, capsys):
+    base = ["ablate", "--no-progress"]
+    args = [
+        "--model",
+        "sk_tiny",
+        "--scale-patching",
+        "3",
+        "--shapes-seed",
+        "20001",
+        "--scopes",
+        "all",
+        "--batch-size",
+        "2",
+    ]
+    assert main(base + args + ["--out", str(tmp_path / "patch")]) == 0
+    printed = capsys.readouterr().out
+    assert "Wrong scale - wrong scene" in printed and "3 images" in printed
+    assert main(base + args + ["--images", str(shapes), "--out", str(tmp_path / "x")]) == 2
+    assert "exactly one of --images DIR and --scale-patching N" in capsys.readouterr().err
+    se = ["--model", "se_tiny", "--images", str(shapes), "--scopes", "all", "--limit", "4"]
+    ref = ["--reference", str(shapes), "--bank", "3", "--policy", "shuffle"]
+    assert main(base + se + ref + ["--out", str(tmp_path / "ref")]) == 0
+    assert "shuffle" in capsys.readouterr().out
+    nowhere = ["--reference", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]
+    assert main(base + se + nowhere) == 2
+    assert "--reference" in capsys.readouterr().err

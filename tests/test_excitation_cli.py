@@ -104,7 +104,8 @@ def test_excitation_command(image_dir, weights, tmp_path, capsys):
     assert (out / "summary.txt").read_text() == result.summary() + "\n"
     assert result.summary().startswith("20 images, 2 classes")
     assert result.summary() in printed
-    assert not (out / "checkpoint").exists() and not (out / ".attnviz.lock").exists()
+    assert not (out / "checkpoint").exists()
+    assert (out / ".attnviz.lock").read_text() == ""  # kept, released (issue 23)
 
 
 def test_compare_attribution_command(image_dir, weights, tmp_path, capsys):
@@ -265,6 +266,8 @@ def test_compare_attribution_across_models(image_dir, tmp_path, capsys):
         ".attnviz-figures.json",
         "gradcam_by_model.png",
         "gradcam_by_model.svg",
+        "margin.png",  # the calibration-free measure beside P (the zoo's label smoothing)
+        "margin.svg",
         "target_probability.png",
         "target_probability.svg",
     ]

@@ -42,9 +42,10 @@ def _wrap(module: nn.Module) -> nn.Module:
 
 
 def _hooks_empty(model: nn.Module) -> bool:
-    return all(
-        not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules()
-    ) and torch._C._len_torch_function_stack() == 0
+    return (
+        all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
+        and torch._C._len_torch_function_stack() == 0
+    )
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -179,9 +180,10 @@ def test_reference_blocks_every_policy_matches_a_hand_replacement():
         if kind.role == "branch":
             cases["branch:1"] = torch.zeros_like(a).index_fill_(1, torch.tensor([1]), 1.0)
         for policy, expected in cases.items():
-            with attnviz.intervene(model, {site.alias: policy}), attnviz.capture(
-                model, sites=site.name
-            ) as c:
+            with (
+                attnviz.intervene(model, {site.alias: policy}),
+                attnviz.capture(model, sites=site.name) as c,
+            ):
                 model(x)
             torch.testing.assert_close(c[site.name], expected, msg=f"{site.alias} {policy}")
 
@@ -197,9 +199,10 @@ def test_patch_with_own_attention_is_exact_and_interchange_reads_the_source():
         with attnviz.capture(model) as src2:
             model(x2)
         site = src.sites[-1]
-        with attnviz.intervene(model, {site.alias: "patch"}, source=src2), attnviz.capture(
-            model
-        ) as c:
+        with (
+            attnviz.intervene(model, {site.alias: "patch"}, source=src2),
+            attnviz.capture(model) as c,
+        ):
             model(x)
         torch.testing.assert_close(c[site.name], src2[site.name])
 
@@ -216,9 +219,10 @@ def test_capture_reads_the_written_attention_whichever_context_comes_first():
     for cache in (inner, outer):
         torch.testing.assert_close(cache["0"], torch.full((2, 20, 20), 1 / 20))
         torch.testing.assert_close(cache["1"], torch.full((2, 4, 5), 1 / 20))
-    with attnviz.intervene(model, {"all": "uniform"}), attnviz.capture(
-        model, queries=[(1, 2)]
-    ) as rows:
+    with (
+        attnviz.intervene(model, {"all": "uniform"}),
+        attnviz.capture(model, queries=[(1, 2)]) as rows,
+    ):
         model(x)
     assert rows["0"].shape == (2, 1, 20)
 
@@ -255,7 +259,8 @@ def test_other_threads_are_not_intervened():
 # ----------------------------------------------------------------------------- refusals
 def test_bad_policies_sites_and_kinds_are_refused_in_one_line():
     model, _ = attnviz.load_model("se_tiny")
-    with pytest.raises(PolicyError, match="unknown policy 'zero'; valid policies: constant:V, remove"):
+    valid = "unknown policy 'zero'; valid policies: constant:V, remove"
+    with pytest.raises(PolicyError, match=valid):
         attnviz.intervene(model, {"all": "zero"})
     with pytest.raises(ValueError, match="unknown site 'SE_9_9'; valid sites: SE_2_1"):
         attnviz.intervene(model, {"SE_9_9": "constant:1"})
@@ -301,9 +306,10 @@ def test_mean_policy_uses_the_reference_per_channel():
     with attnviz.capture(model) as plain:
         model(x)
     reference = {s.name: plain[s.name].mean(0) for s in plain.sites}
-    with attnviz.intervene(model, {"all": "mean"}, reference=reference), attnviz.capture(
-        model
-    ) as c:
+    with (
+        attnviz.intervene(model, {"all": "mean"}, reference=reference),
+        attnviz.capture(model) as c,
+    ):
         model(x)
     site = plain.sites[0]
     torch.testing.assert_close(c[site.name], reference[site.name].expand(4, -1))

@@ -121,6 +121,7 @@ def test_ablation_notebook_shows_each_figure_once(executed):
     assert "Ablation on se_tiny: 20 images" in text and "Ablation on nl_tiny: 20 images" in text
     sources = "\n".join(c.source for c in book.cells if c.cell_type == "code")
     assert "import attnviz" in sources and "attnviz.analysis" not in sources  # public API
+    assert "attnviz.scale_patching(" in sources and "wrong scene" in text
 
 
 @pytest.mark.slow
@@ -134,7 +135,7 @@ def test_ablation_notebook_prints_the_hand_computed_changes(executed):
     assert by_hand == pytest.approx(hand, abs=6e-5)  # printed with 4 decimals
     assert by_api == pytest.approx(hand, abs=6e-5)
     same, control = _printed(
-        r"all SK sites patched: 1.0x selection of the same scene (\S+), "
+        r"all SK sites patched into 2.0x: 1.0x selection of the same scene (\S+), "
         r"another scene's at 2.0x (\S+):",
         text,
     )

@@ -159,13 +159,14 @@ def test_cbam_vs_gradcam_notebook():
     best = np.argmax(np.stack([p for p, _ in probs.values()], 1), axis=1)
     for m, (name, (p, pred)) in enumerate(probs.items()):
         row = next(line for line in text.splitlines() if line.strip().startswith(f"{name} layer4"))
-        values = [float(v) for v in row.split()[3:]]
+        values = [float(v) for v in row.split()[3:8]]  # then the margin's mean and median
         want = [p.mean(), p.std(), np.median(p), (pred == labels).mean(), (best == m).mean()]
         np.testing.assert_allclose(values, want, atol=6e-4, err_msg=name)
     base = probs["plain_tiny"][0]
     for name in ("se_tiny", "cbam_tiny"):
-        row = next(x for x in text.splitlines() if x.strip().startswith(f"{name} plain_tiny"))
-        assert float(row.split()[2]) == pytest.approx((probs[name][0] - base).mean(), abs=6e-5)
+        row = next(x for x in text.splitlines()
+                   if x.split()[:3] == ["probability", name, "plain_tiny"])  # fmt: skip
+        assert float(row.split()[4]) == pytest.approx((probs[name][0] - base).mean(), abs=6e-5)
 
 
 def _hand_probabilities() -> dict:

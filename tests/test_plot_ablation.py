@@ -12,7 +12,7 @@ from matplotlib.container import BarContainer
 from test_plot_conventions import check, colorbars
 
 from attnviz import plot
-from attnviz.plot.ablation import PATCH_LABELS
+from attnviz.plot.ablation import patch_label
 
 MEASURES = ("accuracy", "p_true", "logit_true", "kl", "agreement")
 
@@ -74,7 +74,8 @@ def se_result() -> FakeAblation:
 @pytest.fixture()
 def patch_result() -> FakeAblation:
     groups = [("SK_2_1", "site"), ("SK_3_1", "site"), ("SK_4_1", "site"), ("all", "all")]
-    return fake_result(("patch:other-scene", "patch:1.0x"), groups, model="sk_tiny", n=30)
+    policies = ("patch:other>2.0x", "patch:1.0x>2.0x", "patch:2.0x>1.0x", "patch:other>1.0x")
+    return fake_result(policies, groups, model="sk_tiny", n=30)
 
 
 def _bars(ax) -> list[BarContainer]:
@@ -175,16 +176,16 @@ def test_heatmap_marks_a_policy_that_did_not_apply():
 
 
 def test_patching_bars_put_the_scale_patch_first(patch_result):
-    fig = plot.plot_patching(patch_result)
+    fig = plot.plot_patching(patch_result)  # into 2.0x: the same scene's 1.0x, then the control
     ax = fig.axes[0]
     containers = _bars(ax)
     assert [c.get_label() for c in containers] == [
-        PATCH_LABELS["patch:1.0x"],
-        PATCH_LABELS["patch:other-scene"],
+        "from the 1.0x rendering of the same scene",
+        "from another scene at 2.0x",
     ]
     sites = ["SK_2_1", "SK_3_1", "SK_4_1", "all"]  # each site and all together
     assert [t.get_text() for t in ax.get_xticklabels()] == sites
-    for policy, bars in zip(("patch:1.0x", "patch:other-scene"), containers):
+    for policy, bars in zip(("patch:1.0x>2.0x", "patch:other>2.0x"), containers):
         np.testing.assert_allclose(
             [p.get_height() for p in bars.patches],
             _expected(patch_result, "p_true", sites, policy, "mean"),
@@ -194,13 +195,19 @@ def test_patching_bars_put_the_scale_patch_first(patch_result):
         )
         np.testing.assert_allclose(_whiskers(bars), want)
     check(fig, "sk_tiny")
-    assert "2.0x" in ax.get_title() and "30 images" in ax.get_title()
-    only = plot.plot_patching(patch_result, "kl", policies=["patch:other-scene"], scope="site")
-    (bars,) = _bars(only.axes[0])
+    assert "into the 2.0x rendering" in ax.get_title() and "30 images" in ax.get_title()
+    assert "SK_2_1, SK_3_1 and SK_4_1; all together" in ax.get_title()  # "all" is no site
+    back = plot.plot_patching(patch_result, "kl", target="1.0x", scope="site")
+    labels = [c.get_label() for c in _bars(back.axes[0])]
+    assert labels == ["from the 2.0x rendering of the same scene", "from another scene at 1.0x"]
+    (bars, _) = _bars(back.axes[0])
     np.testing.assert_allclose(
         [p.get_height() for p in bars.patches],
-        _expected(patch_result, "kl", sites[:3], "patch:other-scene", "mean"),
+        _expected(patch_result, "kl", sites[:3], "patch:2.0x>1.0x", "mean"),
     )
+    only = plot.plot_patching(patch_result, policies=["patch:other>1.0x"], target="1.0x")
+    assert len(_bars(only.axes[0])) == 1
+    assert patch_label("patch:other") == "from another scene"
 
 
 def test_bad_input_is_one_line(se_result):
@@ -210,7 +217,7 @@ def test_bad_input_is_one_line(se_result):
         plot.plot_ablation_bars(se_result, policies=["uniform"])
     with pytest.raises(ValueError, match="unknown scope 'stages'"):
         plot.plot_ablation_heatmap(se_result, scope="stages")
-    with pytest.raises(ValueError, match=r"no patch policies.*constant:1"):
+    with pytest.raises(ValueError, match=r"no patch policies into 2.0x.*constant:1"):
         plot.plot_patching(se_result)
     broken = FakeAblation(se_result.frame.drop(columns=["ci_low"]), se_result.meta)
     with pytest.raises(ValueError, match=r"columns \['ci_low'\] are missing"):
@@ -267,3 +274,28 @@ def test_bars_of_a_real_result_are_the_hand_means():
     np.testing.assert_allclose(
         values, [[changes[f"all|{p}|kl"].mean() for p in ("constant:1", "mean")]]
     )
+
+
+def test_axis_names_the_groups_shown():
+    stages = [("stage:2", "stage"), ("stage:3", "stage"), ("all", "all")]
+    r = fake_result(("remove",), stages)
+    fig = plot.plot_ablation_bars(r)  # no site rows: every group, named as such
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stage:2", "stage:3", "all"]
+    assert ax.get_xlabel() == "site group"
+    assert plot.plot_ablation_bars(r, scope="stage").axes[0].get_xlabel() == "stage"
+    assert plot.plot_ablation_heatmap(r, scope="stage").axes[0].get_ylabel() == "stage"
+
+
+def test_a_policy_that_did_not_apply_draws_no_bar():
+    sites = [("SK_2_1", "site"), ("SE_2_1", "site")]
+    r = fake_result(("remove", "branch:0"), sites, model="mixed")
+    r.frame = r.frame[~((r.frame.group == "SE_2_1") & (r.frame.policy == "branch:0"))]
+    fig = plot.plot_ablation_bars(r, "p_true")
+    fig.canvas.draw()
+    _, branch = _bars(fig.axes[0])
+    heights = [p.get_height() for p in branch.patches]
+    assert np.isfinite(heights[0]) and np.isnan(heights[1])  # not a bar of height 0
+    segments = branch.errorbar.lines[2][0].get_segments()
+    drawn = [s for s in segments if len(s) and np.isfinite(s).all()]
+    assert len(drawn) == 1  # one whisker: the group the policy applied to

@@ -100,7 +100,8 @@ def test_queries_command_writes_result_figures_and_summary(tmp_path, weights, im
     for name in listed:
         assert (out / "figures" / name).stat().st_size > 1000
     assert (out / "viewer" / "manifest.json").is_file()  # every query's maps, for the viewer
-    assert not (out / "checkpoint").exists() and not (out / ".attnviz.lock").exists()
+    assert not (out / "checkpoint").exists()
+    assert (out / ".attnviz.lock").read_text() == ""  # kept, released (issue 23)
 
 
 def test_queries_command_runs_one_forward_per_batch(tmp_path, weights, monkeypatch):

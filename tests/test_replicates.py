@@ -37,9 +37,9 @@ def test_untrained_is_seeded_fresh_and_leaves_the_global_rng_alone():
     before = torch.random.get_rng_state()
     a, b, c = (untrained(trained, s, factory) for s in (0, 0, 1))
     assert torch.equal(torch.random.get_rng_state(), before)
-    wa, wb, wc = (m.state_dict()["conv1.weight"] for m in (a, b, c))
+    wa, wb, wc = (m.state_dict()["stem.0.weight"] for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
-    assert not torch.equal(wa, trained.state_dict()["conv1.weight"])
+    assert not torch.equal(wa, trained.state_dict()["stem.0.weight"])
     assert not a.training
     # without a factory: a copy with reset_parameters under the seed, deterministic too
     r0, r1 = untrained(trained, 3), untrained(trained, 3)
@@ -219,7 +219,7 @@ def _fake_training(root, seed: int):
 
 
 def test_bundle_stores_float16_and_loads_by_name(tmp_path, monkeypatch):
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     src = _fake_training(tmp_path / "train", 7)
     assets = tmp_path / "assets"
@@ -229,8 +229,7 @@ def test_bundle_stores_float16_and_loads_by_name(tmp_path, monkeypatch):
     entry = seed_manifest()["models"]["sk_tiny@seed7"]
     path = assets / "models" / "seeds" / entry["file"]
     assert entry["size_bytes"] == path.stat().st_size < 0.6 * src.stat().st_size
-    with safe_open(str(path), "pt") as fh:
-        dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}
+    dtypes = {v.dtype for v in load_file(str(path)).values()}
     assert torch.float16 in dtypes and torch.float32 not in dtypes
     assert seeds_of("sk_tiny") == [0, 7] and entry["check"]["n_per_class"] == 20
     model, cfg = load_model("sk_tiny@seed7")
@@ -252,3 +251,98 @@ def test_bundle_stores_float16_and_loads_by_name(tmp_path, monkeypatch):
     assert bundle([tmp_path / "train"]) == []
     with pytest.raises(FileNotFoundError, match="seeds of sk_tiny: \\[0, 7\\]"):
         load_model("sk_tiny@seed9")
+
+
+# ----------------------------------------------------------------------------- effects()
+def test_query_independence_effects_by_hand():
+    from attnviz.analysis.query_independence import QueryIndependenceResult
+
+    vals = np.array([[0.1, np.nan], [0.3, 0.2], [0.2, 0.4]])
+    jsd = np.array([[0.01, 0.5], [0.02, 0.5], [0.03, 0.5]])
+    se = np.array([[0.001, 0.0], [0.002, 0.0], [0.002, 0.0]])
+    sites = [{"alias": "NL_1", "name": "a", "kind": "nonlocal"}, {"alias": "NL_2", "name": "b",
+             "kind": "nonlocal"}]  # fmt: skip
+    r = QueryIndependenceResult("m", sites, ["cos_att", "jsd_att"],
+                                {"cos_att": vals, "jsd_att": jsd}, jsd_se=se)  # fmt: skip
+    e = r.effects().set_index(["site", "metric"])
+    assert e.loc[("NL_1", "cos_att"), "effect"] == pytest.approx(0.2)
+    assert e.loc[("NL_1", "cos_att"), "se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert e.loc[("NL_2", "cos_att"), "n"] == 2  # the NaN image left out
+    assert e.loc[("NL_2", "cos_att"), "effect"] == pytest.approx(0.3)
+    # jsd: image s.e. and pair-sampling s.e. in quadrature
+    hand = math.sqrt((0.01 / math.sqrt(3)) ** 2 + (0.001**2 + 2 * 0.002**2) / 9)
+    assert e.loc[("NL_1", "jsd_att"), "se"] == pytest.approx(hand)
+
+
+def test_attribution_effects_subtract_the_exact_chance():
+    from attnviz.analysis.attribution import AttentionVsAttributionResult, iou_chance
+
+    iou = np.array([[0.5], [0.3], [np.nan], [0.4]])
+    rho = np.array([[0.2], [0.4], [0.6], [np.nan]])
+    z = np.zeros(4, dtype=np.int64)
+    r = AttentionVsAttributionResult(
+        sites=[{"alias": "CBAM_S_5_2", "name": "x", "kind": "cbam_spatial",
+                "compare_grid": [4, 4]}],
+        layer="layer4", top_k=0.2, ids=list("abcd"), labels=z, predictions=z, targets=z,
+        target_source="label", spearman=rho, iou=iou, gradcam=np.zeros((0, 1, 1)),
+        attention=np.zeros((1, 0, 1, 1)), images=np.zeros((0, 1, 1, 3), np.uint8),
+    )  # fmt: skip
+    e = r.effects().set_index("metric")
+    assert e.loc["iou_above_chance", "effect"] == pytest.approx(0.4 - iou_chance(0.2, (4, 4)))
+    assert e.loc["iou_above_chance", "se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert e.loc["spearman", "effect"] == pytest.approx(0.4) and e.loc["spearman", "n"] == 3
+    assert r.site_summary()["iou_chance"].iloc[0] == pytest.approx(0.158, abs=5e-4)
+
+
+def test_cli_seeds_all_runs_every_bundled_seed(cli, tmp_path, monkeypatch):
+    assets = tmp_path / "assets"
+    (assets / "models").mkdir(parents=True)
+    for f in ("manifest.json", "sk_tiny.safetensors"):
+        (assets / "models" / f).write_bytes((assets_dir() / f).read_bytes())
+    _fake_training(tmp_path / "train", 4)
+    monkeypatch.setenv("ATTNVIZ_ASSETS", str(assets))
+    bundle([tmp_path / "train"])
+    out = tmp_path / "out"
+    res = cli("sweep", "--model", "sk_tiny", "--shapes", "3", "--out", out, "--seeds", "all",
+              "--no-figures", "--no-progress", "--scales", "1.0", "2.0")  # fmt: skip
+    assert res.code == 0, res.err
+    frame = pd.read_csv(out / "replicates" / "effects.csv")
+    assert (frame["seeds"] == 2).all()  # seed 0 (the model) and seed 4
+    # seed 4 holds the same weights in float16: its effects are the trained ones, nearly
+    np.testing.assert_allclose(frame["seed_min"], frame["seed_max"], atol=2e-3)
+    assert (out / "replicates" / "seed4" / "manifest.json").is_file()
+    bad = cli("sweep", "--model", "sk_tiny", "--shapes", "3", "--out", tmp_path / "o2",
+              "--seeds", "9")  # fmt: skip
+    assert bad.code == 2 and "no bundled seed(s) [9]" in bad.err
+
+
+def test_a_baseline_without_a_value_is_not_read_as_inside_its_range():
+    r = _joined()
+    r.baselines["untrained:0"] = _Effects({"A": math.nan, "B": 0.0, "C": -0.4, "D": 0.1})
+    r.baselines["untrained:1"] = _Effects({"A": math.nan, "B": 0.05, "C": 0.1, "D": 0.5})
+    a = r.to_frame().set_index("site").loc["A"]
+    assert not a["baseline_known"] and not a["beyond_baseline"]
+    assert a["reading"] == "none: a baseline gives no value"
+    assert "n/a" in r.summary()
+
+
+def test_effect_tests_of_one_result_without_replicates():
+    from attnviz.analysis.replicates import effect_tests
+
+    t = effect_tests(_joined().trained.effects())
+    assert t["z"].tolist() == pytest.approx([10.0, 2.0, -6.0, 8.0])
+    assert t["p_holm"].iloc[1] == pytest.approx(min(1.0, math.erfc(2 / math.sqrt(2))))  # largest
+    assert t["z3"].tolist() == [True, False, True, True]
+
+
+def test_seed_specs_parse_and_refuse_what_they_cannot_be():
+    from attnviz.models.seeds import split_seed
+
+    assert split_seed("sk_tiny@seed12") == ("sk_tiny", 12)
+    assert split_seed("sk_tiny") == ("sk_tiny", None)
+    assert split_seed("hf-hub:org/model@main") == ("hf-hub:org/model@main", None)
+    with pytest.raises(ValueError, match="disagree"):
+        load_model("sk_tiny@seed1", seed=2)
+    with pytest.raises(ValueError, match="no weights="):
+        load_model("sk_tiny", seed=1, weights=assets_dir() / "sk_tiny.safetensors")
+    assert load_model("sk_tiny", seed=0)[1].source["spec"] == "sk_tiny"  # seed 0: the bundle

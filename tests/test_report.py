@@ -61,8 +61,9 @@ def test_report_is_self_contained(page):
 
 
 def test_inline_svg_prefixes_ids():
-    svg = '<?xml version="1.0"?><svg><defs><path id="a1"/></defs><use xlink:href="#a1"/>'
-    svg += '<g clip-path="url(#a1)"/></svg>'
+    svg = '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" '
+    svg += 'xmlns:xlink="http://www.w3.org/1999/xlink"><defs><path id="a1"/></defs>'
+    svg += '<use xlink:href="#a1"/><g clip-path="url(#a1)"/></svg>'
     out = inline_svg(svg, "f0")
     assert out.startswith("<svg") and 'id="f0-a1"' in out
     assert 'href="#f0-a1"' in out and "url(#f0-a1)" in out and "#a1" not in out

@@ -47,6 +47,7 @@ def test_ablation_table_rows_are_the_frame():
             assert lo == pytest.approx(want["ci_low"], abs=5e-4)
             assert hi == pytest.approx(want["ci_high"], abs=5e-4)
             assert (m.group(4) == "*") == (want["p_holm"] < 0.05)
+            assert cell.startswith("+") == (measure not in ("kl", "agreement") and mean > 0)
     assert "Holm-adjusted" in html and "bootstrap 95% CI" in html
 
 
@@ -85,8 +86,8 @@ def test_ablation_table_escapes_and_leaves_missing_cells_empty():
     assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt;" in html
     assert "a&amp;b" in html and "-0.000" not in html
     rows = _cells(html)
-    assert rows[0][3:] == ["0.000 [0.000, +0.500]", ""]
-    assert rows[1][3:] == ["", "+1.000 [+1.000, +1.000]"]
+    assert rows[0][3:] == ["0.000 [0.000, 0.500]", ""]  # kl, agreement: unsigned
+    assert rows[1][3:] == ["", "1.000 [1.000, 1.000]"]
 
 
 def test_report_page_has_the_ablation_section(tmp_path):

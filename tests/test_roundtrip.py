@@ -24,6 +24,12 @@ from PIL import Image
 from torch import nn
 
 import attnviz
+from attnviz.analysis.ablation import (
+    AblationResult,
+    ReferenceResult,
+    ablation,
+    reference_attention,
+)
 from attnviz.analysis.attribution import (
     AttentionVsAttributionResult,
     GradCamComparisonResult,
@@ -33,6 +39,7 @@ from attnviz.analysis.attribution import (
 from attnviz.analysis.excitation import ExcitationProfileResult, excitation_profile
 from attnviz.analysis.query_independence import QueryIndependenceResult, query_independence
 from attnviz.analysis.query_maps import QueryMapsResult, query_maps
+from attnviz.analysis.replicates import ReplicatesResult
 from attnviz.analysis.scale_sweep import ScaleSweepResult, scale_sweep
 from attnviz.models.tiny import create_tiny
 from attnviz.results import Result
@@ -43,6 +50,7 @@ CFG = dict(input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear")
 MAY_BE_EMPTY = {
     # the tiny runs have no unreadable files except where a bad file is passed on purpose
     "QueryMapsResult": {"meta"},
+    # a Result without a skipped list: the reference pass keeps sums and a bank only
 }
 
 
@@ -75,7 +83,9 @@ def _sweep(tmp_path: Path) -> ScaleSweepResult:
     model = create_tiny("sk_tiny", num_classes=3).eval()
     # 40x48 images: the 1.5x / 2.0x crops need upsampling, so the controls are counted
     folder = _folder(tmp_path, {"a": 3, "b": 1, "c": 2}, (40, 48), 1)
-    res = scale_sweep(model, folder, per_image=True, preprocess=CFG, progress=False)
+    # object boxes by source position: some inside the 2.0x crop, some clipped by it
+    boxes = {i: (14 + i, 16, 26 + 2 * i, 30) for i in range(7)}
+    res = scale_sweep(model, folder, per_image=True, preprocess=CFG, progress=False, boxes=boxes)
     res.view_records = [{"image": i, "scale": 1.0, "upsampling": 1.0} for i in res.image_ids]
     return res
 
@@ -149,10 +159,44 @@ def _gradcam(tmp_path: Path) -> GradCamComparisonResult:
         keep_maps=2,
         preprocess=CFG,
         progress=False,
+        masks=lambda i: np.pad(np.ones((8 + 2 * i, 10), np.float32), ((4, 20 - 2 * i), (6, 16))),
     )
 
 
+def _ablation(tmp_path: Path) -> AblationResult:
+    torch.manual_seed(0)
+    model = create_tiny("se_tiny", num_classes=3).eval()
+    folder = _folder(tmp_path, {"a": 3, "b": 2, "c": 2}, (32, 32), 6)
+    return ablation(
+        model,
+        folder,
+        sites=["SE_2_1", "stage:5"],
+        preprocess=CFG,
+        bank=3,
+        batch_size=3,
+        progress=False,
+    )
+
+
+def _reference(tmp_path: Path) -> ReferenceResult:
+    torch.manual_seed(0)
+    model = create_tiny("sk_tiny", num_classes=3).eval()
+    sites = attnviz.find_sites(model)[:2]
+    images = _images(4, (32, 32), 7)
+    return reference_attention(model, images, sites, bank=3, preprocess=CFG, progress=False)
+
+
+def _replicates(tmp_path: Path) -> ReplicatesResult:
+    """The joined result of a trained sweep, one seed and one baseline (the same sweep three
+    times: the round trip is about the folders, not the numbers)."""
+    res = _sweep(tmp_path)
+    return ReplicatesResult(res, {"seed1": res}, {"untrained:0": res}, meta={"model": "sk"})
+
+
 MAKERS = {
+    AblationResult: _ablation,
+    ReferenceResult: _reference,
+    ReplicatesResult: _replicates,
     ScaleSweepResult: _sweep,
     ExcitationProfileResult: _excitation,
     QueryIndependenceResult: _independence,

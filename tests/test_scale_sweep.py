@@ -325,7 +325,8 @@ def test_save_load_roundtrip_and_frames(tmp_path, result):
     )  # fmt: skip
     no_images.save(out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "D.csv", "channels.csv", "manifest.json", "notes.txt", "scale_sweep.npz",
+        "D.csv", "channels.csv", "controls.csv", "groups.csv", "manifest.json", "notes.txt",
+        "scale_sweep.npz",
     ]  # fmt: skip
     assert ScaleSweepResult.load(out).image_d is None
     # load checks the kind and refuses a newer format, naming the folder

@@ -96,7 +96,8 @@ def test_sweep_writes_result_figures_and_summary(setup, capsys):
     listed = json.loads((out / "figures" / ".attnviz-figures.json").read_text())
     assert sorted(listed) == sorted(f"{n}.{e}" for n in figures for e in ("png", "svg"))
     assert (out / "summary.txt").read_text() == res.summary() + "\n"
-    assert not (out / "checkpoint").exists() and not (out / ".attnviz.lock").exists()
+    assert not (out / "checkpoint").exists()
+    assert (out / ".attnviz.lock").read_text() == ""  # kept, released (issue 23)
     # zoom views from the original pixels; 64 px images: every zoom view needed a control
     assert res.view_conditions == ["zoom"] * 3 + ["resolution_control"] * 2
     assert res.view_count.tolist() == [14, 14, 14, 14, 14]

@@ -278,3 +278,9 @@ def test_cli_adds_the_named_content_controls(tmp_path, capsys):
         assert main(base + extra + ["--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "content-control" in err.replace(" ", "-"), err
+
+
+def test_bad_boxes_get_a_one_line_error(model):
+    m, config = model
+    with pytest.raises(ValueError, match=r"the box of 0 must be \(x0, y0, x1, y1\)"):
+        scale_sweep(m, ShapesDataset(1), preprocess=config, boxes={0: (5, 5, 2)}, progress=False)

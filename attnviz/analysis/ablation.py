@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -88,24 +89,24 @@ class ReferenceAttention(Analysis):
         return ReferenceResult(means, bank, positions, int(n))
 
 
+@dataclass(eq=False)
 class ReferenceResult(Result):
     """Mean attention per site (no batch axis) and the bank of per-image attention."""
 
     kind: ClassVar[str] = "reference_attention"
     format_version: ClassVar[int] = 1
 
-    def __init__(
-        self,
-        means: Mapping[str, np.ndarray],
-        bank: Mapping[str, np.ndarray],
-        bank_positions: np.ndarray,
-        n_images: int,
-    ):
-        self.means = {k: np.asarray(v) for k, v in means.items()}
-        self.bank = {k: np.asarray(v) for k, v in bank.items()}
-        self.bank_positions = np.asarray(bank_positions, dtype=np.int64)
-        self.n_images = n_images
-        self.meta: dict[str, Any] = {}
+    means: dict[str, np.ndarray]
+    bank: dict[str, np.ndarray]
+    bank_positions: np.ndarray
+    n_images: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.means = {k: np.asarray(v) for k, v in self.means.items()}
+        self.bank = {k: np.asarray(v) for k, v in self.bank.items()}
+        self.bank_positions = np.asarray(self.bank_positions, dtype=np.int64)
+        self.n_images = int(self.n_images)
 
     def reference(self) -> dict[str, Tensor]:
         """``{site name: mean attention}`` as ``intervene(..., reference=)`` takes it."""
@@ -144,18 +145,21 @@ class ReferenceResult(Result):
     def _payload(self):
         arrays = {**keyed("mean", self.means), **keyed("bank", self.bank)}
         arrays["bank_positions"] = self.bank_positions
-        return arrays, {}, {"n_images": self.n_images, "meta": self.meta}
+        return (
+            arrays,
+            {"reference.csv": self.to_frame()},
+            {"n_images": self.n_images, "meta": self.meta},
+        )
 
     @classmethod
     def _restore(cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray]):
-        out = cls(
+        return cls(
             unkeyed(arrays, "mean"),
             unkeyed(arrays, "bank"),
             arrays["bank_positions"],
             int(manifest["n_images"]),
+            meta=manifest.get("meta", {}),
         )
-        out.meta = manifest.get("meta", {})
-        return out
 
 
 def reference_attention(
@@ -341,29 +345,33 @@ def summarise_changes(
     }
 
 
+@dataclass(eq=False)
 class AblationResult(Result):
-    """Per-image output changes per (group, policy, measure) and their paired summaries."""
+    """Per-image output changes per (group, policy, measure) and their paired summaries.
+
+    ``changes["group|policy|measure"]``: one value per image (the measures of the module
+    docstring); ``scopes``: group -> "site" | "stage" | "all"; ``groups``: group -> site
+    aliases; ``original``: the unintervened P(target) and correctness per image.
+    """
 
     kind: ClassVar[str] = "ablation"
     format_version: ClassVar[int] = 1
 
-    def __init__(
-        self,
-        changes: Mapping[str, np.ndarray],
-        scopes: Mapping[str, str],
-        groups: Mapping[str, Sequence[str]],
-        original: Mapping[str, np.ndarray],
-        n_images: int,
-        skipped: Sequence[tuple[str, str]] = (),
-        meta: dict[str, Any] | None = None,
-    ):
-        self.changes = {k: np.asarray(v, dtype=np.float64) for k, v in changes.items()}
-        self.scopes = dict(scopes)
-        self.groups = {k: list(v) for k, v in groups.items()}
-        self.original = {k: np.asarray(v, dtype=np.float64) for k, v in original.items()}
-        self.n_images = int(n_images)
-        self.skipped = list(skipped)
-        self.meta: dict[str, Any] = dict(meta or {})
+    changes: dict[str, np.ndarray]
+    scopes: dict[str, str]
+    groups: dict[str, list[str]]
+    original: dict[str, np.ndarray]
+    n_images: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.changes = {k: np.asarray(v, dtype=np.float64) for k, v in self.changes.items()}
+        self.scopes = dict(self.scopes)
+        self.groups = {k: list(v) for k, v in self.groups.items()}
+        self.original = {k: np.asarray(v, dtype=np.float64) for k, v in self.original.items()}
+        self.n_images = int(self.n_images)
+        self.skipped = [tuple(x) for x in self.skipped]
         self._frame: pd.DataFrame | None = None
 
     @property
@@ -436,7 +444,40 @@ class AblationResult(Result):
         lines.append("  * Holm-adjusted p <= 0.05")
         lines.extend(self.decomposition())
         lines.extend(self.contrasts())
+        lines.extend(["", self.markdown()])
         return "\n".join(lines)
+
+    def table(self) -> pd.DataFrame:
+        """One row per (group, policy): dP(target) mean +- s.e. with its Holm p, d accuracy,
+        KL and top-1 kept, as strings ready for a Markdown table (:meth:`markdown`)."""
+        frame = self.to_frame().set_index(["group", "policy", "measure"])
+        order = dict.fromkeys((g, p) for g, p, _ in frame.index)
+        frame = frame.sort_index()
+        rows = []
+        for group, policy in order:
+            get = frame.loc[(group, policy)]
+            r = get.loc["p_true"]
+            row = {
+                "group": group,
+                "policy": policy,
+                "n": int(r["n"]),
+                "dP(target)": f"{r['mean']:+.3f} ± {r['se']:.3f}",
+                "p (Holm)": f"{r['p_holm']:.2g}",
+            }
+            if "accuracy" in get.index:
+                row["d accuracy"] = f"{get.loc['accuracy', 'mean']:+.3f}"
+            row["KL"] = f"{get.loc['kl', 'mean']:.3f}"
+            row["top-1 kept"] = f"{get.loc['agreement', 'mean']:.3f}"
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def markdown(self) -> str:
+        """:meth:`table` as a Markdown table (written beside the result by ``attnviz ablate``)."""
+        table = self.table()
+        head = "| " + " | ".join(table.columns) + " |"
+        rule = "|" + "---|" * len(table.columns)
+        body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.to_numpy()]
+        return "\n".join([head, rule, *body])
 
     def contrast(self, group: str, a: str, b: str, measure: str = "p_true") -> dict[str, float]:
         """Paired difference of two policies' changes on the same images (a - b): mean, paired

@@ -789,22 +789,31 @@ class GradCamComparisonResult(Result):
         return pd.DataFrame(rows)
 
     def effects(self) -> pd.DataFrame:
-        """Per model: mean P(target) (``measure`` "probability") and, for every model but the
-        first, the paired difference P(model) - P(first model) (``measure``
-        "probability_difference"), each with its (paired) standard error over images."""
+        """Per model and measure of :attr:`MEASURES` that was recorded: the mean over images,
+        and for every model but the first the paired difference to the first model
+        (``measure`` "<measure>_difference"), each with its (paired) standard error over
+        images."""
         rows = []
-        for m, name in enumerate(self.models):
-            p = self.probability[:, m]
-            se = float(p.std(ddof=1) / math.sqrt(p.size)) if p.size > 1 else np.nan
-            rows.append(
-                {"model": name, "measure": "probability", "effect": float(p.mean()) if p.size
-                 else np.nan, "se": se, "n": int(p.size)}
-            )  # fmt: skip
-        for _, r in self.paired_differences().iterrows():
-            rows.append(
-                {"model": r["model"], "measure": "probability_difference",
-                 "effect": r["mean_difference"], "se": r["paired_se"], "n": int(r["n"])}
-            )  # fmt: skip
+        for measure in self.MEASURES:
+            values = getattr(self, measure, None)
+            if values is None or np.size(values) == 0:
+                continue
+            values = np.asarray(values, dtype=np.float64)
+            for m, name in enumerate(self.models):
+                v = values[:, m][np.isfinite(values[:, m])]
+                se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else np.nan
+                mean = float(v.mean()) if v.size else np.nan
+                rows.append(
+                    {"model": name, "measure": measure, "effect": mean, "se": se, "n": v.size}
+                )
+                if m == 0:
+                    continue
+                ok = np.isfinite(values[:, m]) & np.isfinite(values[:, 0])
+                d = paired_difference(values[ok, m], values[ok, 0])
+                rows.append(
+                    {"model": name, "measure": f"{measure}_difference",
+                     "effect": d["mean_difference"], "se": d["paired_se"], "n": d["n"]}
+                )  # fmt: skip
         return pd.DataFrame(rows, columns=["model", "measure", "effect", "se", "n"])
 
     def paired_differences(

@@ -17,7 +17,8 @@ effects`) on their key columns. Per effect:
   ``seed_mean``, ``seed_sd`` (ddof=1), ``seed_min``, ``seed_max``, ``sign_agreement`` (share
   of seeds with the trained model's sign), ``sign_holds`` (every seed has that sign);
 * per baseline kind ``<kind>_min`` / ``<kind>_max`` (over its initialisations) and
-  ``beyond_baseline``: the trained effect lies outside the range of every baseline kind;
+  ``beyond_baseline``: the trained effect lies outside the range of every baseline kind
+  (``baseline_known`` False where a baseline gave no value, e.g. a constant map);
 * ``reading``: ``positive`` / ``negative`` only where the sign holds across >= 2 seeds, the
   effect is beyond every baseline range given and p_holm < 0.05; otherwise ``none`` and why.
 """
@@ -40,7 +41,7 @@ from ..results import Result, ResultFormatError, read_manifest
 from .runner import Analysis, run
 from .stats import holm, two_sided_p
 
-__all__ = ["ReplicatesResult", "result_class", "run_replicates"]
+__all__ = ["ReplicatesResult", "effect_tests", "result_class", "run_replicates"]
 
 ALPHA = 0.05
 VALUE_COLUMNS = ("effect", "se", "n", "p")
@@ -71,6 +72,24 @@ def baseline_kind(label: str) -> str:
     return label.partition(":")[0]
 
 
+def effect_tests(effects: pd.DataFrame) -> pd.DataFrame:
+    """An effect table (:meth:`attnviz.results.Result.effects`) with its tests: ``z`` =
+    effect / se, ``p`` (the table's own p where it has one, e.g. a permutation p, else the
+    two-sided normal p of z), ``p_holm`` (Holm over the table: one family) and ``z3``
+    (|z| >= 3, the older flag, kept beside it)."""
+    frame = effects.reset_index(drop=True).copy()
+    if "p" not in frame:
+        frame["p"] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = frame["effect"].to_numpy(float) / frame["se"].to_numpy(float)
+    frame["z"] = z
+    p = frame["p"].to_numpy(float)
+    frame["p"] = np.where(np.isfinite(p), p, [two_sided_p(v) for v in z])
+    frame["p_holm"] = holm(frame["p"].to_numpy(float))
+    frame["z3"] = np.abs(z) >= 3
+    return frame
+
+
 @dataclass
 class ReplicatesResult(Result):
     """The trained model's result, its seed results and its baseline results, joined per
@@ -97,16 +116,7 @@ class ReplicatesResult(Result):
         """One row per effect of the trained result (see the module docstring)."""
         base = self.trained.effects().reset_index(drop=True)
         keys = [c for c in base.columns if c not in VALUE_COLUMNS]
-        frame = base.copy()
-        if "p" not in frame:
-            frame["p"] = np.nan
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = frame["effect"].to_numpy(float) / frame["se"].to_numpy(float)
-        frame["z"] = z
-        p = frame["p"].to_numpy(float)
-        frame["p"] = np.where(np.isfinite(p), p, [two_sided_p(v) for v in z])
-        frame["p_holm"] = holm(frame["p"].to_numpy(float))
-        frame["z3"] = np.abs(z) >= 3
+        frame = effect_tests(base)
 
         def values(results: Mapping[str, Result]) -> np.ndarray:
             cols = []
@@ -130,14 +140,17 @@ class ReplicatesResult(Result):
             frame["sign_agreement"] = same.sum(axis=1) / np.maximum(count, 1)
         frame["sign_holds"] = (same.sum(axis=1) == count) & (count >= 2)
         beyond = np.ones(len(frame), dtype=bool)
+        known = np.ones(len(frame), dtype=bool)
         for kind in self.baseline_kinds():
             runs = {k: r for k, r in self.baselines.items() if baseline_kind(k) == kind}
             b = values(runs)
             with _quiet():
                 lo, hi = np.nanmin(b, axis=1), np.nanmax(b, axis=1)
             frame[f"{kind}_min"], frame[f"{kind}_max"] = lo, hi
+            known &= np.isfinite(lo) & np.isfinite(hi)
             beyond &= (trained > hi) | (trained < lo)
-        frame["beyond_baseline"] = beyond if self.baselines else np.nan
+        frame["beyond_baseline"] = beyond & known if self.baselines else np.nan
+        frame["baseline_known"] = known if self.baselines else np.nan
         frame["reading"] = [self._reading(r) for _, r in frame.iterrows()]
         return frame
 
@@ -148,6 +161,8 @@ class ReplicatesResult(Result):
             return "none: one seed only"
         if not row["sign_holds"]:
             return "none: sign varies across seeds"
+        if self.baselines and not row["baseline_known"]:
+            return "none: a baseline gives no value"
         if self.baselines and not row["beyond_baseline"]:
             return "none: inside the baseline range"
         if not (row["p_holm"] < ALPHA):
@@ -175,6 +190,11 @@ class ReplicatesResult(Result):
         for kind in self.baseline_kinds():
             out[f"{kind} range"] = [
                 f"[{f(lo)}, {f(hi)}]" for lo, hi in zip(frame[f"{kind}_min"], frame[f"{kind}_max"])
+            ]
+        if self.baselines:
+            out["beyond"] = [
+                ("yes" if b else "no") if k else "n/a"
+                for b, k in zip(frame["beyond_baseline"], frame["baseline_known"])
             ]
         out["reading"] = frame["reading"]
         seeds = ", ".join(["seed0 (trained)", *self.seeds]) if self.seeds else "seed0 only"

@@ -352,6 +352,36 @@ class ScaleSweepResult(Result):
                 )  # fmt: skip
         return pd.DataFrame(rows, columns=["site", "condition", "scale", "effect", "se", "n"])
 
+    def class_delta_ci(self, draws: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+        """Per site, zoom scale above the reference and class: the mean paired dD of the
+        class's images with its percentile bootstrap interval over those images
+        (:func:`attnviz.analysis.stats.bootstrap_ci`; ``ci_low``, ``ci_high``, ``boot_se``).
+        Needs ``per_image=True`` (the per-image D)."""
+        from .stats import bootstrap_ci
+
+        if self.image_d is None or self.image_labels is None:
+            raise ValueError("class_delta_ci needs the per-image D: run with per_image=True")
+        labels = np.asarray(self.image_labels)
+        rows = []
+        for u in self.sites:
+            d = self.image_d[u.alias]
+            for si, sc in enumerate(self.scales):
+                if sc == self.reference_scale:
+                    continue
+                delta = d[:, si] - d[:, self.scale_index(self.reference_scale)]
+                for k, name in enumerate(self.class_names):
+                    v = delta[labels == k]
+                    lo, hi, se = bootstrap_ci(
+                        v.size, lambda i, v=v: float(v[i].mean()), draws=draws, seed=seed,
+                        level=level,
+                    )  # fmt: skip
+                    rows.append(
+                        {"site": u.alias, "scale": sc, "class": name, "n": int(v.size),
+                         "delta_D": float(v.mean()) if v.size else np.nan, "ci_low": lo,
+                         "ci_high": hi, "boot_se": se}
+                    )  # fmt: skip
+        return pd.DataFrame(rows)
+
     # -- frames ----------------------------------------------------------------------------
     def to_frame(self, what: str = "D") -> pd.DataFrame:
         """Tidy tables: ``"D"`` (site, scale, class -> D, D_sem; class ``"all"`` = whole set),
@@ -847,6 +877,10 @@ class ScaleSweep(Analysis):
                 raise ValueError(f"content_scale {target} is not a swept scale {list(scales)}")
             cond += [(c, target) for c in self.content]
         self.boxes = None if self.native or not boxes else dict(boxes)
+        for key, box in (self.boxes or {}).items():
+            vals = np.asarray(box, dtype=np.float64).ravel()
+            if vals.size != 4 or not np.isfinite(vals).all() or not (vals[2:] > vals[:2]).all():
+                raise ValueError(f"the box of {key!r} must be (x0, y0, x1, y1), got {box!r}")
         self.views = cond
         self.keep_images = True  # step() needs each image's size (upsampling factors)
         self._sites: list[Site] = []

@@ -31,6 +31,13 @@ Degeneracy of attention rows (:func:`row_degeneracy`): mean row entropy (nats), 
 number of keys exp(mean entropy), median largest weight and the number of distinct argmax
 keys. Near one-hot rows make cosine distance and JSD read "query-dependent" because the maps
 are spikes at different keys, not because they are broad maps that differ.
+
+Nulls and corrections (every analysis's, in one place): the paired difference and exact sign
+test; :func:`holm` (step-down adjusted p over a table's family of tests); the exact chance IoU
+of top-k regions on a given grid (:func:`top_k_iou_chance`, hypergeometric overlap); a
+permutation null of any two-map statistic that keeps the maps' values and ties
+(:func:`permutation_null`, every order for few cells, e.g. Spearman on a 2x2 grid); and the
+percentile bootstrap over items (:func:`bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -378,11 +385,14 @@ def top_k_iou_chance(grid: Sequence[int] | int, top_k: float = 0.2) -> float:
     """
     n_cells = int(grid) if isinstance(grid, (int, np.integer)) else math.prod(int(g) for g in grid)
     n = top_k_cells(n_cells, top_k)
-    total = math.comb(n_cells, n)
-    expected = 0.0
-    for x in range(max(0, 2 * n - n_cells), n + 1):
-        expected += math.comb(n, x) * math.comb(n_cells - n, n - x) / total * x / (2 * n - x)
-    return expected
+    x = np.arange(max(0, 2 * n - n_cells), n + 1, dtype=np.float64)
+    lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
+
+    def log_comb(a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
+        return lgamma(np.asarray(a) + 1) - lgamma(np.asarray(b) + 1) - lgamma(np.asarray(a - b) + 1)
+
+    log_pmf = log_comb(n, x) + log_comb(n_cells - n, n - x) - log_comb(n_cells, n)
+    return float(np.sum(np.exp(log_pmf) * x / (2 * n - x)))
 
 
 def permutation_null(

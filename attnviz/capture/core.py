@@ -22,7 +22,15 @@ from torch.overrides import TorchFunctionMode
 from ..errors import AttnvizError, NoAttentionSitesError
 from .kinds import REGISTRY_CHANGES, Kind, get_kind, query_kinds
 from .reductions import Reduction, resolve_reduction
-from .registry import Adapter, _adapter_lookup, qualified_name, registered_adapters
+from .registry import (
+    Adapter,
+    Call,
+    Intercepted,
+    _adapter_lookup,
+    qualified_name,
+    record_context,
+    registered_adapters,
+)
 from .site import Site, assign_aliases, feature_stages
 
 #: Capture warns before the full per-query maps it keeps exceed this many bytes (1 GiB).
@@ -36,13 +44,21 @@ class CompiledModelError(AttnvizError, TypeError):
 class CallListener:
     """One user of a site's torch-function interception: ``on_call(name, out) -> out`` sees
     the output of every call of a function named in ``names`` made by the site module in the
-    thread ``thread``. Writers (``order`` 0, intervene) see a call before readers (1, capture),
-    so a capture reads what an intervention wrote, whichever context was entered first."""
+    thread ``thread`` (with ``with_args``: ``on_call(name, out, args, kwargs)``). Writers
+    (``order`` 0, intervene) see a call before readers (1, capture), so a capture reads what an
+    intervention wrote, whichever context was entered first."""
 
-    def __init__(self, names: tuple[str, ...], on_call: Callable[[str, Any], Any], order: int):
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        on_call: Callable[..., Any],
+        order: int,
+        with_args: bool = False,
+    ):
         self.names = names
         self.on_call = on_call
         self.order = order
+        self.with_args = with_args
         self.thread = threading.get_ident()
 
 
@@ -58,7 +74,10 @@ class _CallMode(TorchFunctionMode):
         name = getattr(func, "__name__", None)
         for listener in self.listeners:
             if name in listener.names:
-                out = listener.on_call(name, out)
+                if listener.with_args:
+                    out = listener.on_call(name, out, args, kwargs or {})
+                else:
+                    out = listener.on_call(name, out)
         return out
 
 
@@ -266,6 +285,10 @@ def _find(
     out = []
     for (name, module, adapter), kind, (alias, stage, block) in zip(found, kinds, aliases):
         info = adapter.describe(module) if adapter.describe is not None else {}
+        if adapter.context is not None:
+            parts = name.split(".") if name else []
+            ancestors = tuple(model.get_submodule(".".join(parts[:i])) for i in range(len(parts)))
+            record_context(adapter, module, ancestors)
         site = Site(
             name=name,
             kind=kind,
@@ -653,15 +676,19 @@ class Capture:
                 self._handles.append(sub.register_forward_hook(self._tap_hook(stash, path)))
 
         intercepts = adapter.intercepts
+        with_args = isinstance(adapter.read, Intercepted) and adapter.read.with_args
         if intercepts:
 
-            def on_call(name: str, out: Any) -> Any:
-                stash.setdefault(f"{name}()", []).append(out)
-                if isinstance(out, Tensor):  # to notice an in-place change before it is read
-                    stash.setdefault(_VERSIONS, []).append((f"{name}()", out, out._version))
+            def on_call(name: str, out: Any, args: tuple = (), kwargs: Any = None) -> Any:
+                record = Call(args, dict(kwargs), out) if with_args else out
+                stash.setdefault(f"{name}()", []).append(record)
+                # to notice an in-place change before it is read
+                for t in (out, *args, *(kwargs or {}).values()) if with_args else (out,):
+                    if isinstance(t, Tensor):
+                        stash.setdefault(_VERSIONS, []).append((f"{name}()", t, t._version))
                 return out
 
-            listener = CallListener(intercepts, on_call, order=1)
+            listener = CallListener(intercepts, on_call, order=1, with_args=with_args)
             _InterceptionPoint.add(module, listener)
             self._listeners.append((module, listener))
 
@@ -679,7 +706,9 @@ class Capture:
             if "" in adapter.taps:
                 stash[""] = [output]
             missing = [p for p in adapter.taps if p not in stash]
-            missing += [f"{f}()" for f in intercepts if f"{f}()" not in stash]
+            absent = [f"{f}()" for f in intercepts if f"{f}()" not in stash]
+            if absent and not (adapter.read.any_of and len(absent) < len(intercepts)):
+                missing += absent
             if missing:
                 stash.clear()
                 raise RuntimeError(
@@ -735,10 +764,12 @@ class Capture:
                 att = written
                 meta["intervened"] = True
                 if rows is not None and reading.rows_selected:
-                    att = att.index_select(kind.query_axis, rows.to(att.device))
+                    full_rows = rows if reading.query_rows is None else reading.query_rows
+                    att = att.index_select(kind.query_axis, full_rows.to(att.device))
             if rows is not None:
                 if not reading.rows_selected:
-                    att = att.index_select(kind.query_axis, rows.to(att.device))
+                    full_rows = rows if reading.query_rows is None else reading.query_rows
+                    att = att.index_select(kind.query_axis, full_rows.to(att.device))
                 meta["query_index"] = rows
                 meta["queries"] = list(cells)
             if kind.per_query:

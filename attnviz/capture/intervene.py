@@ -74,7 +74,7 @@ class Intervention:
         for key, spec in policies.items():
             policy = get_policy(spec)
             for site, module, adapter in resolve_site_key(found, key):
-                writer = adapter.writer
+                writer = adapter.writer_for(module)
                 if isinstance(writer, str):
                     raise NotWritableError(
                         f"cannot intervene on {site.alias} ({site.name}, kind {site.kind}): "
@@ -113,7 +113,7 @@ class Intervention:
         self._thread = threading.get_ident()
         try:
             for site, module, adapter, policy in self._chosen:
-                self._hook(site, module, adapter.writer, policy)
+                self._hook(site, module, adapter.writer_for(module), policy)
         except BaseException:
             self._remove()
             raise

@@ -11,7 +11,8 @@ Roles:
 * ``"channel"``: a (B, C) channel gate (se, eca, cbam_channel, cse, splat_gate, ge, ...);
 * ``"branch"``: (B, M, C) weights over M branches, softmax over M (sk, splat);
 * ``"spatial"``: (B, H, W) maps (cbam_spatial, gc, sse, bam_spatial);
-* ``"query"``: per-query maps whose rows are queries (nl, sa, pam, bottleneck, halo);
+* ``"query"``: per-query maps whose rows are queries (nl, sa, pam, bottleneck, halo, token,
+  window);
   ``queries=`` of :func:`attnviz.capture` keeps only selected rows (axis ``dims.index("query")``);
 * ``"other"``: everything else (full (B, C, H, W) masks, lambda keys, coordinate gates...).
 
@@ -316,6 +317,29 @@ for _kind in (
         "of the (strided) query grid in raster order, softmax over the K = win x win keys of "
         "its block's haloed window (window raster order, zero-padded slots outside the map "
         "included); meta key_index (Nq, K) maps slots to key-grid positions (-1 = padding)",
+        role="query",
+        **_DIST,
+    ),
+    Kind(
+        "token",
+        "TOK",
+        ("batch", "head", "query", "key"),
+        as_is,
+        "transformer token attention (B, heads, Nq, Nk), softmax over keys, bias/mask included: "
+        "tokens are meta prefix_tokens class/register/distillation tokens (prefix_names) then "
+        "the patch grid (query_grid, key_grid) in raster order; queries= keeps patch rows",
+        role="query",
+        **_DIST,
+    ),
+    Kind(
+        "window",
+        "WIN",
+        ("batch", "head", "query", "window_key"),
+        as_is,
+        "window attention (Swin) (B, heads, Nq, K): one row per position of the query grid in "
+        "raster order, softmax over the K slots of its window (relative-position bias and "
+        "shifted-window mask included); meta key_index (Nq, K) maps slots to image positions "
+        "(shift undone, -1 = padding), window, shift",
         role="query",
         **_DIST,
     ),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,9 @@ class Reading:
     attention: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     rows_selected: bool = False  # True when ``compute`` already kept only the query rows
+    # the query-axis indices of the full tensor that the query rows are, when they are not the
+    # query-grid rows themselves (token attention: prefix tokens come first)
+    query_rows: Tensor | None = None
 
 
 ComputeFn = Callable[[nn.Module, Mapping[str, Tensor], tuple, Any, "Tensor | None"], Reading]
@@ -69,14 +73,30 @@ class Intercepted:
     ``F.softmax``). ``compute(module, taps, inputs, output, rows)`` then gets
     ``taps["softmax()"]``, the tuple of those outputs in call order, and returns a
     :class:`Reading`. The tensor is the one the module used: nothing is recomputed.
+    ``with_args=True`` records :class:`Call` records (arguments too) instead of outputs, for
+    attention a fused call never forms (``scaled_dot_product_attention``); ``any_of=True``:
+    the module calls one of ``functions`` (which one depends on its configuration), the
+    others are absent from ``taps``.
     """
 
     functions: tuple[str, ...]
     compute: ComputeFn
+    with_args: bool = False  # record each call as a :class:`Call` (arguments and output)
+    any_of: bool = False  # the module calls one of the functions (e.g. fused or not), not all
 
     @staticmethod
     def key(function: str) -> str:
         return f"{function}()"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One intercepted torch-function call (``Intercepted(..., with_args=True)``): its
+    positional and keyword arguments and its output, as the module made it."""
+
+    args: tuple
+    kwargs: Mapping[str, Any]
+    output: Any
 
 
 Read = "str | Computed | Intercepted"
@@ -119,7 +139,16 @@ class Adapter:
     describe: Callable[[nn.Module], dict] | None = None
     meta: Callable[[nn.Module, tuple, Any], dict] | None = None
     query_grid: Callable[[nn.Module, tuple], tuple[int, int]] | None = None
-    write: Written | str | None = None  # where to replace the attention, or why it cannot be
+    # where to replace the attention, or why it cannot be (or module -> either, per module)
+    write: Written | str | Callable[[nn.Module], Written | str] | None = None
+    # facts only the module's ancestors know (a ViT's prefix tokens): (module, ancestors) -> dict
+    context: Callable[[nn.Module, tuple[nn.Module, ...]], dict] | None = None
+
+    def writer_for(self, module: nn.Module) -> Written | str:
+        """Where ``intervene`` replaces this module's attention, or why it cannot."""
+        if callable(self.write) and not isinstance(self.write, Written):
+            return self.write(module)
+        return self.writer
 
     @property
     def writer(self) -> Written | str:
@@ -128,6 +157,8 @@ class Adapter:
         Declared by the adapter (``write=``), else derived: a plain submodule output is
         replaced at that submodule; one intercepted function call is replaced at the call.
         """
+        if callable(self.write) and not isinstance(self.write, Written):
+            return "where this adapter writes depends on the module: see writer_for(module)"
         if self.write is not None:
             return self.write
         if isinstance(self.read, str) and self.transform is None:
@@ -193,6 +224,20 @@ class Adapter:
 
 _ADAPTERS: dict[str, Adapter] = {}
 
+#: Facts from each site module's ancestors (``Adapter.context``), recorded when sites are found.
+_CONTEXT: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def record_context(adapter: Adapter, module: nn.Module, ancestors: tuple[nn.Module, ...]) -> None:
+    """Record ``adapter.context(module, ancestors)`` for the module's reads (site discovery)."""
+    if adapter.context is not None:
+        _CONTEXT[module] = adapter.context(module, ancestors)
+
+
+def site_context(module: nn.Module) -> dict:
+    """The facts ``Adapter.context`` recorded for this site module ({} if none)."""
+    return _CONTEXT.get(module, {})
+
 
 def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
@@ -209,7 +254,8 @@ def register_adapter(
     describe: Callable[[nn.Module], dict] | None = None,
     meta: Callable[[nn.Module, tuple, Any], dict] | None = None,
     query_grid: Callable[[nn.Module, tuple], tuple[int, int]] | None = None,
-    write: Written | str | None = None,
+    write: Written | str | Callable[[nn.Module], Written | str] | None = None,
+    context: Callable[[nn.Module, tuple[nn.Module, ...]], dict] | None = None,
 ) -> Adapter:
     """Teach attnviz to read a module class's attention.
 
@@ -226,7 +272,10 @@ def register_adapter(
     depends on the module's configuration; ``query_grid(module, inputs) -> (H, W)`` gives the
     query grid of a per-query kind when it is not the input's H x W. ``write`` says where
     :func:`attnviz.intervene` replaces the attention (a :class:`Written`), or why it cannot (a
-    one-line reason); by default a plain submodule read is also the place to write.
+    one-line reason), or is a callable ``module -> either`` when that depends on the module's
+    configuration; by default a plain submodule read is also the place to write.
+    ``context(module, ancestors) -> dict`` (ancestors root first) records facts only the
+    enclosing model knows when the sites are found; reads get them by ``site_context(module)``.
     """
     _ensure_builtin_adapters()  # so that a user's adapter replaces a built-in one, not vice versa
     if not callable(kind):
@@ -245,6 +294,7 @@ def register_adapter(
         meta=meta,
         query_grid=query_grid,
         write=write,
+        context=context,
     )
     _ADAPTERS[key] = adapter
     REGISTRY_CHANGES[0] += 1

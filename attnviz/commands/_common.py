@@ -232,7 +232,7 @@ def _chosen_seeds(args: argparse.Namespace, spec: str) -> list[int]:
     """The replicate seeds ``--seeds`` names for a bundled model (seed 0 left out)."""
     from ..models.seeds import seeds_of
 
-    values = list(args.seeds or [])
+    values = list(getattr(args, "seeds", None) or [])
     if not values:
         return []
     if spec not in _tiny_names() or getattr(args, "weights", None):
@@ -264,6 +264,7 @@ def replicate_options(args: argparse.Namespace, out: OutputFolder, config: Any) 
         "strict": args.strict,
         "progress": False,
         "exclude": [out.path],
+        "max_pixels": getattr(args, "max_pixels", MAX_PIXELS),
     }
 
 
@@ -281,7 +282,7 @@ def run_replicates_cli(
     :class:`~attnviz.analysis.replicates.ReplicatesResult`, write it to ``OUT/<name>/`` with
     its summary, print the summary and return it (None when neither option is given). Call it
     on the main rank: the replicate runs are local to it."""
-    if not args.seeds and not args.baseline:
+    if not getattr(args, "seeds", None) and not getattr(args, "baseline", None):
         return None
     from ..analysis.replicates import run_replicates
     from ..distributed import local_only
@@ -291,6 +292,12 @@ def run_replicates_cli(
     specs = list(specs or [args.model])
     chosen = [_chosen_seeds(args, s) for s in specs]
     common = sorted(set(chosen[0]).intersection(*map(set, chosen[1:])))
+    if args.seeds and not common:
+        print(
+            f"--seeds {' '.join(args.seeds)}: no bundled seed replicate of {', '.join(specs)} "
+            "(python -m attnviz.models.seeds bundles finished trainings)",
+            file=sys.stderr,
+        )
 
     def at_seed(k: int) -> Callable[[], dict[str, Any]]:
         return lambda: {s: load_cli_model(args, f"{s}@seed{k}")[0] for s in specs}
@@ -318,7 +325,7 @@ def run_replicates_cli(
             trained_result=result,
             meta={"model": ", ".join(specs), "specs": specs},
         )
-    folder = rep.save(out.path / name)
+    folder = rep.save(out.root / name)  # beside this analysis's own result
     text = rep.summary()
     atomic_write_text(folder / SUMMARY_FILE, text + "\n")
     print(text)
@@ -361,6 +368,8 @@ def load_cli_model(args: argparse.Namespace, spec: str | None = None) -> tuple[A
 
     device = check_device(args.device)
     spec = spec or args.model
+    if "@seed" not in spec:
+        _chosen_seeds(args, spec)  # --seeds names bundled seeds: refuse before any work
     model, config = load_model(resolve_spec(spec), weights=args.weights)
     if getattr(args, "input_size", None):
         config.input_size = (config.input_size[0], *args.input_size)

@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..distributed import barrier
 from ._common import (
     UsageError,
     add_analysis_arguments,
@@ -24,10 +23,13 @@ from ._common import (
     distributed_session,
     load_cli_model,
     model_fingerprint,
+    on_main_rank,
     output_folder,
     positive_int,
+    replicate_options,
     report,
     run_options,
+    run_replicates_cli,
     sites_argument,
 )
 
@@ -164,17 +166,28 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is not None and not Path(args.reference).exists():
         raise UsageError(f"--reference {args.reference} does not exist")
     folders = [f for f in (args.images, args.reference) if f is not None]
-    with distributed_session(args.device) as main, output_folder(args.out, folders) as out:
+    analysis = ANALYSIS if args.scale_patching is None else "scale_patching"
+    with (
+        distributed_session(args.device) as main,
+        output_folder(args.out, folders, analysis) as out,
+    ):
         model, config = load_cli_model(args)
-        options = run_options(args, out, config, model_fingerprint(args))
-        result = _analysis(args, model, options)
+        result = _analysis(args, model, run_options(args, out, config, model_fingerprint(args)))
         result.meta["model"] = args.model
-        if main:
+
+        def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
             out.save_figures(ablation_figures(result))
             report(out, result, result.summary())
-        barrier()
-        out.remove_checkpoint(result.meta.get("analysis", ANALYSIS))
+            run_replicates_cli(
+                args, out, result,
+                lambda models: _analysis(
+                    args, models[args.model], replicate_options(args, out, config)
+                ),
+            )  # fmt: skip
+
+        on_main_rank(main, write)
+        out.remove_checkpoint(analysis)
     return 0
 
 

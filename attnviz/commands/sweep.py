@@ -126,9 +126,8 @@ def sweep_figures(result: Any, fig3: tuple[Any, list] | None = None) -> dict[str
 
 
 def _figure_item(args: argparse.Namespace, images: Any, config: Any, scales) -> tuple[Any, list]:
-    """(what to sweep for Fig. 3: one item, its views as PIL images)."""
-    from PIL import Image
-
+    """(what to sweep for Fig. 3: one item, its views as PIL images); the image asked for, or
+    the first usable one after it if that one is skipped (too large, unreadable)."""
     from ..data.shapes import ShapeScenes
     from ..data.sources import image_source
     from ..data.views import zoom_views
@@ -138,15 +137,16 @@ def _figure_item(args: argparse.Namespace, images: Any, config: Any, scales) -> 
         k = int(key.lstrip("#")) if key.lstrip("#").isdigit() else 0
         k = min(max(k, 0), len(images) - 1)
         return images.select([k]), images.views(k)
-    source = image_source(images, exclude=[args.out])
+    source = image_source(images, exclude=[args.out], max_pixels=args.max_pixels)
     ids = list(source.ids)
     k = int(key) if key.isdigit() and int(key) < len(ids) else (ids.index(key) if key in ids else 0)
-    path = source.paths[k] if source.paths is not None else None
-    if path is None:
+    if source.paths is None:
         raise UsageError("--figure-image needs an image file")
-    with Image.open(path) as im:
-        image = im.convert("RGB")
-    return [path], zoom_views(image, config, scales)[0]
+    for j in [*range(k, len(ids)), *range(k)]:
+        image, _, _ = source.load(j)  # never decodes past --max-pixels
+        if image is not None:
+            return [source.paths[j]], zoom_views(image, config, scales)[0]
+    raise UsageError("no usable image for the Fig. 3 views")
 
 
 def run(args: argparse.Namespace) -> int:

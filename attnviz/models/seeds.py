@@ -86,6 +86,7 @@ def _bundle_one(
     if old is not None and old.get("source_sha256") == entry["sha256"]:
         return old  # already bundled from this very file
     seed = int(entry["seed"])
+    out.mkdir(parents=True, exist_ok=True)
     state = load_file(str(src))
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     file = f"{name}-seed{seed}.safetensors"
@@ -120,7 +121,6 @@ def bundle(sources: list[str | Path], out: str | Path | None = None) -> list[str
     ``manifest.json``) into ``out`` (default ``assets/models/seeds``); returns the keys bundled
     now or already. Seed-0 entries (the bundled models themselves) are skipped."""
     out = Path(out or seeds_dir())
-    out.mkdir(parents=True, exist_ok=True)
     manifest = seed_manifest(out)
     done: list[str] = []
     for source in map(Path, sources):
@@ -142,6 +142,8 @@ def bundle(sources: list[str | Path], out: str | Path | None = None) -> list[str
                 f"{key}: {new['size_bytes']} bytes, held-out accuracy {new['test_accuracy']} "
                 f"(float32 source {new['source_test_accuracy']})"
             )
+    if not done and not (out / "manifest.json").exists():
+        return done  # nothing finished yet: leave no empty manifest behind
     manifest["models"] = dict(sorted(manifest["models"].items()))
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

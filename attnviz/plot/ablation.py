@@ -45,11 +45,9 @@ DELTA = " (Δ = intervened − original)"
 CI_TEXT = "error bars: bootstrap 95% CI of the paired mean"
 STAR_TEXT = "*: Holm-adjusted p < 0.05"
 ALPHA = 0.05
-# the scale-patching policies by convention, and what each means in the figure's legend
-PATCH_LABELS: dict[str, str] = {
-    "patch:1.0x": "from the 1.0x rendering of the same scene",
-    "patch:other-scene": "from another scene at the same scale",
-}
+# scale-patching policies (attnviz.analysis.scale_patching): "patch:SOURCE>TARGET", SOURCE a
+# scale of the same scene ("1.0x") or "other" (another scene at the target's scale)
+PATCH_PREFIX = "patch:"
 COLUMNS = ("group", "scope", "policy", "measure", "n", "mean", "ci_low", "ci_high", "p_holm")
 
 
@@ -109,6 +107,20 @@ def _images(rows: pd.DataFrame) -> str:
     return f"{ns[0]}-{ns[-1]} images"
 
 
+def _groups_text(groups: Sequence[str]) -> str:
+    """ "SE_2_1, SE_3_1 and SE_4_1; all together" (the "all" group is not a site)."""
+    text = site_list([g for g in groups if g != "all"])
+    if "all" in groups:
+        return f"{text}; all together" if text else "all sites together"
+    return text
+
+
+def _axis_label(rows: pd.DataFrame) -> str:
+    """ "site" or "stage" when every row shown is of that scope, else "site group"."""
+    scopes = set(rows["scope"])
+    return scopes.pop() if len(scopes) == 1 and scopes <= {"site", "stage"} else "site group"
+
+
 def _cell(rows: pd.DataFrame, group: str, policy: str) -> pd.Series | None:
     hit = rows[(rows["group"] == group) & (rows["policy"] == policy)]
     return None if hit.empty else hit.iloc[0]
@@ -134,11 +146,11 @@ def _effect_bars(
         hi = np.array([np.nan if c is None else float(c["ci_high"]) for c in cells])
         pos = x + (j - (len(policies) - 1) / 2) * width
         err = np.vstack([mean - lo, hi - mean])
-        ax.bar(
+        ax.bar(  # a policy that did not apply to a group: NaN, no bar drawn
             pos,
-            np.nan_to_num(mean),
+            mean,
             width,
-            yerr=np.nan_to_num(err),
+            yerr=err,
             capsize=2.5,
             color=colour,
             edgecolor="black",
@@ -185,13 +197,13 @@ def plot_ablation_bars(
     rows = rows[rows["group"].isin(groups) & rows["policy"].isin(policies)]
     fig, ax = new_axes(ax, (max(6.4, 0.35 * len(groups) * len(policies) + 3.8), 3.8))
     _effect_bars(ax, rows, groups, policies, policies, class_colours(len(policies)))
-    ax.set_xlabel("site group" if scope is None or not isinstance(scope, str) else scope)
+    ax.set_xlabel(_axis_label(rows))
     ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
     ax.legend(title="policy", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(
         f"{model_name(result)}: effect of replacing the attention on {measure}"
         f"{DELTA if measure in DIFFERENCES else ''}\n"
-        f"{site_list(groups)}; {_images(rows)}\n{CI_TEXT}; {STAR_TEXT}",
+        f"{_groups_text(groups)}; {_images(rows)}\n{CI_TEXT}; {STAR_TEXT}",
         fontsize="medium",
     )
     return fig
@@ -254,12 +266,12 @@ def plot_ablation_heatmap(
     )
     ax.set_yticks(np.arange(len(groups)), groups)
     ax.set_xlabel("policy")
-    ax.set_ylabel("site group")
+    ax.set_ylabel(_axis_label(rows))
     fig.colorbar(im, ax=ax, label=MEASURE_LABELS.get(measure, measure))
     ax.set_title(
         f"{model_name(result)}: {measure} per site group and policy"
         f"{DELTA if diverging else ''}\n"
-        f"{site_list(groups)}; {_images(rows)}\nno error bars (paired means; CIs in the table); "
+        f"{_groups_text(groups)}; {_images(rows)}\nno error bars (paired means; CIs in the table); "
         f"{STAR_TEXT}",
         fontsize="medium",
     )
@@ -267,45 +279,58 @@ def plot_ablation_heatmap(
 
 
 # ----------------------------------------------------------------------------- patching
-def _patch_policies(rows: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(rows["policy"]))
-    known = [p for p in PATCH_LABELS if p in present]
-    other = [p for p in present if p.startswith("patch") and p not in PATCH_LABELS]
-    return known + other
+def patch_label(policy: str) -> str:
+    """Legend text of a scale-patching policy: ``"patch:1.0x>2.0x"`` -> "from the 1.0x
+    rendering of the same scene", ``"patch:other>2.0x"`` -> "from another scene at 2.0x"."""
+    source, _, target = policy[len(PATCH_PREFIX) :].partition(">")
+    if source == "other":
+        return f"from another scene at {target}" if target else "from another scene"
+    return f"from the {source} rendering of the same scene"
+
+
+def _patch_policies(rows: pd.DataFrame, target: str) -> list[str]:
+    """The result's ``patch:*>target`` policies, the same scene's first, the controls last."""
+    found = [
+        p
+        for p in dict.fromkeys(rows["policy"])
+        if p.startswith(PATCH_PREFIX) and p.partition(">")[2] == target
+    ]
+    return sorted(found, key=lambda p: p.startswith(f"{PATCH_PREFIX}other"))
 
 
 def plot_patching(
     result: Any,
     measure: str = "p_true",
     *,
-    policies: Sequence[str] | None = None,
     target: str = "2.0x",
+    policies: Sequence[str] | None = None,
     scope: str | Sequence[str] | None = ("site", "all"),
     ax: Axes | None = None,
 ) -> Figure:
-    """The scale-patching figure (SKNet's claim in causal form): per SK site (and all sites
-    together, when the result has that group; ``scope`` as in :func:`plot_ablation_bars`) the
-    effect on ``measure`` of putting, into the ``target`` rendering of a scene, the SK
-    selection computed on its 1.0x rendering (``"patch:1.0x"``), beside the control that takes
-    the selection from another scene at the same scale (``"patch:other-scene"``); bootstrap
-    95 % CIs as whiskers.
-    If scale matters, the first is the more harmful. ``policies`` default: every ``patch*``
-    policy of the result, these two first."""
+    """The scale-patching figure (SKNet's claim in causal form, a
+    :func:`~attnviz.analysis.scale_patching.scale_patching` result): per SK site (and all sites
+    together; ``scope`` as in :func:`plot_ablation_bars`) the effect on ``measure`` of putting,
+    into the ``target`` rendering of a scene, the SK selection of its other rendering
+    (``"patch:1.0x>2.0x"``), beside the control that takes the selection of another scene at
+    the target's scale (``"patch:other>2.0x"``); bootstrap 95 % CIs as whiskers. If the
+    selection carries the scale the output needs, the first costs more. ``policies``: others
+    than the result's ``patch:*>target`` ones."""
     rows = _in_scope(_rows(result, measure), scope)
-    found = _patch_policies(rows)
+    present = list(dict.fromkeys(rows["policy"]))
     if policies is None:
-        if not found:
-            present = list(dict.fromkeys(rows["policy"]))
-            raise ValueError(f"no patch policies in this result; its policies: {present}")
-        policies = found
-    policies = _pick(list(dict.fromkeys(rows["policy"])), policies, "policy")
+        policies = _patch_policies(rows, target)
+        if not policies:
+            raise ValueError(
+                f"no patch policies into {target} in this result; its policies: {present}"
+            )
+    policies = _pick(present, policies, "policy")
     rows = rows[rows["policy"].isin(policies)]
     groups = list(dict.fromkeys(rows["group"]))
-    labels = [PATCH_LABELS.get(p, p) for p in policies]
+    labels = [patch_label(p) if p.startswith(PATCH_PREFIX) else p for p in policies]
     colours = [class_colours(10)[k] for k in (0, 7, 1, 2, 3, 4, 5, 6, 8, 9)][: len(policies)]
     fig, ax = new_axes(ax, (max(7.0, 0.45 * len(groups) * len(policies) + 4.5), 3.8))
     _effect_bars(ax, rows, groups, policies, labels, colours)
-    ax.set_xlabel("SK site group")
+    ax.set_xlabel(f"SK {_axis_label(rows)}")
     ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
     ax.legend(
         title=f"SK selection patched into {target}",
@@ -316,7 +341,7 @@ def plot_patching(
     ax.set_title(
         f"{model_name(result)}: patching the SK selection into the {target} rendering"
         f"{DELTA if measure in DIFFERENCES else ''}\n"
-        f"{site_list(groups)}; {_images(rows)}\n{CI_TEXT}; {STAR_TEXT}",
+        f"{_groups_text(groups)}; {_images(rows)}\n{CI_TEXT}; {STAR_TEXT}",
         fontsize="medium",
     )
     return fig

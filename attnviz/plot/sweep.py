@@ -288,7 +288,7 @@ CONTROL_HATCH = {
     "copies_perimeter": "..",
     "constant_area": "oo",
     "contrast_matched": "\\\\",
-    "background_swap": "--",
+    "background_swap": "++",
 }
 CONTROL_MARKER = {
     "resolution_control": "v",
@@ -376,7 +376,8 @@ def plot_delta_bars(
         for s in chosen
         if result.has_control(s)
     )
-    what = "larger object and its controls" if controls else "larger object"
+    what = "object drawn larger" if result.views_native else "zoomed view"
+    what += " and its controls" if controls else ""
     ax.set_title(
         f"{result.model_name}: paired ΔD per image, {what}, {result.n_images} images "
         f"({views}{'; ' + n_ctrl if n_ctrl else ''})\nerror bars: paired s.e. of ΔD per image",

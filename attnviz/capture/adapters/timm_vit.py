@@ -1,0 +1,129 @@
+"""timm ``Attention`` (``timm.layers.attention``: ViT, DeiT, and the models built on them).
+
+The module computes ``softmax(q k^T / sqrt(d) + mask)`` (Vaswani et al. 2017, eq. 1) over
+the token sequence: the model's prefix tokens (class, register, distillation) first, then
+the patch grid in raster order. With ``fused_attn`` True (timm's default) it calls
+``F.scaled_dot_product_attention``, which never forms the weights: the adapter intercepts that
+call and computes the weights from the call's own q, k, mask and scale (the call's output is
+returned unchanged). With ``fused_attn`` False it records the module's own ``softmax`` output.
+
+Kind ``token``, (B, heads, Nq, Nk). ``cache.meta[name]``: ``prefix_tokens`` (P),
+``prefix_names``, ``query_grid`` / ``key_grid`` (the patch grid; token ``P + y * W + x`` is
+patch (y, x)) and ``path`` (``"fused"`` or ``"softmax"``). ``queries=[(y, x), ...]`` keeps
+those patch rows (only those rows are computed on the fused path); the prefix tokens' rows
+are in the full maps. Writing (``attnviz.intervene``) replaces the softmax, so it needs
+``module.fused_attn = False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..registry import Intercepted, Reading, Written, register_adapter, site_context
+from ._sdpa import sdpa_weights
+
+SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
+
+
+def _prefix_names(owner: nn.Module, n_prefix: int) -> list[str]:
+    names = ["class"] if getattr(owner, "cls_token", None) is not None else []
+    if getattr(owner, "dist_token", None) is not None:
+        names.append("distillation")
+    names += ["register"] * int(getattr(owner, "num_reg_tokens", 0) or 0)
+    return names if len(names) == n_prefix else ["prefix"] * n_prefix
+
+
+def _context(module: nn.Module, ancestors: tuple[nn.Module, ...]) -> dict:
+    """Prefix tokens and patch grid of the nearest enclosing ViT-like model."""
+    for owner in reversed(ancestors):
+        patch_embed = getattr(owner, "patch_embed", None)
+        if hasattr(owner, "num_prefix_tokens") and patch_embed is not None:
+            n_prefix = int(owner.num_prefix_tokens)
+            grid = getattr(patch_embed, "grid_size", None)
+            return {
+                "prefix_tokens": n_prefix,
+                "prefix_names": _prefix_names(owner, n_prefix),
+                "patch_grid": tuple(int(g) for g in grid) if grid is not None else None,
+            }
+    return {}
+
+
+def token_layout(module: nn.Module, n_tokens: int) -> tuple[int, tuple[int, int], list[str]]:
+    """(prefix tokens P, patch grid (H, W), prefix names) of a sequence of ``n_tokens``.
+
+    The grid is the model's patch grid when it holds the N - P patches; otherwise (another
+    image size with a dynamic-size model) the square grid, or one row if N - P is not square.
+    """
+    ctx = site_context(module)
+    n_prefix = int(ctx.get("prefix_tokens", 0))
+    names = list(ctx.get("prefix_names", []))
+    n_patch = n_tokens - n_prefix
+    grid = ctx.get("patch_grid")
+    if grid is None or grid[0] * grid[1] != n_patch:
+        side = math.isqrt(n_patch)
+        grid = (side, side) if side * side == n_patch else (1, n_patch)
+    return n_prefix, (int(grid[0]), int(grid[1])), names
+
+
+def _query_grid(module: nn.Module, inputs: tuple) -> tuple[int, int]:
+    return token_layout(module, int(inputs[0].shape[1]))[1]
+
+
+def _only(calls: tuple, what: str) -> Any:
+    if len(calls) != 1:
+        raise RuntimeError(f"timm Attention called {what} {len(calls)} times; expected once")
+    return calls[0]
+
+
+def _attention(
+    m: nn.Module, taps: Mapping[str, Any], inputs: tuple, output: Any, rows: Tensor | None
+) -> Reading:
+    n_prefix, grid, names = token_layout(m, int(inputs[0].shape[1]))
+    token_rows = None if rows is None else rows + n_prefix
+    meta = {
+        "prefix_tokens": n_prefix,
+        "prefix_names": names,
+        "query_grid": grid,
+        "key_grid": grid,
+    }
+    if SOFTMAX in taps:  # non-fused: the module's own weights (B, heads, N, N)
+        meta["path"] = "softmax"
+        attn = _only(taps[SOFTMAX], "softmax").output
+        return Reading(attn, meta, query_rows=token_rows)
+    meta["path"] = "fused"
+    attn = sdpa_weights(_only(taps[FUSED], "scaled_dot_product_attention"), token_rows)
+    return Reading(attn, meta, rows_selected=rows is not None, query_rows=token_rows)
+
+
+def _write(module: nn.Module) -> Written | str:
+    if getattr(module, "fused_attn", False):
+        return (
+            "this Attention runs fused scaled_dot_product_attention, which never forms the "
+            "weights; set module.fused_attn = False to write them (timm's softmax path)"
+        )
+    return Written(SOFTMAX)
+
+
+register_adapter(
+    "timm.layers.attention.Attention",
+    kind="token",
+    read=Intercepted(
+        functions=("softmax", "scaled_dot_product_attention"),
+        compute=_attention,
+        with_args=True,
+        any_of=True,
+    ),
+    family="timm",
+    write=_write,
+    query_grid=_query_grid,
+    context=_context,
+    describe=lambda m: {
+        "heads": int(m.num_heads),
+        "head_dim": int(m.head_dim),
+        "fused": bool(m.fused_attn),
+    },
+)
