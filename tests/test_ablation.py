@@ -172,11 +172,14 @@ def test_sign_flip_p_is_exact_for_few_items_and_close_for_many():
     assert sign_flip_p(d) == pytest.approx(np.mean(np.array(null) >= obs - 1e-12))
     assert sign_flip_p(np.zeros(5)) == 1.0
     rng = np.random.default_rng(0)
-    for mu in (0.0, 0.2, 0.5):
-        d = rng.normal(mu, 1.0, 60)
-        # under sign flips mean(d) has variance sum(d^2) / n^2: the normal approximation
-        z = abs(d.mean()) / (np.sqrt((d**2).sum()) / d.size)
+    for mu in (0.0, 0.3, 0.6):
+        d = rng.normal(mu, 1.0, 36)  # sampled flips; sum(s d) has variance sum(d^2)
+        z = abs(d.sum()) / np.sqrt((d**2).sum())
         assert sign_flip_p(d, draws=20_000) == pytest.approx(math.erfc(z / math.sqrt(2)), abs=0.015)
+        big = rng.normal(mu, 1.0, 300)  # the normal limit, not floored at 1 / (1 + draws)
+        zb = abs(big.sum()) / np.sqrt((big**2).sum())
+        assert sign_flip_p(big) == pytest.approx(math.erfc(zb / math.sqrt(2)), rel=1e-12)
+    assert sign_flip_p(np.full(200, 0.5)) < 1e-40
 
 
 def test_bootstrap_mean_ci_equals_the_loop_bootstrap_and_summary_fields():

@@ -12,7 +12,8 @@ batch (one forward per (group, policy) per batch, never one per image). Per imag
 * ``agreement``: 1 when the intervened top-1 equals the original top-1 (label-free).
 
 Each is summarised over images as a paired mean with its s.e., a percentile bootstrap 95 % CI
-and, for the three changes, a sign-flip permutation p (H0: the change is symmetric about 0),
+and, for the three changes, a sign-flip p (H0: the change is symmetric about 0; exact, sampled
+or its normal limit by the number of images: :func:`~attnviz.analysis.stats.sign_flip_p`),
 Holm-adjusted across the table's family of tests. Reading the policies together: ``remove``
 (gate = 1, selection 1/M, rows uniform) against ``mean`` (input-independent: the average
 attention over a reference set) separates the average gain from the input dependence; the

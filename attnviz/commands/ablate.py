@@ -126,7 +126,7 @@ def ablation_figures(result: Any) -> dict:
     )
     figures = {"ablation_heatmap": plots.plot_ablation_heatmap(result, measure=measure)}
     if result.meta.get("analysis") == "scale_patching":
-        figures["scale_patching"] = plots.plot_patching(result)
+        figures["scale_patching"] = plots.plot_patching(result, scope=None)
     elif any(scope == "site" for scope in result.scopes.values()):
         figures["ablation_site_bars"] = plots.plot_ablation_bars(result, measure="p_true")
     return figures

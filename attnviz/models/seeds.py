@@ -92,6 +92,7 @@ def _bundle_one(
     file = f"{name}-seed{seed}.safetensors"
     tmp = out / f".{file}.tmp"
     save_file(half, str(tmp))
+    tmp.chmod(0o644)  # as the other assets (the writer may create it 0600)
     tmp.replace(out / file)
     model = TINY_MODELS[name](num_classes=entry["config"]["num_classes"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
