@@ -322,3 +322,37 @@ def test_shuffle_partners_are_a_seeded_derangement():
         assert all(p[i] != i for i in range(n))
         assert torch.equal(p, Shuffle(5).partners(n))
     assert not torch.equal(Shuffle(1).partners(16), Shuffle(2).partners(16))
+
+
+def test_a_user_policy_joins_the_registry_and_the_context_is_an_intervention():
+    from attnviz.capture import POLICIES, Intervention, Policy, register_policy
+
+    @register_policy
+    class Half(Policy):
+        """Every gate at half its value."""
+
+        name = "half"
+        roles = ("channel",)
+
+        @classmethod
+        def parse(cls, arg, spec):
+            return cls()
+
+        def apply(self, att, ctx):
+            return att * 0.5
+
+    try:
+        model, _ = attnviz.load_model("se_tiny")
+        x = torch.randn(2, 3, 64, 64)
+        with attnviz.capture(model, sites="SE_3_1") as plain:
+            model(x)
+        ctx = attnviz.intervene(model, {"SE_3_1": "half"})
+        assert isinstance(ctx, Intervention) and ctx.policies == {"layer2.0.attn": Half()}
+        with ctx, attnviz.capture(model, sites="SE_3_1") as c:
+            model(x)
+        torch.testing.assert_close(c["SE_3_1"], plain["SE_3_1"] * 0.5)
+        sk, _ = attnviz.load_model("sk_tiny")
+        with pytest.raises(PolicyError, match="'half' cannot apply to site SK_2_1"):
+            attnviz.intervene(sk, {"all": "half"})
+    finally:
+        POLICIES.pop("half")
