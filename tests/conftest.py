@@ -5,6 +5,10 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# one intra-op thread in every process the tests start too (notebook kernels, CLI subprocesses,
+# torchrun ranks): two pytest workers on two cores, each with two OpenMP threads, made a notebook
+# kernel's forwards 12x slower than with one
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import io
 from dataclasses import dataclass

@@ -326,3 +326,19 @@ def test_cli_scale_patching_reference_and_bank(shapes, tmp_path, capsys):
     nowhere = ["--reference", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]
     assert main(base + se + nowhere) == 2
     assert "--reference" in capsys.readouterr().err
+
+
+def test_effects_and_an_untrained_baseline_from_the_cli(shapes, tmp_path, capsys):
+    args = ["ablate", "--model", "se_tiny", "--images", str(shapes), "--scopes", "all",
+            "--policy", "remove", "--limit", "4", "--no-progress", "--baseline", "untrained:1",
+            "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "untrained" in printed
+    result = AblationResult.load(tmp_path / "b" / "result")
+    e = result.effects().set_index(["group", "policy", "measure"])
+    f = result.to_frame().set_index(["group", "policy", "measure"])
+    np.testing.assert_array_equal(e["effect"].to_numpy(), f["mean"].to_numpy())
+    np.testing.assert_array_equal(e["se"].to_numpy(), f["se"].to_numpy())
+    effects = (tmp_path / "b" / "replicates" / "effects.csv").read_text()
+    assert "all" in effects and "remove" in effects

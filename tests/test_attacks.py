@@ -71,11 +71,21 @@ TWO_RANK = {  # name -> CLI arguments (all with figures; queries with its viewer
         "--figure-images",
         "1",
     ],
+    "ablate": [
+        "ablate",
+        "--model",
+        "se_tiny",
+        "--scopes",
+        "stage",
+        "--policy",
+        "remove",
+        "shuffle",
+    ],
 }
 N_IMAGES = 4
 # the real 2-rank run: one form of every command (the several-model form of
 # compare-attribution makes the same collective calls: test_1_every_rank_makes_the_same_...)
-REAL_RUN = ("sweep", "queries", "excitation", "attribution")
+REAL_RUN = ("sweep", "queries", "excitation", "attribution", "ablate")
 
 
 def _one_process_references(images: Path) -> dict:
@@ -110,6 +120,15 @@ def _one_process_references(images: Path) -> dict:
     model, cfg = load_model("cbam_tiny")
     attribution = attention_vs_attribution(model, images, keep_maps=1, **opts(cfg))
     refs["attribution"] = (attribution, attribution_figures(attribution, 1))
+    from attnviz.analysis.ablation import ablation
+    from attnviz.commands.ablate import ablation_figures
+
+    model, cfg = load_model("se_tiny")
+    ablated = ablation(
+        model, images, policies=["remove", "shuffle"], scopes=("stage",), **opts(cfg)
+    )
+    ablated.meta["model"] = "se_tiny"
+    refs["ablate"] = (ablated, ablation_figures(ablated))
     return refs
 
 

@@ -23,7 +23,13 @@ import attnviz
 from attnviz.capture import NotWritableError, PolicyError, get_kind, get_policy
 from attnviz.capture.policies import Shuffle
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Forwards without autograd here, and only here (a module-level
+    ``torch.set_grad_enabled(False)`` would leak into the worker's later tests)."""
+    with torch.no_grad():
+        yield
 
 
 def _randomise(m: nn.Module, seed: int = 0) -> nn.Module:

@@ -448,6 +448,23 @@ class AblationResult(Result):
         lines.extend(["", self.markdown()])
         return "\n".join(lines)
 
+    def effects(self) -> pd.DataFrame:
+        """Every (group, policy, measure) change as an effect (key columns group, policy,
+        measure): ``effect`` the paired mean, ``se`` its s.e., ``n``, ``p`` the sign-flip p
+        (NaN for KL and agreement, which are not tested against 0)."""
+        frame = self.to_frame()
+        return pd.DataFrame(
+            {
+                "group": frame["group"],
+                "policy": frame["policy"],
+                "measure": frame["measure"],
+                "effect": frame["mean"],
+                "se": frame["se"],
+                "n": frame["n"],
+                "p": frame["p"],
+            }
+        )
+
     def table(self) -> pd.DataFrame:
         """One row per (group, policy): dP(target) mean +- s.e. with its Holm p, d accuracy,
         KL and top-1 kept, as strings ready for a Markdown table (:meth:`markdown`)."""
