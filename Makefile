@@ -45,7 +45,7 @@ MUTANTS ?= \
 	'attnviz.capture.core.x__validated_queries__*' 'attnviz.capture.core.x__cell_coordinate__*' \
 	'attnviz.capture.core.x__check_unchanged__*' 'attnviz.capture.core.x__joined__*' \
 	'attnviz.capture.core.x*Capture*_record__*' 'attnviz.capture.core.x*Capture*_tap_hook__*' \
-	'attnviz.capture.core.x*_CallRecorder*__torch_function____*' \
+	'attnviz.capture.core.x*_CallMode*__torch_function____*' \
 	'attnviz.capture.core.x*AttentionCache*__getitem____*' \
 	'attnviz.analysis.stats.x_mean_pairwise_cosine__*' 'attnviz.analysis.stats.x_avg_cosine_distance__*' \
 	'attnviz.analysis.stats.x_row_entropy__*' 'attnviz.analysis.stats.x_is_distribution__*' \
