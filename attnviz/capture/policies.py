@@ -136,6 +136,13 @@ def _no_argument(cls: type[Policy], arg: str | None, spec: str) -> Policy:
     return cls()
 
 
+def _filled(att: Tensor, value: float) -> Tensor:
+    """``value`` everywhere, as a broadcast view (no full-size allocation: a Non-local map of
+    8 x 3136 x 3136 is 315 MB). Replacements may be views: a module that changes its
+    attention in place then fails loudly instead of using a half-written tensor."""
+    return torch.full((), value, dtype=att.dtype, device=att.device).expand_as(att)
+
+
 def _distribution_axes(kind: Kind) -> tuple[int, ...]:
     """Axes a distribution kind's entries sum to 1 over: (H, W) maps, else the last axis."""
     return (-2, -1) if kind.dims[-2:] == ("height", "width") else (-1,)
@@ -161,7 +168,7 @@ class Constant(Policy):
         return cls(_number(arg, spec, float))
 
     def apply(self, att: Tensor, ctx: PolicyContext) -> Tensor:
-        return torch.full_like(att, self.value)
+        return _filled(att, self.value)
 
 
 @register_policy
@@ -198,7 +205,7 @@ class Mean(Policy):
                 f"the reference mean of {ctx.site.alias} has shape {tuple(ref.shape)}, the "
                 f"attention here is {tuple(att.shape[1:])} per image (another input size?)"
             )
-        return ref.to(att.device, att.dtype).expand_as(att).clone()
+        return ref.to(att.device, att.dtype).expand_as(att)
 
 
 @register_policy
@@ -251,14 +258,14 @@ class Uniform(Policy):
     def apply(self, att: Tensor, ctx: PolicyContext) -> Tensor:
         kind = ctx.kind
         if kind.role == "branch":  # softmax over the M branches (axis 1)
-            return torch.full_like(att, 1.0 / att.shape[1])
+            return _filled(att, 1.0 / att.shape[1])
         axes = _distribution_axes(kind) if kind.role != "spatial" else (-2, -1)
         if kind.is_distribution:
             n = 1
             for a in axes:
                 n *= att.shape[a]
-            return torch.full_like(att, 1.0 / n)
-        return att.mean(dim=axes, keepdim=True).expand_as(att).clone()
+            return _filled(att, 1.0 / n)
+        return att.mean(dim=axes, keepdim=True).expand_as(att)
 
 
 @register_policy
@@ -271,7 +278,7 @@ class QueryMean(Policy):
 
     def apply(self, att: Tensor, ctx: PolicyContext) -> Tensor:
         axis = ctx.kind.query_axis
-        return att.mean(dim=axis, keepdim=True).expand_as(att).clone()
+        return att.mean(dim=axis, keepdim=True).expand_as(att)
 
 
 @register_policy
