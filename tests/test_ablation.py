@@ -266,6 +266,12 @@ def test_scale_patching_equals_a_hand_interchange(tmp_path):
         )
     c = result.contrast("all", "patch:1.0x>2.0x", "patch:other>2.0x")
     assert c["n"] == 5
+    d_wrong = y_wrong_scale.softmax(-1)[rows, labels] - y_wrong_scene.softmax(-1)[rows, labels]
+    e = result.effects().set_index(["group", "policy", "measure"])  # the contrast as an effect
+    row = e.loc[("all", "patch:1.0x>2.0x - patch:other>2.0x", "p_true")]
+    assert row["effect"] == pytest.approx(d_wrong.double().mean().item(), abs=1e-6)
+    assert row["se"] == pytest.approx(d_wrong.double().std().item() / 5**0.5, abs=1e-6)
+    assert row["n"] == 5 and row["p"] == c["sign_test_p"]
     assert "Wrong scale - wrong scene" in result.summary()
     with pytest.raises(ValueError, match="scales=\\(1.0, 2.0\\)"):
         scale_patching(model, attnviz.ShapeScenes(2), preprocess=config, progress=False)
@@ -338,7 +344,12 @@ def test_effects_and_an_untrained_baseline_from_the_cli(shapes, tmp_path, capsys
     result = AblationResult.load(tmp_path / "b" / "result")
     e = result.effects().set_index(["group", "policy", "measure"])
     f = result.to_frame().set_index(["group", "policy", "measure"])
-    np.testing.assert_array_equal(e["effect"].to_numpy(), f["mean"].to_numpy())
     np.testing.assert_array_equal(e["se"].to_numpy(), f["se"].to_numpy())
+    for (group, policy, measure), row in f.iterrows():  # 0 is "no effect" for every measure
+        if measure == "agreement":
+            assert (group, policy, "agreement") not in e.index
+            assert e.loc[(group, policy, "top1_changed"), "effect"] == 1.0 - row["mean"]
+        else:
+            assert e.loc[(group, policy, measure), "effect"] == row["mean"]
     effects = (tmp_path / "b" / "replicates" / "effects.csv").read_text()
     assert "all" in effects and "remove" in effects

@@ -260,13 +260,22 @@ def test_paired_statistics_equal_numpy_hand_computation(mixed_result, mixed):
                 assert r.excess_se[a][v] == pytest.approx(see, abs=1e-10)
                 zoom_same = (d[keep, zi] - d[keep, 0]).mean()
                 assert r.zoom_delta[a][v] == pytest.approx(zoom_same, abs=1e-10)
-    # the summary's dD table marks |z| >= 3 and only those
+    # the summary's dD table marks |z| >= 3 and only those, and prints Holm's p over the table
     lines = r.summary().splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("site") and "dD @ 1.5x" in ln)
+    zs = [r.delta(a, s)[2] for a in r.site_aliases for s in (1.5, 2.0)]
+    p = sorted((math.erfc(abs(z) / math.sqrt(2)), i) for i, z in enumerate(zs))
+    m, running, expected = len(p), 0.0, [0.0] * len(p)
+    for rank, (pi, i) in enumerate(p):  # Holm by hand: running max of (m - rank) p_(rank)
+        running = max(running, min(1.0, (m - rank) * pi))
+        expected[i] = running
+    printed = []
     for ln in lines[start + 2 : start + 2 + len(r.site_aliases)]:
         a = ln.split()[0]
-        flags = [bool(f) for f in re.findall(r"\(z [+-][\d.]+\)( !)?", ln)]
-        assert flags == [abs(r.delta(a, s)[2]) >= 3 for s in (1.5, 2.0)], ln
+        cells = re.findall(r"\(z [+-][\d.]+, p_holm ([\d.e+-]+)\)( !)?", ln)
+        assert [bool(f) for _, f in cells] == [abs(r.delta(a, s)[2]) >= 3 for s in (1.5, 2.0)]
+        printed += [float(v) for v, _ in cells]
+    assert printed == pytest.approx([float(f"{e:.2g}") for e in expected], rel=1e-9, abs=1e-300)
 
 
 def test_paired_sums_do_not_depend_on_batches(model, mixed, mixed_result):

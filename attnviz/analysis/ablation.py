@@ -451,19 +451,48 @@ class AblationResult(Result):
     def effects(self) -> pd.DataFrame:
         """Every (group, policy, measure) change as an effect (key columns group, policy,
         measure): ``effect`` the paired mean, ``se`` its s.e., ``n``, ``p`` the sign-flip p
-        (NaN for KL and agreement, which are not tested against 0)."""
+        (NaN for KL, whose test against 0 is the normal one of its z). Agreement enters as
+        ``top1_changed`` = 1 - agreement, the share of images whose top-1 the intervention
+        changes, so that 0 is "no effect" for every measure."""
         frame = self.to_frame()
-        return pd.DataFrame(
+        changed = (frame["measure"] == "agreement").to_numpy()
+        effects = pd.DataFrame(
             {
                 "group": frame["group"],
                 "policy": frame["policy"],
-                "measure": frame["measure"],
-                "effect": frame["mean"],
+                "measure": np.where(changed, "top1_changed", frame["measure"]),
+                "effect": np.where(changed, 1.0 - frame["mean"], frame["mean"]),
                 "se": frame["se"],
                 "n": frame["n"],
                 "p": frame["p"],
             }
         )
+        return pd.concat([effects, self._contrast_effects()], ignore_index=True)
+
+    def _contrast_effects(self) -> pd.DataFrame:
+        """Scale patching's paired contrasts (wrong scale - wrong scene, dP(target)) as effects,
+        policy ``"A - B"``, p the exact sign test: the reading that seeds must agree on."""
+        rows = []
+        for group, a, b in self._contrast_pairs():
+            c = self.contrast(group, a, b)
+            rows.append(
+                {
+                    "group": group,
+                    "policy": f"{a} - {b}",
+                    "measure": "p_true",
+                    "effect": c["mean_difference"],
+                    "se": c["paired_se"],
+                    "n": int(self.changes[f"{group}|{a}|p_true"].size),
+                    "p": c["sign_test_p"],
+                }
+            )
+        return pd.DataFrame(rows, columns=["group", "policy", "measure", "effect", "se", "n", "p"])
+
+    def _contrast_pairs(self) -> list[tuple[str, str, str]]:
+        if self.meta.get("analysis") != "scale_patching":
+            return []
+        pairs = (("patch:1.0x>2.0x", "patch:other>2.0x"), ("patch:2.0x>1.0x", "patch:other>1.0x"))
+        return [(group, a, b) for group in self.groups for a, b in pairs]
 
     def table(self) -> pd.DataFrame:
         """One row per (group, policy): dP(target) mean +- s.e. with its Holm p, d accuracy,
@@ -506,19 +535,16 @@ class AblationResult(Result):
 
     def contrasts(self) -> list[str]:
         """Scale patching: wrong scale against wrong scene, per group and target scale."""
-        if self.meta.get("analysis") != "scale_patching":
+        pairs = self._contrast_pairs()
+        if not pairs:
             return []
         out = ["Wrong scale - wrong scene, dP(target), paired over scenes (sign test p):"]
-        for group in self.groups:
-            for a, b in (
-                ("patch:1.0x>2.0x", "patch:other>2.0x"),
-                ("patch:2.0x>1.0x", "patch:other>1.0x"),
-            ):
-                c = self.contrast(group, a, b)
-                out.append(
-                    f"  {group:>10} {a} - {b}: {c['mean_difference']:+.4f} +- "
-                    f"{c['paired_se']:.4f} (z {c['z']:+.1f}, p {c['sign_test_p']:.3g})"
-                )
+        for group, a, b in pairs:
+            c = self.contrast(group, a, b)
+            out.append(
+                f"  {group:>10} {a} - {b}: {c['mean_difference']:+.4f} +- "
+                f"{c['paired_se']:.4f} (z {c['z']:+.1f}, p {c['sign_test_p']:.3g})"
+            )
         return out
 
     def decomposition(self) -> list[str]:

@@ -40,6 +40,7 @@ from ..data.views import resolution_control, zoom_geometry, zoom_views
 from ..results import Result, from_records, keyed, records, unkeyed
 from ._sites import choose_sites
 from .runner import Analysis, RunInfo, State, run
+from .stats import flagged_change, holm_of_z
 
 __all__ = ["ScaleSweepResult", "SweepSite", "scale_sweep", "stage_last_sites"]
 
@@ -513,9 +514,10 @@ class ScaleSweepResult(Result):
     # -- Result ----------------------------------------------------------------------------
     def summary(self, digits: int = 4) -> str:
         """Plain text: the branches of each site, the table of D (mean ± s.e.) per site and
-        scale, the paired change delta_D ± paired s.e. (! = |z| >= 3), for every control
-        (resolution or content) how much of each site's change it alone reproduces, and with
-        object boxes the crop protocol's inside / clipped split."""
+        scale, the paired change delta_D ± paired s.e. (z, Holm-adjusted p over the table,
+        ! = |z| >= 3), for every control (resolution or content) how much of each site's
+        change it alone reproduces, and with object boxes the crop protocol's inside /
+        clipped split."""
 
         def table(header: list[str], body: list[list[str]]) -> list[str]:
             rows = [header, *body]
@@ -551,18 +553,18 @@ class ScaleSweepResult(Result):
         if others and self.delta_mean:
             out.append("")
             header = ["site"] + [f"dD @ {_sx(s)}" for s in others]
-            body = []
-            for u in self.sites:
-                cells = []
-                for s in others:
-                    m, se, z = self.delta(u.alias, s)
-                    flag = " !" if math.isfinite(z) and abs(z) >= 3 else ""
-                    cells.append(f"{m:+.{digits}f} ± {se:.{digits}f} (z {z:+.1f}){flag}")
-                body.append([mark[u.alias], *cells])
+            tests = [[self.delta(u.alias, s) for s in others] for u in self.sites]
+            p_holm = holm_of_z([t[2] for row in tests for t in row]).reshape(len(tests), -1)
+            body = [
+                [mark[u.alias]]
+                + [flagged_change(m, se, p_holm[i, j], digits) for j, (m, se, _) in enumerate(row)]
+                for i, (u, row) in enumerate(zip(self.sites, tests))
+            ]
             out += table(header, body)
             out.append(
                 f"dD = D(s) - D({_sx(ref)}) per image: mean ± paired standard error, z = mean / "
-                "s.e.; ! = |z| >= 3"
+                f"s.e., p_holm = two-sided normal p Holm-adjusted over the {p_holm.size} tests "
+                "of this table; ! = |z| >= 3"
             )
         out += self._control_summary(table, mark, digits)
         out += self._group_summary(table, mark, digits)
@@ -584,19 +586,24 @@ class ScaleSweepResult(Result):
             header = ["site"]
             for sc in scales:
                 header += [f"{cond} dD @ {_sx(sc)}", "share", f"{word} - control @ {_sx(sc)}"]
+            cell = {(r["site"], r["scale"]): r for _, r in part.iterrows()}
+            order = [(u.alias, sc) for u in self.sites for sc in scales]
+            p_holm = dict(zip(order, holm_of_z([cell[k]["zoom_minus_control_z"] for k in order])))
             body = []
             for u in self.sites:
                 cells = [mark[u.alias]]
                 for sc in scales:
-                    r = part[(part["site"] == u.alias) & (part["scale"] == sc)].iloc[0]
-                    exz = r["zoom_minus_control_z"]
-                    flag = " !" if math.isfinite(exz) and abs(exz) >= 3 else ""
+                    r = cell[(u.alias, sc)]
                     share = f"{r['share']:.0%}" if math.isfinite(r["share"]) else "n.s."
                     cells += [
                         f"{r['control_dD']:+.{digits}f} ± {r['control_se']:.{digits}f}",
                         share,
-                        f"{r['zoom_minus_control']:+.{digits}f} ± "
-                        f"{r['zoom_minus_control_se']:.{digits}f} (z {exz:+.1f}){flag}",
+                        flagged_change(
+                            r["zoom_minus_control"],
+                            r["zoom_minus_control_se"],
+                            p_holm[(u.alias, sc)],
+                            digits,
+                        ),
                     ]
                 body.append(cells)
             out.append("")
@@ -610,7 +617,7 @@ class ScaleSweepResult(Result):
                 f"control dD / {word} dD on the same images (the part of the change this "
                 f"control alone reproduces; n.s. where the {word} change has |z| < 3); "
                 f"{word} - control = the change with object scale beyond this control "
-                "(paired s.e.; ! = |z| >= 3)"
+                f"(paired s.e.; p_holm over the {len(order)} tests of this table; ! = |z| >= 3)"
             )
         return out
 
@@ -630,20 +637,22 @@ class ScaleSweepResult(Result):
             for cond, sc in keys:
                 what = "dD" if cond == ZOOM else f"zoom - {cond}"
                 header += [f"{what} @ {_sx(sc)} {g}" for g in GROUPS]
-            body = []
+            tests = []
             for u in self.sites:
-                cells = [mark[u.alias]]
                 for cond, sc in keys:
                     for g in GROUPS:
                         r = rows[(u.alias, cond, sc, g)]
                         if cond == ZOOM:
-                            m, se = r["delta_D"], r["delta_D_se"]
+                            tests.append((r["delta_D"], r["delta_D_se"]))
                         else:
-                            m, se = r["zoom_minus_control"], r["zoom_minus_control_se"]
-                        z = m / se if se > 0 else float("nan")
-                        flag = " !" if math.isfinite(z) and abs(z) >= 3 else ""
-                        cells.append(f"{m:+.{digits}f} ± {se:.{digits}f} (z {z:+.1f}){flag}")
-                body.append(cells)
+                            tests.append((r["zoom_minus_control"], r["zoom_minus_control_se"]))
+            p_holm = holm_of_z([m / se if se > 0 else math.nan for m, se in tests])
+            cells = [flagged_change(m, se, p, digits) for (m, se), p in zip(tests, p_holm)]
+            width = len(cells) // len(self.sites)
+            body = [
+                [mark[u.alias], *cells[i * width : (i + 1) * width]]
+                for i, u in enumerate(self.sites)
+            ]
             out.append("")
             out += table(header, body)
         keys = every
@@ -654,7 +663,8 @@ class ScaleSweepResult(Result):
         )
         out.append(
             "crop protocol split by the object box: inside = the object lies within the "
-            f"s-times crop, clipped = the crop cuts it ({counts}); paired s.e.; ! = |z| >= 3"
+            f"s-times crop, clipped = the crop cuts it ({counts}); paired s.e.; p_holm over the "
+            "tests of each table; ! = |z| >= 3"
         )
         return out
 

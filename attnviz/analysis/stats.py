@@ -364,6 +364,19 @@ def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
     return res.reshape(p.shape)
 
 
+def holm_of_z(z: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted two-sided normal p-values of one table's z scores (one family)."""
+    return holm([two_sided_p(float(v)) for v in z])
+
+
+def flagged_change(mean: float, se: float, p_holm: float, digits: int) -> str:
+    """``+0.0123 ± 0.0040 (z +3.1, p_holm 0.02) !`` for a summary table cell: the paired
+    change, its z, its Holm-adjusted p over the table and ``!`` where |z| >= 3."""
+    z = mean / se if se > 0 else math.nan
+    flag = " !" if math.isfinite(z) and abs(z) >= 3 else ""
+    return f"{mean:+.{digits}f} ± {se:.{digits}f} (z {z:+.1f}, p_holm {p_holm:.2g}){flag}"
+
+
 def top_k_cells(n_cells: int, top_k: float) -> int:
     """Cells in a top-k region of a map without ties: max(1, ceil(k * N)) (the tool's rule)."""
     if not 0.0 < top_k <= 1.0:

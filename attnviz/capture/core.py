@@ -5,6 +5,8 @@ This file is the only place in attnviz that registers hooks.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import re
@@ -176,6 +178,23 @@ _ATTENTION_NAME = re.compile(
 )
 
 
+_ATTENTION_CALL = re.compile(r"\b(?:softmax|scaled_dot_product_attention)\s*\(")
+
+
+@functools.cache
+def _computes_attention(cls: type) -> bool:
+    """True for a class outside torch whose source calls ``softmax(`` or
+    ``scaled_dot_product_attention(``: attention whose class name does not say so (ConViT's
+    ``MHSA``/``GPSA``, XCiT's ``XCA``, SHViT's ``SHSA``). Gates without a softmax (GLU MLPs) are
+    not attention. The model itself (the root module) is not judged by its source."""
+    if cls.__module__.split(".")[0] == "torch":
+        return False
+    try:
+        return bool(_ATTENTION_CALL.search(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source (built in a REPL, C extension)
+        return False
+
+
 #: The names in timm's attention registry (``timm.layers.create_attn.get_attn``), timm 1.0.x.
 TIMM_REGISTRY = (
     *("se", "ese", "eca", "ecam", "ceca", "ge", "gc", "gca", "cbam", "lcbam", "coord"),
@@ -221,7 +240,7 @@ def _scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]], list[
             known.append(name)
             continue
         cls = type(module)
-        if _ATTENTION_NAME.search(cls.__name__):
+        if _ATTENTION_NAME.search(cls.__name__) or (name and _computes_attention(cls)):
             candidates.append((name, module))
         else:
             if registry is None:
@@ -308,7 +327,8 @@ def unread_modules(model: nn.Module) -> dict[str, list[str]]:
     """Attention-like modules that no adapter reads: {class name: [module names]}.
 
     A module counts as attention-like when its class name says so (``...Attn``,
-    ``...Attention``, ``...Excite``...) or its class is in timm's attention registry; containers
+    ``...Attention``, ``...Excite``...), its class is in timm's attention registry, or its
+    class's source calls ``softmax(`` / ``scaled_dot_product_attention(`` (the root excepted); containers
     of sites or of other such modules, and the insides of sites, are not counted.
     """
     model = _orig_module(model) or model
@@ -682,9 +702,10 @@ class Capture:
             def on_call(name: str, out: Any, args: tuple = (), kwargs: Any = None) -> Any:
                 record = Call(args, dict(kwargs), out) if with_args else out
                 stash.setdefault(f"{name}()", []).append(record)
-                # to notice an in-place change before it is read
+                # to notice an in-place change before it is read (inference tensors, made
+                # under torch.inference_mode, have no version counter: not checked)
                 for t in (out, *args, *(kwargs or {}).values()) if with_args else (out,):
-                    if isinstance(t, Tensor):
+                    if isinstance(t, Tensor) and not t.is_inference():
                         stash.setdefault(_VERSIONS, []).append((f"{name}()", t, t._version))
                 return out
 

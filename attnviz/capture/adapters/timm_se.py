@@ -18,3 +18,6 @@ for _type in (
 
 # legacy_seresnet*, legacy_senet154: the gate is a named nn.Sigmoid.
 register_adapter("timm.models.senet.SEModule", kind="se", read="sigmoid", family="timm")
+# hgnet_* (PP-HGNet): effective SE (Lee & Park 2020, CenterMask eq. 2), x * sigmoid(W mean(x)),
+# one 1x1 conv and a named nn.Sigmoid; the module returns torch.mul(x, gate).
+register_adapter("timm.models.hgnet.EseModule", kind="se", read="sigmoid", family="timm")

@@ -1,4 +1,8 @@
-"""timm ``Attention`` (``timm.layers.attention``: ViT, DeiT, and the models built on them).
+"""timm ``Attention`` (``timm.layers.attention``: ViT, DeiT, and the models built on them) and
+EVA's ``EvaAttention`` (q and k carry rotary position embeddings) and BEiT's ``Attention`` (a
+relative-position bias added before the softmax): the same two paths; PVT-v2's ``Attention``
+and Twins' ``GlobalSubSampleAttn`` too, whose keys lie on a grid reduced by ``sr_ratio``
+(``key_grid`` differs from ``query_grid``).
 
 The module computes ``softmax(q k^T / sqrt(d) + mask)`` (Vaswani et al. 2017, eq. 1) over
 the token sequence: the model's prefix tokens (class, register, distillation) first, then
@@ -17,8 +21,9 @@ are in the full maps. Writing (``attnviz.intervene``) replaces the softmax, so i
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -69,8 +74,31 @@ def token_layout(module: nn.Module, n_tokens: int) -> tuple[int, tuple[int, int]
     return n_prefix, (int(grid[0]), int(grid[1])), names
 
 
-def _query_grid(module: nn.Module, inputs: tuple) -> tuple[int, int]:
-    return token_layout(module, int(inputs[0].shape[1]))[1]
+Grid = tuple[int, int]
+#: (module, inputs) -> (prefix tokens P, query grid, key grid, prefix names)
+Layout = Callable[[nn.Module, tuple], tuple[int, Grid, Grid, list[str]]]
+
+
+def _vit_layout(module: nn.Module, inputs: tuple) -> tuple[int, Grid, Grid, list[str]]:
+    """Queries and keys are the same tokens: the prefix tokens, then the patch grid."""
+    n_prefix, grid, names = token_layout(module, int(inputs[0].shape[1]))
+    return n_prefix, grid, grid, names
+
+
+def _reduced_layout(module: nn.Module, inputs: tuple) -> tuple[int, Grid, Grid, list[str]]:
+    """PVT-v2 spatial-reduction attention (Wang et al. 2022, eq. 1-2): queries on the H x W map
+    (the ``feat_size`` argument), keys and values on the map reduced by the stride-R conv
+    ``sr`` (``sr_ratio`` R), or average-pooled to 7 x 7 (the linear variant); no prefix tokens."""
+    h, w = (int(s) for s in inputs[1])
+    if getattr(module, "pool", None) is not None:
+        size = module.pool.output_size
+        key = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    elif getattr(module, "sr", None) is not None:
+        (kh, kw), (sh, sw), (ph, pw) = module.sr.kernel_size, module.sr.stride, module.sr.padding
+        key = ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    else:
+        key = (h, w)
+    return 0, (h, w), key, []
 
 
 def _only(calls: tuple, what: str) -> Any:
@@ -80,15 +108,20 @@ def _only(calls: tuple, what: str) -> Any:
 
 
 def _attention(
-    m: nn.Module, taps: Mapping[str, Any], inputs: tuple, output: Any, rows: Tensor | None
+    m: nn.Module,
+    taps: Mapping[str, Any],
+    inputs: tuple,
+    output: Any,
+    rows: Tensor | None,
+    layout: Layout = _vit_layout,
 ) -> Reading:
-    n_prefix, grid, names = token_layout(m, int(inputs[0].shape[1]))
+    n_prefix, grid, key_grid, names = layout(m, inputs)
     token_rows = None if rows is None else rows + n_prefix
     meta = {
         "prefix_tokens": n_prefix,
         "prefix_names": names,
         "query_grid": grid,
-        "key_grid": grid,
+        "key_grid": key_grid,
     }
     if SOFTMAX in taps:  # non-fused: the module's own weights (B, heads, N, N)
         meta["path"] = "softmax"
@@ -108,22 +141,33 @@ def _write(module: nn.Module) -> Written | str:
     return Written(SOFTMAX)
 
 
-register_adapter(
-    "timm.layers.attention.Attention",
-    kind="token",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
-    family="timm",
-    write=_write,
-    query_grid=_query_grid,
-    context=_context,
-    describe=lambda m: {
-        "heads": int(m.num_heads),
-        "head_dim": int(m.head_dim),
-        "fused": bool(m.fused_attn),
-    },
-)
+def _register(module_type: str, layout: Layout = _vit_layout) -> None:
+    register_adapter(
+        module_type,
+        kind="token",
+        read=Intercepted(
+            functions=("softmax", "scaled_dot_product_attention"),
+            compute=functools.partial(_attention, layout=layout),
+            with_args=True,
+            any_of=True,
+        ),
+        family="timm",
+        write=_write,
+        query_grid=lambda m, inputs: layout(m, inputs)[1],
+        context=_context,
+        describe=lambda m: {
+            "heads": int(m.num_heads),
+            "head_dim": int(getattr(m, "head_dim", 0) or round(m.scale**-2)),
+            "fused": bool(m.fused_attn),
+        },
+    )
+
+
+for _type in (
+    "timm.layers.attention.Attention",  # ViT, DeiT and the models built on them
+    "timm.models.eva.EvaAttention",  # EVA / EVA-02: the same two paths, q and k after RoPE
+    "timm.models.beit.Attention",  # BEiT: relative-position bias added (the SDPA call's mask)
+):
+    _register(_type)
+_register("timm.models.pvt_v2.Attention", _reduced_layout)  # PVT-v2: keys on a reduced grid
+_register("timm.models.twins.GlobalSubSampleAttn", _reduced_layout)  # Twins: the same reduction
