@@ -350,3 +350,25 @@ def test_callable_queries_choose_cells_from_the_grid():
         row = (h // 2) * w + w // 2
         assert sel.meta[name]["queries"] == [(h // 2, w // 2)]
         assert torch.allclose(sel[name], full[name][:, [row]], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "botnet26t_256"])
+def test_intercepted_sites_capture_under_inference_mode(arch):
+    """Sites read through an intercepted function (timm's functional Non-local softmax, the
+    BoTNet softmax) once raised "Inference tensors do not track version counter" under
+    torch.inference_mode(); the maps must equal those of a no_grad forward, whichever context
+    is entered first."""
+    kw = {"block_args": {"attn_layer": "nl"}} if arch == "resnet18" else {"img_size": 64}
+    model = timm.create_model(arch, pretrained=False, **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with attnviz.capture(model) as ref, torch.no_grad():
+        y_ref = model(x)
+    with attnviz.capture(model) as inner, torch.inference_mode():
+        y_inner = model(x)
+    with torch.inference_mode(), attnviz.capture(model) as outer:
+        model(x)
+    assert list(ref) and list(inner) == list(ref) == list(outer)
+    torch.testing.assert_close(y_inner, y_ref)
+    for key in ref:
+        torch.testing.assert_close(inner[key], ref[key], rtol=0, atol=0)
+        torch.testing.assert_close(outer[key], ref[key], rtol=0, atol=0)

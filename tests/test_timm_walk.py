@@ -37,7 +37,6 @@ NOT_YET_READ: dict[str, str] = {
     for name in (
         "timm.layers.attention.AttentionRope",  # deepseek_vit, qwen3_vit
         "timm.layers.attention2d.MultiQueryAttention2d",  # mobilenetv5
-        "timm.layers.attention_pool.AttentionPoolLatent",  # naflexvit
         "timm.models.cait.ClassAttn",  # cait, xcit
         "timm.models.cait.TalkingHeadAttn",
         "timm.models.coat.FactorAttnConvRelPosEnc",

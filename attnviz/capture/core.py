@@ -278,6 +278,7 @@ _SCANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int], Any]] = (
 def clear_site_cache() -> None:
     """Forget every cached site discovery (see ``_MODULE_CHANGES``)."""
     _SCANS.clear()
+    _FOUND.clear()
 
 
 def _cached_scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]], Any]:
@@ -292,13 +293,31 @@ def _cached_scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]]
     return value
 
 
+_FOUND: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _find(
     model: nn.Module, found: list[tuple[str, nn.Module, Adapter]] | None = None
 ) -> list[tuple[Site, nn.Module, Adapter]]:
+    """The model's sites with their modules and adapters; without ``found`` the result is
+    cached like :func:`_cached_scan` (a new list each call, the same frozen ``Site``s)."""
     if found is None:
+        key = (_MODULE_CHANGES[0], REGISTRY_CHANGES[0])
+        hit = _FOUND.get(model)
+        if hit is not None and hit[0] == key:
+            return list(hit[1])
         found, stages = _cached_scan(model)
-    else:
-        stages = feature_stages(model)
+        out = _build_sites(model, found, stages)
+        _FOUND[model] = (key, out)
+        return list(out)
+    return _build_sites(model, found, feature_stages(model))
+
+
+def _build_sites(
+    model: nn.Module, found: list[tuple[str, nn.Module, Adapter]], stages: Any
+) -> list[tuple[Site, nn.Module, Adapter]]:
     kinds = [adapter.kind_for(module) for _, module, adapter in found]
     aliases = assign_aliases([(name, k) for (name, _, _), k in zip(found, kinds)], stages)
     out = []
@@ -328,8 +347,8 @@ def unread_modules(model: nn.Module) -> dict[str, list[str]]:
 
     A module counts as attention-like when its class name says so (``...Attn``,
     ``...Attention``, ``...Excite``...), its class is in timm's attention registry, or its
-    class's source calls ``softmax(`` / ``scaled_dot_product_attention(`` (the root excepted); containers
-    of sites or of other such modules, and the insides of sites, are not counted.
+    class's source calls ``softmax(`` / ``scaled_dot_product_attention(`` (the root excepted);
+    containers of sites or of other such modules, and the insides of sites, are not counted.
     """
     model = _orig_module(model) or model
     out: dict[str, list[str]] = {}
