@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` and `make test` (`make docs` builds the site).
 # Both create .venv once and reuse it (the stamp file records a finished install).
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.attnviz-installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint install clean mutation
+.PHONY: demo test lint install clean mutation docs notebooks
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/attnviz demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check attnviz tests benchmarks
-	$(BIN)/ruff format --check attnviz tests benchmarks
+	$(BIN)/ruff check attnviz tests benchmarks docs/conf.py docs/_ext docs/gallery_src docs/execute_notebooks.py
+	$(BIN)/ruff format --check attnviz tests benchmarks docs/conf.py docs/_ext docs/gallery_src docs/execute_notebooks.py
 
 # the browser tests (tests/test_browser.py) drive Debian's chromium through playwright
 $(CHROMIUM):
@@ -30,10 +30,22 @@ $(CHROMIUM):
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
 test: lint $(CHROMIUM)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# The documentation site (docs/, Sphinx): offline, warnings are errors; the gallery scripts run
+# on the bundled models. Open build/docs/html/index.html. tests/test_docs.py builds it too.
+DOCS_OUT ?= build/docs/html
+docs: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -W --keep-going -b html docs $(DOCS_OUT)
+	@echo "docs: $(DOCS_OUT)/index.html"
+
+# Re-execute the notebooks in place (their committed outputs must be the current code's: the
+# notebook tests compare them with a fresh run). NOTEBOOKS=name picks some.
+notebooks: $(STAMP)
+	$(BIN)/python docs/execute_notebooks.py $(NOTEBOOKS)
 
 clean:
-	rm -rf $(VENV) attnviz-out .pytest_cache
+	rm -rf $(VENV) attnviz-out .pytest_cache build/docs docs/gallery
 
 # Mutation testing of the core modules (not part of `make test`; see TESTING.md): capture,
 # the analyses' statistics, the scale views, the results' save/load and the query cell

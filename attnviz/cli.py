@@ -1,5 +1,5 @@
-"""Command line: ``attnviz demo | sites | sweep | queries | excitation | compare-attribution |
-ablate | report | data | train``.
+"""Command line: ``attnviz demo | sites | sweep | queries | rollout | excitation |
+compare-attribution | ablate | report | data | train``.
 
 Each command lives in its own file under ``attnviz/commands/``, which exposes
 ``register_cli(subparsers)``; argument parsing happens only there. Errors print one line,
@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnviz.commands.demo",
     "attnviz.commands.sweep",
     "attnviz.commands.queries",
+    "attnviz.commands.rollout",
     "attnviz.commands.excitation",
     "attnviz.commands.compare_attribution",
     "attnviz.commands.ablate",

@@ -34,6 +34,7 @@ def _result_classes() -> dict[str, Any]:
     from .analysis.excitation import ExcitationProfileResult
     from .analysis.query_independence import QueryIndependenceResult
     from .analysis.query_maps import QueryMapsResult
+    from .analysis.rollout import RolloutResult
     from .analysis.scale_sweep import ScaleSweepResult
 
     classes = (
@@ -43,6 +44,7 @@ def _result_classes() -> dict[str, Any]:
         ExcitationProfileResult,
         QueryIndependenceResult,
         QueryMapsResult,
+        RolloutResult,
         ScaleSweepResult,
     )
     return {c.kind: c for c in classes}

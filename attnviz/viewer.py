@@ -9,6 +9,12 @@ cell picks the query. The maps are embedded in the page as one base64 block of u
 (quantised between the maps' joint min and max), the image as a PNG data URL; the script is
 inline and makes no request. It renders as notebook output (``_repr_html_``) and inside the
 report (:mod:`attnviz.report`).
+
+At per-head token sites (ViT, DeiT, PVT...: :mod:`attnviz.analysis.query_maps`) the queries are
+the patch cells; a menu picks the head (the head mean first, then each head) and buttons show
+the maps of the prefix tokens (class, register...), which are not patches. Maps lie on the key
+patch grid (smaller than the query grid at PVT / Twins); their weight on prefix keys is not
+drawn. Every head and prefix map shares the one colour scale.
 """
 
 from __future__ import annotations
@@ -101,13 +107,33 @@ class QueryViewer:
             grid = (int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1)
         self.query_grid = (int(grid[0]), int(grid[1]))
         self.cells = cells
-        maps = np.asarray(result.grid_maps, dtype=np.float64)
-        self.vmin, self.vmax = float(np.nanmin(maps)), float(np.nanmax(maps))
-        span = self.vmax - self.vmin if self.vmax > self.vmin else 1.0
-        self._quantised = np.clip(np.round((maps - self.vmin) / span * 255), 0, 255).astype(
-            np.uint8
-        )
-        self.key_grid = (int(maps.shape[1]), int(maps.shape[2]))
+        if result.head_maps.size:  # (H + 1, Q, kh, kw): the head mean first, then each head
+            order = [len(result.heads) - 1, *range(len(result.heads) - 1)]
+            maps = np.asarray(result.head_maps, dtype=np.float64).transpose(1, 0, 2, 3)[order]
+            prefix = np.asarray(result.prefix_maps, dtype=np.float64).transpose(1, 0, 2, 3)
+            prefix = (
+                prefix[order] if prefix.size else prefix.reshape(len(order), 0, *maps.shape[2:])
+            )
+            self.heads = ["head mean", *(f"head {h}" for h in result.heads[:-1])]
+        else:
+            maps = np.asarray(result.grid_maps, dtype=np.float64)[None]
+            prefix = np.zeros((1, 0, *maps.shape[2:]))
+            self.heads = ["attention"]
+        self.prefix_names = [str(n) for n in result.prefix_names][: prefix.shape[1]]
+        # one colour scale per head (its queries and prefix tokens): a weak head stays visible
+        self.head_vmin, self.head_vmax = [], []
+        self._quantised = np.zeros(maps.shape, np.uint8)  # (heads, Q, kh, kw)
+        self._prefix = np.zeros(prefix.shape, np.uint8)  # (heads, P, kh, kw)
+        for h in range(len(maps)):
+            both = np.concatenate([maps[h].ravel(), prefix[h].ravel()])
+            lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
+            span = hi - lo if hi > lo else 1.0
+            for src, dst in ((maps, self._quantised), (prefix, self._prefix)):
+                dst[h] = np.clip(np.round((src[h] - lo) / span * 255), 0, 255)
+            self.head_vmin.append(lo)
+            self.head_vmax.append(hi)
+        self.vmin, self.vmax = self.head_vmin[0], self.head_vmax[0]  # the (head-mean) map
+        self.key_grid = (int(maps.shape[2]), int(maps.shape[3]))
         self.subsampled = len(cells) < self.query_grid[0] * self.query_grid[1]
 
     @property
@@ -115,7 +141,11 @@ class QueryViewer:
         return int(len(self.cells))
 
     def data(self) -> dict[str, Any]:
-        """What the page embeds (maps as base64 uint8, Q x kh x kw, row-major)."""
+        """What the page embeds: ``maps`` base64 uint8 (heads, Q, kh, kw) row-major, map q of
+        head h at offset (h * Q + q) * kh * kw (one head, "attention", at a site without
+        heads), quantised between ``head_vmin[h]`` and ``head_vmax[h]`` (``vmin`` / ``vmax``:
+        those of the first, the head mean); ``prefix_maps`` (heads, P, kh, kw) likewise for the
+        ``prefix`` tokens, on their head's scale."""
         r = self.result
         return {
             "image": _png_data_url(r.image),
@@ -124,8 +154,13 @@ class QueryViewer:
             "keys": list(self.key_grid),
             "cells": self.cells.tolist(),
             "maps": base64.b64encode(self._quantised.tobytes()).decode("ascii"),
+            "heads": list(self.heads),
+            "prefix": list(self.prefix_names),
+            "prefix_maps": base64.b64encode(self._prefix.tobytes()).decode("ascii"),
             "vmin": self.vmin,
             "vmax": self.vmax,
+            "head_vmin": list(self.head_vmin),
+            "head_vmax": list(self.head_vmax),
             "lut": _viridis_lut(),
             "start": self._centre_cell(),
         }
@@ -142,9 +177,23 @@ class QueryViewer:
         else:
             which = f"maps of all {gh}x{gw} query cells"
         unit = "attention weight" if self.result.is_distribution else "attention"
+        heads = ""
+        scale = "one colour scale for every query"
+        if len(self.heads) > 1:
+            kh, kw = self.key_grid
+            heads = (
+                f"; {len(self.heads) - 1} heads and their mean (pick one) over the {kh}x{kw} key "
+                "patch grid"
+            )
+            scale = "one colour scale per head for all its queries"
+            if self.prefix_names:
+                heads += (
+                    f"; the {', '.join(self.prefix_names)} token maps are not patch queries "
+                    "(buttons); weight on prefix keys is not drawn"
+                )
         return (
-            f"{self.model}: attention map of the chosen query at {site}, one image; {which}; "
-            f"{unit} on one colour scale for every query; hover or click a cell to pick it"
+            f"{self.model}: attention map of the chosen query at {site}, one image; {which}"
+            f"{heads}; {unit} on {scale}; hover or click a cell to pick it"
         )
 
     def to_html(self) -> str:
@@ -156,7 +205,9 @@ class QueryViewer:
             uid=uid,
             title=title,
             caption=html.escape(self.caption()),
-            payload=payload.replace("</", "<\\/"),
+            # no "<" in the JSON block: no "</script>", "<!--" or "<script" can end or
+            # re-enter the script element (JSON.parse reads \u003c back as "<")
+            payload=payload.replace("<", "\\u003c"),
             script=_SCRIPT,
         )
 
@@ -180,7 +231,9 @@ _TEMPLATE = """<div class="attnviz-query-viewer" id="{uid}" data-query="">{title
 <canvas class="qv-map" width="320" height="320" style="cursor:crosshair;width:320px;height:320px"
 ></canvas>
 <div style="font:12px sans-serif"><canvas class="qv-bar" width="16" height="240"></canvas>
-<div class="qv-ticks"></div></div></div>
+<div class="qv-ticks" style="white-space:pre-line"></div></div></div>
+<div class="qv-controls" style="font:13px sans-serif"><select class="qv-head"></select>
+<span class="qv-prefix"></span></div>
 <p class="qv-info" style="font:13px sans-serif"></p>
 <script type="application/json" class="qv-data">{payload}</script>
 <script>{script}
@@ -192,9 +245,20 @@ function attnvizQueryViewer(root) {
   if (root.dataset.ready) return;
   root.dataset.ready = "1";
   var d = JSON.parse(root.querySelector(".qv-data").textContent);
-  var raw = atob(d.maps), maps = new Uint8Array(raw.length);
-  for (var i = 0; i < raw.length; i++) maps[i] = raw.charCodeAt(i);
+  function bytes(b64) {
+    var raw = atob(b64), out = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+    return out;
+  }
+  var maps = bytes(d.maps), prefixMaps = bytes(d.prefix_maps), head = 0, current = null;
+  var nq = d.cells.length, np_ = d.prefix.length;
   var canvas = root.querySelector(".qv-map"), ctx = canvas.getContext("2d");
+  if (d.size[1] >= d.size[0]) {  // the image's aspect, longest side 320 px
+    canvas.height = Math.max(1, Math.round(320 * d.size[0] / d.size[1]));
+  } else {
+    canvas.width = Math.max(1, Math.round(320 * d.size[1] / d.size[0]));
+  }
+  canvas.style.width = canvas.width + "px"; canvas.style.height = canvas.height + "px";
   var W = canvas.width, H = canvas.height, kh = d.keys[0], kw = d.keys[1];
   var gh = d.grid[0], gw = d.grid[1], lut = d.lut, index = {};
   d.cells.forEach(function (c, q) { index[c[0] + "," + c[1]] = q; });
@@ -210,26 +274,61 @@ function attnvizQueryViewer(root) {
     });
     return best;
   }
-  function draw(q) {
-    var cell = d.cells[q];
+  function paint(block, off) {
     ctx.globalAlpha = 1; ctx.drawImage(grey, 0, 0);
-    var sctx = small.getContext("2d"), id = sctx.createImageData(kw, kh), off = q * kh * kw;
+    var sctx = small.getContext("2d"), id = sctx.createImageData(kw, kh);
     for (var p = 0; p < kh * kw; p++) {
-      var v = maps[off + p];
+      var v = block[off + p];
       id.data[4 * p] = lut[3 * v]; id.data[4 * p + 1] = lut[3 * v + 1];
       id.data[4 * p + 2] = lut[3 * v + 2]; id.data[4 * p + 3] = 255;
     }
     sctx.putImageData(id, 0, 0);
     ctx.imageSmoothingEnabled = true; ctx.globalAlpha = 0.6;
     ctx.drawImage(small, 0, 0, W, H); ctx.globalAlpha = 1;
+  }
+  function headText() { return d.heads.length > 1 ? ", " + d.heads[head] : ""; }
+  function ticks() {
+    var lo = d.head_vmin[head], hi = d.head_vmax[head];
+    root.querySelector(".qv-ticks").textContent = "max " + hi.toPrecision(3) + "\nmin " +
+      lo.toPrecision(3) + "\n(attention" + headText() + ")";
+  }
+  function drawPrefix(k) {
+    current = -1 - k;
+    paint(prefixMaps, (head * np_ + k) * kh * kw);
+    root.dataset.query = "prefix:" + k;
+    root.querySelector(".qv-info").textContent = d.prefix[k] + " token (not a patch query)" +
+      headText();
+  }
+  function draw(q) {
+    var cell = d.cells[q];
+    current = q;
+    paint(maps, (head * nq + q) * kh * kw);
     var cx = (cell[1] + 0.5) * W / gw, cy = (cell[0] + 0.5) * H / gh;
     ctx.beginPath(); ctx.arc(cx, cy, 6, 0, 2 * Math.PI);
     ctx.fillStyle = "white"; ctx.fill(); ctx.lineWidth = 2; ctx.strokeStyle = "black";
     ctx.stroke();
     root.dataset.query = cell[0] + "," + cell[1];
     root.querySelector(".qv-info").textContent = "query cell (y, x) = (" + cell[0] + ", " +
-      cell[1] + ") of the " + gh + "x" + gw + " query grid";
+      cell[1] + ") of the " + gh + "x" + gw + " query grid" + headText();
   }
+  function redraw() {
+    if (current === null) return;
+    if (current < 0) drawPrefix(-1 - current); else draw(current);
+  }
+  var select = root.querySelector(".qv-head");
+  d.heads.forEach(function (label, h) {
+    var o = document.createElement("option");
+    o.value = String(h); o.textContent = label; select.appendChild(o);
+  });
+  if (d.heads.length < 2) select.style.display = "none";
+  select.addEventListener("change", function () { head = +select.value; ticks(); redraw(); });
+  var buttons = root.querySelector(".qv-prefix");
+  d.prefix.forEach(function (name, k) {
+    var b = document.createElement("button");
+    b.type = "button"; b.textContent = name + " token";
+    b.addEventListener("click", function () { drawPrefix(k); });
+    buttons.appendChild(b);
+  });
   function pick(ev) {
     var r = canvas.getBoundingClientRect();
     var x = Math.floor((ev.clientX - r.left) / r.width * gw);
@@ -246,8 +345,7 @@ function attnvizQueryViewer(root) {
     bctx.fillStyle = "rgb(" + lut[3 * v] + "," + lut[3 * v + 1] + "," + lut[3 * v + 2] + ")";
     bctx.fillRect(0, yb, bar.width, 1);
   }
-  root.querySelector(".qv-ticks").innerHTML = "max " + d.vmax.toPrecision(3) +
-    "<br>min " + d.vmin.toPrecision(3) + "<br>(attention)";
+  ticks();
   img.onload = function () {
     var g = grey.getContext("2d");
     g.drawImage(img, 0, 0, W, H);

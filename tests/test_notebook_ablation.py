@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from nbclient import NotebookClient
+from test_notebook_outputs import assert_outputs_current
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "ablation.ipynb"
 
@@ -34,6 +35,12 @@ def executed(tmp_path_factory):
     assert not errors, errors[0].get("evalue") if errors else ""
     text = "".join(o.get("text", "") for o in outputs)
     return book, outputs, text
+
+
+@pytest.mark.slow
+def test_ablation_notebook_is_committed_with_current_outputs(executed):
+    book, _, _ = executed
+    assert_outputs_current(NOTEBOOK, book)
 
 
 def _normalise(images, config) -> torch.Tensor:

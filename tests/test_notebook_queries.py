@@ -11,6 +11,7 @@ import nbformat
 import numpy as np
 import pytest
 from nbclient import NotebookClient
+from test_notebook_outputs import assert_outputs_current
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "nonlocal_queries.ipynb"
 
@@ -35,6 +36,7 @@ def test_nonlocal_queries_notebook():
     ).execute()
     outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert_outputs_current(NOTEBOOK, book)  # the committed outputs are the current code's
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images >= 3  # Fig. 2 grid, distance heatmap, Table 1 figure
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
+from test_notebook_outputs import assert_outputs_current
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "scale_sweep.ipynb"
 
@@ -30,13 +31,18 @@ def executed(tmp_path_factory):
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, errors[0].get("evalue") if errors else ""
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
-    return outputs, text
+    return outputs, text, book
+
+
+@pytest.mark.slow
+def test_scale_sweep_notebook_is_committed_with_current_outputs(executed):
+    assert_outputs_current(NOTEBOOK, executed[2])
 
 
 @pytest.mark.slow
 def test_scale_sweep_notebook_prints_the_hand_computed_d(executed):
     """A swap of the SK branches flips the sign of D, and fails here."""
-    _, text = executed
+    _, text, _ = executed
     hand_d = _hand_d()
     for site, d in hand_d.items():
         printed = re.search(
@@ -50,7 +56,7 @@ def test_scale_sweep_notebook_prints_the_hand_computed_d(executed):
 
 @pytest.mark.slow
 def test_scale_sweep_notebook(executed):
-    outputs, text = executed
+    outputs, text, _ = executed
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images == 5  # the views, Fig. 3, delta bars, Fig. 4, delta bars with controls
     assert "sk_tiny: 60 images, views = native renders" in text

@@ -11,6 +11,7 @@ import nbformat
 import numpy as np
 import pytest
 from nbclient import NotebookClient
+from test_notebook_outputs import assert_outputs_current
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -46,6 +47,7 @@ def _errors(book: nbformat.NotebookNode) -> list[str]:
 def test_se_excitation_notebook():
     book = _run("se_excitation.ipynb")
     assert not _errors(book)
+    assert_outputs_current(NOTEBOOKS / "se_excitation.ipynb", book)  # committed = current
     assert _images(book) == 3  # Fig. 6, Fig. 7, specificity vs depth
     text = "".join(out.get("text", "") for cell in book.cells for out in cell.get("outputs", []))
     assert "50 images;" in text and "squeeze_specificity" in text and "null_p95" in text
@@ -147,6 +149,7 @@ def _specificity_fast(v: np.ndarray, labels: np.ndarray, classes: list[int]) -> 
 def test_cbam_vs_gradcam_notebook():
     book = _run("cbam_vs_gradcam.ipynb")
     assert not _errors(book)
+    assert_outputs_current(NOTEBOOKS / "cbam_vs_gradcam.ipynb", book)  # committed = current
     assert _images(book) == 4  # Grad-CAM across models, CBAM overlays, agreement bars, GC
     text = "".join(out.get("text", "") for cell in book.cells for out in cell.get("outputs", []))
     assert "10 images, " in text and "models, Grad-CAM for the label class" in text

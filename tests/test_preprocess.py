@@ -49,6 +49,25 @@ def test_timm_model_uses_its_own_config_and_floors_the_resize():
     assert min(resized.size) == int(224 / cfg["crop_pct"]) == 235
 
 
+def test_a_vit_built_for_another_size_gets_inputs_of_that_size():
+    """timm keeps the 224 px pretrained_cfg of the name; the patch embedding accepts only the
+    size the model was built for, so that size (H, W) wins (non-square, to catch H/W order)."""
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(64, 96)).eval()
+    t = preprocess_for(vit)
+    x = t(Image.new("RGB", (150, 100), (10, 200, 30)))
+    assert tuple(x.shape) == (3, 64, 96)
+    with torch.no_grad():
+        vit(x[None])  # the model takes it
+    cfg = resolve_data_config({}, model=vit)
+    cfg["input_size"] = (3, 64, 96)
+    torch.testing.assert_close(
+        x, create_transform(**cfg)(Image.new("RGB", (150, 100), (10, 200, 30)))
+    )
+    # a model that takes any size keeps its config
+    dyn = timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True)
+    assert tuple(preprocess_for(dyn)(Image.new("RGB", (300, 300))).shape) == (3, 224, 224)
+
+
 def test_preprocess_config_with_crop_pct_1_keeps_the_aspect_ratio():
     cfg = PreprocessConfig((3, 64, 64), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)
     t = preprocess_for(cfg)

@@ -81,7 +81,7 @@ def test_queries_command_writes_result_figures_and_summary(tmp_path, weights, im
     # the same analysis run directly on the same images, prepared by hand
     model, pre = load_model("nl_tiny", weights=weights)
     xs = torch.stack([_by_hand(image_dir / f"img{i}.png", pre) for i in range(3)])
-    direct = query_independence(model, xs, progress=False)
+    direct = query_independence(model, xs, exact=True, progress=False)  # as --exact
     frame = pd.read_csv(out / "result" / "statistics.csv")
     assert list(frame["site"]) == ["NL_3_2"] and int(frame.loc[0, "n_images"]) == 3
     for m in ("cos_input", "cos_output", "cos_att", "jsd_att"):

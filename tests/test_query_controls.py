@@ -49,8 +49,26 @@ def test_sampled_jsd_lies_within_its_error_of_the_exact_value():
     i, j = rng.integers(0, 400, 5), rng.integers(0, 400, 5)
     pn = p.double().numpy()
     values = [hand_jsd(pn[a], pn[b]) for a, b in zip(i, j)]
-    est, _ = sampled_jsd(p, pairs=5, seed=9, dtype=torch.float64)
+    est, _ = sampled_jsd(p, pairs=5, seed=9, dtype=torch.float64, control=False)
     assert est == pytest.approx(np.mean(values), abs=1e-12)
+    # the default estimator adds the Hellinger control variate: its hand form, with the mean
+    # squared Hellinger distance over all ordered pairs computed by brute force
+    rt = np.sqrt(pn)
+    hel_all = 2 - 2 * rt @ rt.T
+    for diag, n_pairs in ((True, 400 * 400), (False, 400 * 399)):
+        rng = np.random.default_rng(11)
+        i = rng.integers(0, 400, 64)
+        j = rng.integers(0, 400, 64) if diag else (i + rng.integers(1, 400, 64)) % 400
+        jv = np.array([hand_jsd(pn[a], pn[b]) for a, b in zip(i, j)])
+        hv = np.array([2 - 2 * rt[a] @ rt[b] for a, b in zip(i, j)])  # rows sum to 1
+        e_hel = (hel_all.sum() - (0 if diag else np.trace(hel_all))) / n_pairs
+        beta = np.cov(jv, hv)[0, 1] / np.var(hv, ddof=1)
+        adjusted = jv - beta * (hv - e_hel)
+        got = sampled_jsd(p, pairs=64, seed=11, dtype=torch.float64, include_diagonal=diag)
+        assert got == pytest.approx((adjusted.mean(), adjusted.std(ddof=1) / 8), rel=1e-9)
+    # ... and earns its keep: several times less error at the same pairs, still calibrated
+    plain_se = sampled_jsd(p, pairs=4000, seed=1, control=False)[1]
+    assert se < plain_se / 3
     # the one-pass form the analysis uses gives the same figures
     one = attention_statistics(p, exact_rows=100, pairs=500, seed=4)
     assert (one["jsd_att"], one["jsd_att_se"]) == pytest.approx(sampled_jsd(p, pairs=500, seed=4))
@@ -125,6 +143,41 @@ def test_sampled_in_the_analysis_and_exact_on_request(nl_model, x):
         d = row_degeneracy(att[i])
         for m in ("row_entropy", "eff_keys", "max_weight", "argmax_keys"):
             assert exact.values[m][i, 0] == pytest.approx(d[m], rel=1e-6)
+
+
+def test_at_or_below_exact_rows_an_image_is_sampled_only_within_the_target_error(nl_model, x):
+    """Up to exact_rows rows, an image's JSD is sampled only where its se <= jsd_se * sqrt(n)
+    (so the mean's se <= jsd_se); otherwise, and for a single image at a tight target, exact."""
+    import attnviz
+
+    exact = query_independence(nl_model, x, exact=True, progress=False)
+    n = x.shape[0]
+    with torch.no_grad(), attnviz.capture(nl_model.eval(), kinds="nl") as cache:
+        nl_model(x)
+    att = cache[exact.sites[0]["name"]]
+    for target in (1e-3, 1e-4, 1e-9):
+        got = query_independence(nl_model, x, jsd_se=target, progress=False)
+        se = got.jsd_se[:, 0]
+        sampled = se > 0
+        assert (se[sampled] <= target * math.sqrt(n)).all()
+        # the exact images are the exact values, the sampled ones lie within their error
+        e, g = exact.values["jsd_att"][:, 0], got.values["jsd_att"][:, 0]
+        np.testing.assert_allclose(g[~sampled], e[~sampled], rtol=1e-6)
+        assert (np.abs(g - e)[sampled] <= 4 * se[sampled]).all()
+        frame = got.to_frame().iloc[0]
+        assert frame["jsd_att_sampled"] == sampled.sum()
+        assert frame["jsd_att_se"] <= target
+        # the same decision by hand: each image's pairs seeded by (seed, index, site)
+        for i in range(n):
+            est, se_i = sampled_jsd(att[i], pairs=JSD_PAIRS, seed=(0, i, 0))
+            want = (est, se_i) if se_i <= target * math.sqrt(n) else (avg_jsd(att[i]), 0.0)
+            assert (g[i], se[i]) == pytest.approx(want, rel=1e-5)
+        if target == 1e-9:
+            assert not sampled.any()
+    loose = query_independence(nl_model, x, jsd_se=1e-3, progress=False)
+    assert (loose.jsd_se[:, 0] > 0).all()  # the control-variate sample is this precise here
+    with pytest.raises(ValueError, match="jsd_se >= 0"):
+        query_independence(nl_model, x, jsd_se=-1.0, progress=False)
 
 
 def test_near_one_hot_rows_are_flagged():

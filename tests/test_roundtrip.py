@@ -40,6 +40,7 @@ from attnviz.analysis.excitation import ExcitationProfileResult, excitation_prof
 from attnviz.analysis.query_independence import QueryIndependenceResult, query_independence
 from attnviz.analysis.query_maps import QueryMapsResult, query_maps
 from attnviz.analysis.replicates import ReplicatesResult
+from attnviz.analysis.rollout import RolloutResult, rollout
 from attnviz.analysis.scale_sweep import ScaleSweepResult, scale_sweep
 from attnviz.models.tiny import create_tiny
 from attnviz.results import Result
@@ -130,9 +131,31 @@ def _independence(tmp_path: Path) -> QueryIndependenceResult:
     )
 
 
+def _token_vit() -> torch.nn.Module:
+    """A ViT with a class and a register token on a 2 x 3 patch grid (per-head token maps)."""
+    import timm
+
+    torch.manual_seed(0)
+    kw = dict(img_size=(16, 24), patch_size=8, depth=2, embed_dim=16, num_heads=2, reg_tokens=1)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **kw).eval()
+
+
 def _query_maps(tmp_path: Path) -> QueryMapsResult:
-    x = torch.randn(3, 23, 40)
-    return query_maps(_nl_model(), x, queries=[(3.0, 30.0), (20.0, 4.0)])
+    """At a token site, so that the per-head and prefix-token fields are filled too."""
+    x = torch.randn(3, 16, 24)
+    return query_maps(_token_vit(), x, queries=[(3.0, 20.0), (12.0, 4.0)])
+
+
+def _rollout(tmp_path: Path) -> RolloutResult:
+    images = _with_bad_file(tmp_path, _images(3, (16, 24), 8))
+    return rollout(
+        _token_vit(),
+        images,
+        preprocess={"input_size": (3, 16, 24), "crop_pct": 1.0},
+        map_images=2,
+        progress=False,
+        model_name="vit",
+    )
 
 
 def _attribution(tmp_path: Path) -> AttentionVsAttributionResult:
@@ -201,6 +224,7 @@ MAKERS = {
     ExcitationProfileResult: _excitation,
     QueryIndependenceResult: _independence,
     QueryMapsResult: _query_maps,
+    RolloutResult: _rollout,
     AttentionVsAttributionResult: _attribution,
     GradCamComparisonResult: _gradcam,
 }
@@ -218,6 +242,7 @@ CSV_COLUMNS = {
                        "jsd_att_mean", "jsd_att_se"],
     "per_image.csv": ["image", "site", "cos_input", "cos_att", "jsd_att"],
     "queries.csv": ["query", "cell_y", "cell_x", "pixel_y", "pixel_x", "max", "argmax_y"],
+    "rollout.csv": ["image", "id", "token", "prefix_mass", "entropy_norm", "max_share"],
 }  # fmt: skip
 
 

@@ -14,5 +14,6 @@ from .attribution import (
 from .excitation import ExcitationProfileResult, excitation_profile
 from .query_independence import QueryIndependenceResult, query_independence
 from .query_maps import QueryMapsResult, query_maps
+from .rollout import RolloutResult, rollout
 from .runner import Analysis, RunInfo, State, run
 from .scale_sweep import ScaleSweepResult, scale_sweep

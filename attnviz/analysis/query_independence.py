@@ -21,7 +21,7 @@ sum to 1, so ``jsd_att`` is NaN there (with a note): the divergence of re-normal
 describe weights the block never used. Whether rows are distributions is checked on the data
 (non-negative, row sums 1 within 1e-4), not assumed from the class. ``cos_att`` is defined for
 all four (cosine ignores the 1/N scale); an all-zero row (possible with ReLU) has cosine 0
-with every row, as in ``torch.nn.functional.normalize``.
+with every row, as in ``F.normalize``.
 
 Full-size maps: the exact JSD is O(N^2 K) per map (N^2 K / 2 = 1.5e10 entropy terms at
 N = K = 3136, a 56x56 site). Above ``exact_rows`` query rows (default 256, a 16x16 grid such
@@ -31,8 +31,14 @@ the same pairs, 2048 x K terms, seeded per image and site by (``seed``, the imag
 position, the site's index) so that batch size, resume and sharding do not change it
 (:func:`attnviz.analysis.stats.sampled_jsd`). ``jsd_att_se`` holds each image's standard
 error of the estimate (0 where exact); the table shows the standard error of the mean over
-images, sqrt(sum se_i^2) / n, beside the std over images. ``exact=True`` forces the exact
-blocked computation everywhere. The cosines are O(N K) and always exact.
+images, sqrt(sum se_i^2) / n, beside the std over images. At or below ``exact_rows`` rows
+the pairs are sampled too where the printed mean does not need the exact value: an image's
+sampled JSD is kept when its standard error is at most ``jsd_se * sqrt(n)`` (n the images
+of the run; ``jsd_se`` default 5e-4, half a unit of the third decimal the tables print), so
+the standard error of the mean stays within ``jsd_se``; otherwise (and for a single image,
+or a map with fewer than ``jsd_pairs`` pairs) it is exact. At nl_tiny's 256 rows the
+sample costs a tenth of the exact mean. ``exact=True`` forces the exact blocked computation
+everywhere. The cosines are O(N K) and always exact.
 
 Degeneracy beside the GCNet statistics (DESIGN.md section 7: query statistics must be read
 beside the entropy of the rows), per Non-local site and image
@@ -42,6 +48,22 @@ weight of a row) and ``argmax_keys`` (distinct keys that are some row's argmax).
 mean ``eff_keys`` is below ``NEAR_ONE_HOT_KEYS`` = 2 (row entropy below ln 2) is flagged
 "near one-hot" in the table and the summary: its rows are spikes, so a high cosine distance or
 JSD says the spikes sit at different keys, not that broad maps differ.
+
+Per-head token sites (kind ``token``: ViT, DeiT, PVT, Twins, torchvision ViT; ``bottleneck``;
+(B, heads, Nq, Nk), see :mod:`attnviz.analysis.query_maps`): the same statistics for every head
+apart and for the head mean (one column each: ``head`` 0 .. H-1 and "mean", labelled
+``ALIAS/h0`` ... ``ALIAS/mean``). The queries are the patch tokens only; a row is taken whole
+(the weights on prefix keys included), so it is the distribution the softmax gave. The prefix
+tokens are reported apart: ``prefix_mass``, the mean weight a patch query puts on the prefix
+keys (class, register... tokens), and ``prefix_cos``, the mean over patch queries i of
+(1 - cos(w_0, w_i)) / 2 between the first prefix token's row (the class token) and row i.
+``cos_input`` / ``cos_output`` belong to the layer, not to a head: they fill the "mean" column
+only. x_i is the site module's input at patch token i; o_i its output there: timm's attention
+modules return the attention branch before the residual (z = x + attn(norm(x))), so nothing
+is subtracted (at torchvision's ViT the site is the whole encoder block, whose output holds the
+residual and the MLP). Windowed kinds (Swin ``window``, HaloNet ``halo``) are not measured
+here: rows of different windows have disjoint keys, so the statistics would mostly count
+windows (their maps: :func:`attnviz.analysis.query_maps.query_maps` and the viewer).
 
 Companion statistic at GC sites (GCNet Eq. 4, one context map per image): ``entropy`` of the
 map softmax_j(W_k x_j) in nats and ``entropy_norm`` = entropy / ln(HW) (1 = uniform).
@@ -59,11 +81,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import Site, is_query_kind
 from ..results import Result, from_records, records
-from ._sites import choose_sites
+from ._sites import (
+    HEAD_MEAN,
+    TokenLayout,
+    choose_sites,
+    has_heads,
+    head_labels,
+    is_windowed,
+    with_head_mean,
+)
 from .query_maps import (
     QueryMapsResult,
     cell_centre,
@@ -71,6 +103,7 @@ from .query_maps import (
     grid_queries,
     map_kinds,
     site_record,
+    token_rows,
     upsample,
 )
 from .runner import Analysis, RunInfo, State, run
@@ -79,8 +112,12 @@ from .stats import attention_statistics, avg_cosine_distance, entropy_stats
 NL_METRICS = ("cos_input", "cos_output", "cos_att", "jsd_att")
 DEGENERACY_METRICS = ("row_entropy", "eff_keys", "max_weight", "argmax_keys")
 GC_METRICS = ("entropy", "entropy_norm")
+TOKEN_METRICS = ("prefix_mass", "prefix_cos")
 EXACT_ROWS = 256  # above this many query rows the JSD is sampled (unless exact=True)
 JSD_PAIRS = 2048  # pairs of the sampled JSD
+#: target standard error of a site's jsd_att mean over images: half a unit of the third
+#: decimal, the precision the tables and figures print
+JSD_SE = 5e-4
 NEAR_ONE_HOT_KEYS = 2.0  # a site whose mean effective number of keys is below is near one-hot
 MAX_FIGURE_QUERIES = 16  # query maps a figure row can show legibly
 PAPER_TABLE1 = pd.DataFrame(
@@ -103,8 +140,9 @@ class QueryIndependenceResult(Result):
 
     ``values[metric]`` is an (n_images, n_sites) float64 array, NaN where the metric does not
     apply to a site (GC metrics at Non-local sites, ``jsd_att`` for non-distribution rows);
-    ``sites`` describes the sites (name, alias, kind, instantiation, query/key grid);
-    ``notes`` explains NaNs per site alias.
+    ``sites`` describes the sites (name, alias, kind, instantiation, query/key grid); a
+    per-head site has one entry per head and one for the head mean (``head``: 0 .. H-1 or
+    "mean", ``label`` "ALIAS/h0" ... "ALIAS/mean"); ``notes`` explains NaNs per site alias.
     """
 
     kind: ClassVar[str] = "query_independence"
@@ -133,12 +171,15 @@ class QueryIndependenceResult(Result):
         return int(next(iter(self.values.values())).shape[0]) if self.values else 0
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per site: model, site, kind, instantiation, n_images, <metric>_mean/_std."""
+        """One row per site (per head and head mean at per-head sites, with ``alias`` and
+        ``head`` columns): model, site, kind, instantiation, n_images, <metric>_mean/_std."""
         rows = []
+        heads = any("head" in site for site in self.sites)
         for s, site in enumerate(self.sites):
             row: dict[str, Any] = {
                 "model": self.model,
-                "site": site["alias"],
+                "site": site_label(site),
+                **({"alias": site["alias"], "head": site.get("head")} if heads else {}),
                 "name": site["name"],
                 "kind": site["kind"],
                 "instantiation": site.get("instantiation"),
@@ -153,10 +194,7 @@ class QueryIndependenceResult(Result):
                 se = self.jsd_se[:, s] if self.jsd_se.size else np.zeros(0)
                 ok = se[~np.isnan(self.values["jsd_att"][:, s])] if se.size else se
                 row["jsd_att_se"] = float(np.sqrt(np.sum(ok**2)) / ok.size) if ok.size else math.nan
-                grid = site.get("query_grid") or [0, 0]
-                row["jsd_att_sampled"] = bool(
-                    self.exact_rows is not None and grid[0] * grid[1] > self.exact_rows
-                )
+                row["jsd_att_sampled"] = int((ok > 0).sum())  # images whose JSD was sampled
             if "eff_keys" in self.metrics:
                 row["near_one_hot"] = bool(row["eff_keys_mean"] < NEAR_ONE_HOT_KEYS)
             rows.append(row)
@@ -177,7 +215,9 @@ class QueryIndependenceResult(Result):
                 if m == "jsd_att" and self.jsd_se.size and n:
                     pair = self.jsd_se[ok, s]
                     se = math.sqrt(se**2 + float(np.sum(pair**2)) / n**2) if n > 1 else se
-                rows.append({"site": site["alias"], "metric": m, "effect": mean, "se": se, "n": n})
+                rows.append(
+                    {"site": site_label(site), "metric": m, "effect": mean, "se": se, "n": n}
+                )
         return pd.DataFrame(rows, columns=["site", "metric", "effect", "se", "n"])
 
     def near_one_hot(self) -> list[str]:
@@ -192,7 +232,7 @@ class QueryIndependenceResult(Result):
         rows = []
         for i in range(self.n_images):
             for s, site in enumerate(self.sites):
-                row = {"model": self.model, "image": i, "site": site["alias"]}
+                row = {"model": self.model, "image": i, "site": site_label(site)}
                 row.update({m: float(self.values[m][i, s]) for m in self.metrics})
                 rows.append(row)
         return pd.DataFrame(rows)
@@ -214,8 +254,9 @@ class QueryIndependenceResult(Result):
         if "jsd_att_sampled" in frame and frame["jsd_att_sampled"].any():
             sampled = frame.loc[frame["jsd_att_sampled"].astype(bool), "site"].tolist()
             lines.append(
-                f"jsd_att sampled at {', '.join(sampled)} (more than {self.exact_rows} query "
-                f"rows; {self.jsd_pairs} random pairs per image, seed {self.seed}): "
+                f"jsd_att sampled at {', '.join(sampled)} ({self.jsd_pairs} random pairs per "
+                f"image, seed {self.seed}; above {self.exact_rows} query rows, and below it where "
+                "the mean's standard error stays within the target jsd_se): "
                 "jsd_att_se is the standard error of the mean over images; exact=True / "
                 "--exact computes it exactly"
             )
@@ -232,7 +273,7 @@ class QueryIndependenceResult(Result):
         return "\n".join(lines)
 
     def _site_pos(self, alias: str) -> int:
-        return [s["alias"] for s in self.sites].index(alias)
+        return [site_label(s) for s in self.sites].index(alias)
 
     def query_maps(self) -> list[QueryMapsResult]:
         """The per-query maps kept for figures (one :class:`QueryMapsResult` per image)."""
@@ -311,6 +352,14 @@ class QueryIndependenceResult(Result):
         )
 
 
+def site_label(site: dict[str, Any]) -> str:
+    """A site entry's name in tables: its alias, "ALIAS/hK" or "ALIAS/mean" for a head."""
+    head = site.get("head")
+    if head is None:
+        return str(site["alias"])
+    return f"{site['alias']}/{head if head == HEAD_MEAN else f'h{head}'}"
+
+
 # -- per-image statistics ------------------------------------------------------------------------
 def nonlocal_statistics(
     x: Tensor,
@@ -322,14 +371,16 @@ def nonlocal_statistics(
     exact_rows: int | None = EXACT_ROWS,
     jsd_pairs: int = JSD_PAIRS,
     seed: int | Sequence[int] = 0,
+    max_se: float | None = None,
 ) -> dict[str, float]:
     """GCNet's statistics for one image: x, output (C, H, W) of the block, att (N, Nk).
 
     o = output - x (the block output before the residual). ``jsd_att`` is NaN when the rows
     are not distributions; with more than ``exact_rows`` rows (None: never) it is sampled
     from ``jsd_pairs`` pairs seeded by ``seed``, and ``jsd_att_se`` is its standard error
-    (0 when exact). The degeneracy figures (``row_entropy``, ``eff_keys``, ``max_weight``,
-    ``argmax_keys``) are always added.
+    (0 when exact); up to ``exact_rows`` too where that standard error is at most ``max_se``
+    (:func:`attnviz.analysis.stats.attention_statistics`). The degeneracy figures
+    (``row_entropy``, ``eff_keys``, ``max_weight``, ``argmax_keys``) are always added.
     """
     c, h, w = x.shape
     n = h * w
@@ -356,10 +407,75 @@ def nonlocal_statistics(
         exact_rows=exact_rows,
         pairs=jsd_pairs,
         seed=seed,
+        max_se=max_se,
         jsd="jsd_att" in metrics,
         cos="cos_att" in metrics,
     )
     return out | stats
+
+
+def _patch_tokens(t: Tensor, layout: TokenLayout) -> Tensor | None:
+    """One image's site input or output as (N, C) patch tokens: (tokens, C) with the prefix
+    dropped, or a (C, H, W) map flattened; None when it does not hold the query patches."""
+    n = layout.query_grid[0] * layout.query_grid[1]
+    if t.dim() == 2 and t.shape[0] == layout.prefix + n:
+        return t[layout.prefix :].double()
+    if t.dim() == 3 and t.shape[1] * t.shape[2] == n:
+        return t.double().reshape(t.shape[0], n).T
+    return None
+
+
+def token_statistics(
+    x: Tensor | None,
+    output: Tensor | None,
+    att: Tensor,
+    layout: TokenLayout,
+    metrics: Sequence[str] = NL_METRICS,
+    *,
+    include_diagonal: bool = True,
+    seed: int | Sequence[int] = 0,
+    **options: Any,
+) -> list[dict[str, float]]:
+    """GCNet's statistics at a per-head site for one image: one dict per head, then the head
+    mean (see the module docstring). ``att`` (heads, Nq, Nk) with the prefix tokens;
+    ``x`` / ``output``: the site module's input and output (None: no ``cos_input`` /
+    ``cos_output``); ``options``: those of :func:`attnviz.analysis.stats.attention_statistics`
+    (``exact_rows``, ``pairs``), seeded per head by ``(*seed, head)``."""
+    rows = with_head_mean(att.double() if att.dtype == torch.float64 else att.float())
+    patch = rows[:, layout.patch_rows()]  # (H + 1, N, Nk): whole rows of the patch queries
+    seed = tuple(seed) if isinstance(seed, Sequence) else (seed,)
+    out = []
+    for h in range(patch.shape[0]):
+        st = attention_statistics(
+            patch[h],
+            include_diagonal=include_diagonal,
+            seed=(*seed, h),
+            jsd="jsd_att" in metrics,
+            cos="cos_att" in metrics,
+            **options,
+        )
+        st["prefix_mass"] = (
+            float(layout.prefix_keys(patch[h]).double().sum(-1).mean())
+            if layout.key_prefix
+            else math.nan
+        )
+        st["prefix_cos"] = math.nan
+        if layout.prefix:
+            u = F.normalize(patch[h].double(), dim=1).mean(0)
+            c = F.normalize(rows[h, 0].double(), dim=0)
+            st["prefix_cos"] = float((1.0 - c @ u) / 2.0)
+        out.append(st)
+    for m, t in (("cos_input", x), ("cos_output", output)):
+        tokens = None if t is None else _patch_tokens(t, layout)
+        if m in metrics:
+            out[-1][m] = (
+                math.nan
+                if tokens is None
+                else avg_cosine_distance(tokens, include_diagonal=include_diagonal)
+            )
+            for st in out[:-1]:
+                st[m] = math.nan
+    return out
 
 
 def gc_statistics(context_map: Tensor) -> dict[str, float]:
@@ -388,6 +504,7 @@ class QueryIndependence(Analysis):
         exact_rows: int = EXACT_ROWS,
         jsd_pairs: int = JSD_PAIRS,
         seed: int = 0,
+        jsd_se: float = JSD_SE,
     ):
         metrics = list(metrics)
         for m in metrics:
@@ -400,8 +517,9 @@ class QueryIndependence(Analysis):
                 f"n_queries={n_queries}: the query-map figure shows at most "
                 f"{MAX_FIGURE_QUERIES} query points per image"
             )
-        if exact_rows < 1 or jsd_pairs < 2:
-            raise ValueError("exact_rows must be >= 1 and jsd_pairs >= 2")
+        if exact_rows < 1 or jsd_pairs < 2 or not jsd_se >= 0:
+            raise ValueError("exact_rows must be >= 1, jsd_pairs >= 2 and jsd_se >= 0")
+        self.jsd_se = float(jsd_se)
         self.exact, self.exact_rows, self.jsd_pairs, self.seed = (
             bool(exact),
             int(exact_rows),
@@ -414,8 +532,9 @@ class QueryIndependence(Analysis):
         self.keep_images = map_images > 0
 
     def sites(self, model: nn.Module) -> list[Site]:
+        kinds = [k for k in map_kinds() if not is_windowed(k)]  # rows over a key grid
         self._sites = choose_sites(
-            model, map_kinds(), self.selection, what="per-query (Non-local) or GC site"
+            model, kinds, self.selection, what="per-query (Non-local) or GC site"
         )
         self._map_site = None
         if self.map_images:
@@ -428,9 +547,23 @@ class QueryIndependence(Analysis):
         self._model_name = self.model_name or type(model).__name__
         has_nl = any(is_query_kind(s.kind) for s in self._sites)
         has_gc = any(s.kind == "gc" for s in self._sites)
+        has_tok = any(has_heads(s.kind) for s in self._sites)
         nl = self.metrics + list(DEGENERACY_METRICS) if has_nl else []
-        self._all_metrics = nl + (list(GC_METRICS) if has_gc else [])
+        self._all_metrics = nl + (list(TOKEN_METRICS) if has_tok else [])
+        self._all_metrics += list(GC_METRICS) if has_gc else []
+        # the columns of the values: one per site, or one per head and the head mean
+        self._columns: list[tuple[int, int | str | None]] = []
+        for s, site in enumerate(self._sites):
+            if not has_heads(site.kind):
+                self._columns.append((s, None))
+                continue
+            if "heads" not in site.info:
+                raise ValueError(f"site {site.alias} ({site.kind}) does not say its heads")
+            self._columns += [(s, h) for h in head_labels(site.info["heads"])]
         return self._sites
+
+    def _cols(self, s: int) -> list[int]:
+        return [c for c, (site, _) in enumerate(self._columns) if site == s]
 
     def params(self) -> dict[str, Any]:
         return {
@@ -442,6 +575,7 @@ class QueryIndependence(Analysis):
             "exact_rows": self.exact_rows,
             "jsd_pairs": self.jsd_pairs,
             "seed": self.seed,
+            "jsd_se": self.jsd_se,
         }
 
     def capture_options(self) -> dict[str, Any]:
@@ -449,15 +583,19 @@ class QueryIndependence(Analysis):
 
     def step(self, state: State, batch, cache, output) -> None:
         b = len(batch)
-        rows = {m: np.full((b, len(self._sites)), np.nan) for m in self._all_metrics}
-        se = np.full((b, len(self._sites)), np.nan)
+        rows = {m: np.full((b, len(self._columns)), np.nan) for m in self._all_metrics}
+        se = np.full((b, len(self._columns)), np.nan)
         for s, site in enumerate(self._sites):
             att = cache[site.name]
             if site.kind == "gc":
                 for i in range(b):
                     for m, v in gc_statistics(att[i]).items():
-                        rows[m][i, s] = v
+                        rows[m][i, self._cols(s)[0]] = v
                 continue
+            if has_heads(site.kind):
+                self._token_step(state, batch, cache, s, rows, se)
+                continue
+            s_col = self._cols(s)[0]
             xs, outs = cache.inputs(site.name), cache.outputs(site.name)
             meta = cache.meta.get(site.name, {})
             state.info.setdefault(
@@ -478,10 +616,11 @@ class QueryIndependence(Analysis):
                     exact_rows=None if self.exact else self.exact_rows,
                     jsd_pairs=self.jsd_pairs,
                     seed=(self.seed, batch.records[i].index, s),
+                    max_se=self._max_se(),
                 )
-                se[i, s] = st.pop("jsd_att_se", np.nan)
+                se[i, s_col] = st.pop("jsd_att_se", np.nan)
                 for m, v in st.items():
-                    rows[m][i, s] = v
+                    rows[m][i, s_col] = v
                 if "jsd_att" in st and math.isnan(st["jsd_att"]):
                     state.info[f"note::{site.alias}"] = (
                         "jsd_att not reported: attention rows are not probability "
@@ -495,6 +634,59 @@ class QueryIndependence(Analysis):
             state.put("jsd::se", r.index, se[i])
         if self._map_site is not None:
             self._keep_maps(state, batch, cache)
+
+    def _max_se(self) -> float | None:
+        """Each image's JSD may be sampled where its standard error is at most
+        ``jsd_se * sqrt(n)``: the s.e. of the mean over the run's n images,
+        sqrt(sum se_i^2) / n, then stays at most ``jsd_se``."""
+        if self.exact or not self.n_items:
+            return None
+        return self.jsd_se * math.sqrt(self.n_items)
+
+    def _token_step(self, state: State, batch, cache, s: int, rows, se) -> None:
+        """The statistics of one per-head site, per head and head mean (columns of site s)."""
+        site = self._sites[s]
+        att = cache[site.name]
+        layout = TokenLayout.of(att, cache.meta.get(site.name, {}))
+        cols = self._cols(s)
+        if att.shape[1] + 1 != len(cols):
+            raise ValueError(
+                f"site {site.alias}: {att.shape[1]} heads captured, {len(cols) - 1} declared"
+            )
+        state.info.setdefault(
+            f"grid::{site.name}",
+            {
+                "query_grid": list(layout.query_grid),
+                "key_grid": list(layout.key_grid),
+                "n_keys": int(att.shape[-1]),
+                "prefix_tokens": layout.prefix,
+                "prefix_names": list(layout.prefix_names),
+            },
+        )
+        xs, outs = cache.inputs(site.name), cache.outputs(site.name)
+        for i in range(len(batch)):
+            per_head = token_statistics(
+                xs[i],
+                outs[i],
+                att[i],
+                layout,
+                self.metrics,
+                include_diagonal=self.include_diagonal,
+                seed=(self.seed, batch.records[i].index, s),
+                exact_rows=None if self.exact else self.exact_rows,
+                pairs=self.jsd_pairs,
+                max_se=self._max_se(),
+            )
+            for col, st in zip(cols, per_head):
+                se[i, col] = st.pop("jsd_att_se", np.nan)
+                for m, v in st.items():
+                    if m in rows:
+                        rows[m][i, col] = v
+            if "jsd_att" in per_head[-1] and math.isnan(per_head[-1]["jsd_att"]):
+                state.info[f"note::{site.alias}"] = (
+                    "jsd_att and the row entropies not reported: the rows are not probability "
+                    "distributions (e.g. talking-heads attention mixes heads after the softmax)"
+                )
 
     def _keep_maps(self, state: State, batch, cache) -> None:
         site = self._map_site
@@ -521,8 +713,11 @@ class QueryIndependence(Analysis):
                 )
             state.info["map_cells"] = [list(c) for c in cells]
             state.info["map_grid"] = list(grid)
-            idx = [y * grid[1] + x for y, x in cells]
-            grid_maps = att[:, idx].reshape(att.shape[0], len(idx), kg[0], kg[1]).numpy()
+            if has_heads(site.kind):  # the head mean on the key grid
+                grid_maps = token_rows(att, TokenLayout.of(att, meta), cells)[0][:, :, -1]
+            else:
+                idx = [y * grid[1] + x for y, x in cells]
+                grid_maps = att[:, idx].reshape(att.shape[0], len(idx), kg[0], kg[1]).numpy()
         kept = state.rows.get("map", {})
         for j, r in enumerate(batch.records):
             if r.index < self.map_images or len(kept) < self.map_images:
@@ -533,13 +728,16 @@ class QueryIndependence(Analysis):
 
     def finalise(self, state: State, run: RunInfo) -> QueryIndependenceResult:
         site_dicts = []
-        for s in self._sites:
-            d = site_record(s)
-            d.update(state.info.get(f"grid::{s.name}", {}))
+        for s, head in self._columns:
+            d = site_record(self._sites[s])
+            d.update(state.info.get(f"grid::{self._sites[s].name}", {}))
+            if head is not None:
+                d["head"] = head
+                d["label"] = site_label(d)
             site_dicts.append(d)
+        n_cols = len(self._columns)
         values = {
-            m: state.stacked(m)[1].reshape(-1, len(self._sites)).astype(np.float64)
-            for m in self._all_metrics
+            m: state.stacked(m)[1].reshape(-1, n_cols).astype(np.float64) for m in self._all_metrics
         }
         notes = {k.split("::", 1)[1]: v for k, v in state.info.items() if k.startswith("note::")}
         result = QueryIndependenceResult(
@@ -551,7 +749,7 @@ class QueryIndependence(Analysis):
             notes=notes,
             ids=[str(v) for v in state.stacked("id")[1]],
             skipped=run.skipped,
-            jsd_se=state.stacked("jsd::se")[1].reshape(-1, len(self._sites)).astype(np.float64)
+            jsd_se=state.stacked("jsd::se")[1].reshape(-1, n_cols).astype(np.float64)
             if "jsd_att" in self._all_metrics
             else np.zeros((0, 0)),
             exact_rows=None if self.exact else self.exact_rows,
@@ -589,6 +787,7 @@ def query_independence(
     exact_rows: int = EXACT_ROWS,
     jsd_pairs: int = JSD_PAIRS,
     seed: int = 0,
+    jsd_se: float = JSD_SE,
     **run_options: Any,
 ) -> QueryIndependenceResult:
     """GCNet Table 1 statistics at every per-query site (and entropy at GC sites) of ``model``.
@@ -600,7 +799,8 @@ def query_independence(
     first site) for that many images (:meth:`QueryIndependenceResult.query_maps`); at most
     ``MAX_FIGURE_QUERIES`` (16) and at most the site's grid cells, else ValueError.
     Above ``exact_rows`` query rows the JSD is estimated from ``jsd_pairs`` seeded random
-    pairs with a standard error; ``exact=True`` computes it exactly everywhere (see the
+    pairs with a standard error, and below wherever the standard error of the mean over
+    images stays at most ``jsd_se``; ``exact=True`` computes it exactly everywhere (see the
     module docstring). The degeneracy figures are always reported at Non-local sites.
     ``run_options``: those of :func:`attnviz.analysis.runner.run`.
     """
@@ -616,6 +816,7 @@ def query_independence(
         exact_rows=exact_rows,
         jsd_pairs=jsd_pairs,
         seed=seed,
+        jsd_se=jsd_se,
     )
     result = run(analysis, model, images, **run_options)
     assert isinstance(result, QueryIndependenceResult)
@@ -626,10 +827,14 @@ __all__ = [
     "DEGENERACY_METRICS",
     "EXACT_ROWS",
     "GC_METRICS",
+    "JSD_SE",
     "MAX_FIGURE_QUERIES",
     "NL_METRICS",
     "PAPER_TABLE1",
     "QueryIndependenceResult",
+    "TOKEN_METRICS",
+    "site_label",
+    "token_statistics",
     "gc_statistics",
     "nonlocal_statistics",
     "query_independence",

@@ -5,6 +5,19 @@ is the map of query position i over the key positions j. ``query_maps`` keeps on
 the requested queries (``capture(..., queries=...)``), reshapes them to the key grid and
 upsamples them to the image with the same ``cv2.resize`` as the overlays. At GC sites
 (Cao et al. 2019, Eq. 4) the context map softmax_j(W_k x_j) is one map shared by every query.
+
+Per-head token sites (kind ``token``: ViT, DeiT, PVT, Twins; ``bottleneck``; dims (batch, head,
+query, key)): a row is softmax_j(q_i . k_j / sqrt(d)) of one head (Vaswani et al. 2017, eq. 1).
+The queries are the patch tokens, cells of the patch grid (``query_grid``); the prefix tokens
+(class, register, distillation) are not queries: their rows are kept apart (``prefix_maps``).
+Maps lie on the key patch grid (``key_grid``, smaller than the query grid at PVT / Twins
+spatial-reduction attention); the weight a row puts on prefix keys is kept beside them
+(``prefix_key_weights``), so map + prefix weights sum to 1. Heads are kept apart, the head mean
+last (``head_maps``); ``grid_maps`` is the head mean. The full maps are captured (one image)
+and the rows chosen here, so that the prefix rows come from the same forward. Windowed sites
+(``window``: Swin, Liu et al. 2021, eq. 4; ``halo``) keep their heads too: each row's window
+slots are put on the key grid (:func:`attnviz.capture.window_to_grid`; zero outside the
+window), without prefix tokens.
 """
 
 from __future__ import annotations
@@ -25,7 +38,15 @@ from torch import Tensor, nn
 from ..capture import Site, query_kinds
 from ..data.preprocess import EvalTransform, preprocess_for
 from ..results import Result
-from ._sites import choose_sites
+from ._sites import (
+    TokenLayout,
+    choose_sites,
+    has_heads,
+    head_labels,
+    is_windowed,
+    window_rows,
+    with_head_mean,
+)
 from .runner import Analysis, RunInfo, State, run
 from .stats import is_distribution
 
@@ -126,10 +147,15 @@ class QueryMapsResult(Result):
     maps on the key grid; ``query_cells`` (Q, 2) the (y, x) query-grid cells; ``query_pixels``
     (Q, 2) the (y, x) image pixels the queries stand for (the pixels given, or the centres of
     the cells given). GC sites have one map (Q = 1) and no query points.
+
+    Per-head sites (see the module docstring) also hold ``head_maps`` (Q, H + 1, kh, kw): each
+    head, then their mean (``grid_maps`` = ``head_maps[:, -1]``); ``prefix_key_weights``
+    (Q, H + 1, Pk): the rows' weights on the Pk prefix keys; ``prefix_maps`` (P, H + 1, kh, kw):
+    the rows of the P prefix tokens (``prefix_names``: "class", "register", ...). Empty elsewhere.
     """
 
     kind: ClassVar[str] = "query_maps"
-    format_version: ClassVar[int] = 2
+    format_version: ClassVar[int] = 3
 
     image: np.ndarray
     maps: np.ndarray
@@ -139,14 +165,46 @@ class QueryMapsResult(Result):
     site: dict[str, Any]
     is_distribution: bool
     meta: dict[str, Any] = field(default_factory=dict)
+    head_maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0), np.float32))
+    prefix_key_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    prefix_maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0), np.float32))
+    prefix_names: list[str] = field(default_factory=list)
 
     @property
     def n_queries(self) -> int:
         return int(self.maps.shape[0])
 
+    @property
+    def heads(self) -> list[int | str]:
+        """Labels of the ``head_maps`` axis: ``[0, ..., H - 1, "mean"]`` ([] without heads)."""
+        return head_labels(self.head_maps.shape[1] - 1) if self.head_maps.size else []
+
+    def head_index(self, head: int | str | None) -> int:
+        """Position of ``head`` (an index or "mean"; None = the mean) on the head axis."""
+        labels = self.heads
+        if not labels:
+            if head not in (None, "mean"):
+                raise ValueError(f"site {self.site.get('alias')} has no heads")
+            return -1
+        key = "mean" if head is None else head
+        if key not in labels:
+            raise ValueError(f"unknown head {head!r}; heads: {labels}")
+        return labels.index(key)
+
+    def rows(self, head: int | str | None = None) -> np.ndarray:
+        """(Q, K) whole rows of one head (default the mean): the key-grid map, then the
+        weights on prefix keys (token sites), so that each row is what the softmax gave."""
+        if not self.head_maps.size:
+            return self.grid_maps.reshape(self.n_queries, -1)
+        h = self.head_index(head)
+        grid = self.head_maps[:, h].reshape(self.n_queries, -1)
+        return np.concatenate([grid, self.prefix_key_weights[:, h]], axis=1)
+
     def to_frame(self) -> pd.DataFrame:
-        """One row per query: cell, pixel, map max / argmax (grid), entropy (distributions)."""
+        """One row per query: cell, pixel, map max / argmax (grid), entropy (distributions) of
+        the head mean; at token sites also ``prefix_weight``, the weight on prefix keys."""
         rows = []
+        full = self.rows()
         for q in range(self.n_queries):
             g = self.grid_maps[q]
             ky, kx = np.unravel_index(int(np.argmax(g)), g.shape)
@@ -161,19 +219,24 @@ class QueryMapsResult(Result):
                 "argmax_y": int(ky),
                 "argmax_x": int(kx),
             }
+            if self.prefix_key_weights.size:
+                row["prefix_weight"] = float(self.prefix_key_weights[q, -1].sum())
             if self.is_distribution:
-                p = g.reshape(-1).astype(np.float64)
+                p = full[q].astype(np.float64)
                 row["entropy"] = float(-(p[p > 0] * np.log(p[p > 0])).sum())
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def pairwise_distances(self, metric: str = "cosine") -> np.ndarray:
-        """(Q, Q) distances between the query maps on the key grid.
+    def pairwise_distances(
+        self, metric: str = "cosine", head: int | str | None = None
+    ) -> np.ndarray:
+        """(Q, Q) distances between the query rows (:meth:`rows`: the key-grid maps, plus the
+        prefix-key weights at token sites) of one head (default the mean).
 
         ``"cosine"``: (1 - cos) / 2 as in GCNet Table 1; ``"jsd"``: Jensen-Shannon divergence
         (nats; only for distribution maps).
         """
-        g = self.grid_maps.reshape(self.n_queries, -1).astype(np.float64)
+        g = self.rows(head).astype(np.float64)
         q = self.n_queries
         out = np.zeros((q, q))
         if metric == "cosine":
@@ -204,8 +267,16 @@ class QueryMapsResult(Result):
             "grid_maps": self.grid_maps,
             "query_cells": self.query_cells,
             "query_pixels": self.query_pixels,
+            "head_maps": self.head_maps,
+            "prefix_key_weights": self.prefix_key_weights,
+            "prefix_maps": self.prefix_maps,
         }
-        fields = {"site": self.site, "is_distribution": self.is_distribution, "meta": self.meta}
+        fields = {
+            "site": self.site,
+            "is_distribution": self.is_distribution,
+            "meta": self.meta,
+            "prefix_names": self.prefix_names,
+        }
         return arrays, {"queries.csv": self.to_frame()}, fields
 
     @classmethod
@@ -214,6 +285,7 @@ class QueryMapsResult(Result):
             site=manifest["site"],
             is_distribution=bool(manifest["is_distribution"]),
             meta=dict(manifest.get("meta", {})),
+            prefix_names=list(manifest.get("prefix_names", [])),
             **arrays,
         )
 
@@ -247,13 +319,37 @@ def pick_site(
 
 
 def site_record(site: Any) -> dict[str, Any]:
-    return {
+    record = {
         "name": site.name,
         "alias": site.alias,
         "kind": site.kind,
         "module_type": site.module_type,
         "instantiation": site.info.get("instantiation", site.info.get("mode")),
     }
+    if "heads" in site.info:
+        record["heads"] = int(site.info["heads"])
+    return record
+
+
+def token_rows(
+    att: Tensor,
+    layout: TokenLayout,
+    cells: Sequence[tuple[int, int]] | None,
+    rows_only: bool = False,
+):
+    """Per-head maps of the query ``cells`` (all patches when None) and of the prefix tokens,
+    from a full (B, heads, Nq, Nk) capture (``rows_only``: ``att`` holds just the query rows,
+    no prefix rows): ``(head_maps (B, Q, H + 1, kh, kw), prefix_key_weights (B, Q, H + 1, Pk),
+    prefix_maps (B, P, H + 1, kh, kw))``, the head mean last (float32 numpy)."""
+    rows = with_head_mean(att.float())
+    q = rows if rows_only else rows[:, :, layout.patch_rows(cells)]
+    q = q.transpose(1, 2)  # (B, Q, H + 1, Nk)
+    prefix = rows[:, :, : layout.prefix].transpose(1, 2)  # (B, P, H + 1, Nk)
+    return (
+        layout.key_maps(q).numpy(),
+        layout.prefix_keys(q).numpy(),
+        layout.key_maps(prefix).numpy(),
+    )
 
 
 class QueryMaps(Analysis):
@@ -291,7 +387,7 @@ class QueryMaps(Analysis):
         return {"queries": q, "query_space": self.query_space}
 
     def capture_options(self) -> dict[str, Any]:
-        if self.site.kind == "gc":
+        if self.site.kind == "gc" or has_heads(self.site.kind):  # heads: rows chosen in step
             return {}
         if self.query_space == "pixel":  # pixels become cells once the hook knows the grid
             return {
@@ -312,6 +408,25 @@ class QueryMaps(Analysis):
         if self.site.kind == "gc":
             grid_maps = rows[:, None].numpy()  # (B, 1, H, W)
             cells = np.zeros((0, 2), dtype=np.int64)
+        elif has_heads(self.site.kind) or is_windowed(self.site.kind):
+            if is_windowed(self.site.kind):  # only the chosen rows were captured
+                chosen = [tuple(int(v) for v in c) for c in meta["queries"]]
+                dense = window_rows(rows, meta)  # (B, heads, Q, kh * kw)
+                qg, kg = (tuple(int(v) for v in meta[k]) for k in ("query_grid", "key_grid"))
+                layout = TokenLayout(0, 0, qg, kg, ())  # type: ignore[arg-type]
+                heads, prefix_w, prefix_maps = token_rows(dense, layout, None, rows_only=True)
+            else:
+                layout = TokenLayout.of(rows, meta)
+                chosen = self._cells(layout.query_grid)
+                heads, prefix_w, prefix_maps = token_rows(rows, layout, chosen)
+            cells = np.asarray(chosen, dtype=np.int64).reshape(-1, 2)
+            grid_maps = heads[:, :, -1]
+            state.info["query_grid"] = list(layout.query_grid)
+            state.info["prefix_names"] = list(layout.prefix_names)
+            for j, r in enumerate(batch.records):
+                state.put("head_maps", r.index, heads[j])
+                state.put("prefix_key_weights", r.index, prefix_w[j])
+                state.put("prefix_maps", r.index, prefix_maps[j])
         else:
             cells = np.asarray(meta["queries"], dtype=np.int64).reshape(-1, 2)
             kh, kw = meta.get("key_grid") or _square(rows.shape[-1])
@@ -326,6 +441,18 @@ class QueryMaps(Analysis):
                 "display", r.index, display_image(batch.images[j], batch.x[j], self.transform)
             )
 
+    def _cells(self, grid: tuple[int, int]) -> list[tuple[int, int]]:
+        """The query cells on ``grid`` (pixels mapped by :func:`pixel_to_cell`)."""
+        if self.query_space == "pixel":
+            assert self._size is not None
+            return [pixel_to_cell(q, grid, self._size) for q in self.queries]
+        cells = self.queries(grid) if callable(self.queries) else self.queries
+        out = [(int(y), int(x)) for y, x in cells]
+        for y, x in out:
+            if not (0 <= y < grid[0] and 0 <= x < grid[1]):
+                raise ValueError(f"query cell ({y}, {x}) is outside the {grid[0]}x{grid[1]} grid")
+        return out
+
     def finalise(self, state: State, run: RunInfo) -> QueryMapsResult:
         _, grid_maps = state.stacked("grid_maps")
         _, display = state.stacked("display")
@@ -339,17 +466,26 @@ class QueryMaps(Analysis):
         else:
             grid = tuple(state.info["query_grid"])
             pixels = np.asarray([cell_centre(tuple(c), grid, size) for c in cells], np.float64)
-        return QueryMapsResult(
+        result = QueryMapsResult(
             image=display[0],
             maps=np.stack([upsample(m, size) for m in g]),
             grid_maps=g,
             query_cells=cells,
             query_pixels=pixels.reshape(-1, 2),
             site=site_record(self.site),
-            is_distribution=self.site.kind == "gc"
-            or is_distribution(torch.from_numpy(g.reshape(len(g), -1)).double()),
+            is_distribution=self.site.kind == "gc",
             meta={"query_space": self.query_space, "input_size": list(size)},
         )
+        if "head_maps" in state.rows:
+            result.head_maps = state.stacked("head_maps")[1][0]
+            result.prefix_key_weights = state.stacked("prefix_key_weights")[1][0]
+            result.prefix_maps = state.stacked("prefix_maps")[1][0]
+            result.prefix_names = list(state.info.get("prefix_names", []))
+            result.site["query_grid"] = list(state.info["query_grid"])
+        if self.site.kind != "gc":
+            full = torch.from_numpy(result.rows().astype(np.float64))
+            result.is_distribution = is_distribution(full)
+        return result
 
 
 def query_maps(

@@ -159,6 +159,7 @@ class Analysis:
     keep_images: bool = False  # give step() the decoded images of the batch
     accepts_prepared: ClassVar[bool] = True  # can run on a tensor of prepared model inputs
     transform: EvalTransform | None = None  # set by run(): the model's evaluation transform
+    n_items: int | None = None  # set by run(): the images of the whole run, all ranks
 
     def sites(self, model: nn.Module) -> list[Site]:
         """The sites this analysis reads (raise a clear error if the model has none)."""
@@ -310,6 +311,7 @@ def run(
         transform = preprocess_for(model if preprocess is None else preprocess)
     analysis.transform = transform  # in this process: prepare() may run in DataLoader workers
     n_items = len(source) if limit is None else min(len(source), limit)
+    analysis.n_items = n_items
     rank_, world = rank(), world_size()
     shard = list(range(rank_, n_items, world))
 

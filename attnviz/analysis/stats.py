@@ -182,14 +182,19 @@ def sampled_jsd(
     include_diagonal: bool = True,
     seed: int | Sequence[int] = 0,
     dtype: torch.dtype = torch.float32,
+    control: bool = True,
 ) -> tuple[float, float]:
     """Mean JSD over pairs of rows estimated from a seeded random sample of pairs, and its
     standard error: ``(estimate, se)``.
 
     ``pairs`` ordered pairs (i, j) are drawn uniformly with replacement from the pairs the exact
     mean runs over (all N^2 with ``include_diagonal``, else the N(N-1) with i != j) by
-    ``numpy.random.default_rng(seed)``; the estimate is their mean JSD (unbiased), the
-    standard error std(ddof=1) / sqrt(pairs). O(pairs * K) time instead of O(N^2 K): at
+    ``numpy.random.default_rng(seed)``. ``control=False``: the estimate is their mean JSD
+    (unbiased), the standard error std(ddof=1) / sqrt(pairs). ``control=True`` (default):
+    the squared Hellinger distance of the same pairs is the control variate (its exact mean
+    over all pairs costs O(NK)); the estimate is the sample mean of J - b (Hel - E[Hel]) and
+    the standard error that of the residuals: on nl_tiny's rows 25-280x less variance
+    (bias O(1/pairs) from fitting b). O(pairs * K) time instead of O(N^2 K): at
     N = K = 3136 and 2048 pairs about 770x fewer entropy terms than :func:`avg_jsd`.
     """
     p = _as_2d(p)
@@ -202,7 +207,7 @@ def sampled_jsd(
         return float("nan"), float("nan")
     p = p.to(dtype)
     h = _neg_sum_xlogx(p.clone(), float(torch.finfo(dtype).tiny)).to(dtype)
-    return _sampled_pairs(p, h, pairs, include_diagonal, seed)
+    return _sampled_pairs(p, h, pairs, include_diagonal, seed, control)
 
 
 def row_degeneracy(p: Tensor) -> dict[str, float]:
@@ -238,12 +243,15 @@ def attention_statistics(
     jsd: bool = True,
     cos: bool = True,
     atol: float = 1e-4,
+    max_se: float | None = None,
 ) -> dict[str, float]:
     """Every statistic of one (N, K) attention matrix in few passes, in its own dtype.
 
-    ``cos_att`` (avg cosine distance of the rows), ``jsd_att`` and ``jsd_att_se`` (exact, se 0,
-    up to ``exact_rows`` rows, None = always; sampled from ``pairs`` seeded pairs above),
-    and :func:`row_degeneracy`'s figures; the row entropies are computed once and shared by
+    ``cos_att`` (avg cosine distance of the rows), ``jsd_att`` and ``jsd_att_se``: sampled
+    from ``pairs`` seeded pairs above ``exact_rows`` rows; up to it (None = always) exact,
+    se 0, unless ``max_se`` is given: then sampled wherever that is cheaper (N^2 > pairs) and
+    its standard error is at most ``max_se``, exact otherwise. Also
+    :func:`row_degeneracy`'s figures; the row entropies are computed once and shared by
     the JSD and the degeneracy. Rows that are not distributions (negative, or row sums off 1
     by more than ``atol``) get NaN for the JSD and the entropies. Equal to the separate
     functions up to float rounding; this is the form the query analysis uses at full size.
@@ -275,19 +283,30 @@ def attention_statistics(
     if jsd:
         if not include_diagonal and n < 2:
             out.update(jsd_att=nan, jsd_att_se=nan)
-        elif exact_rows is None or n <= exact_rows:
-            out.update(jsd_att=avg_jsd(a, include_diagonal=include_diagonal), jsd_att_se=0.0)
         else:
-            est, se = _sampled_pairs(a, h.to(a.dtype), pairs, include_diagonal, seed)
+            large = exact_rows is not None and n > exact_rows
+            est, se = math.nan, math.inf
+            if large or (exact_rows is not None and max_se is not None and n * n > pairs):
+                est, se = _sampled_pairs(a, h.to(a.dtype), pairs, include_diagonal, seed)
+            if not large and not se <= (max_se if max_se is not None else -1.0):
+                est, se = avg_jsd(a, include_diagonal=include_diagonal), 0.0
             out.update(jsd_att=est, jsd_att_se=se)
     return out
 
 
 def _sampled_pairs(
-    p: Tensor, h: Tensor, pairs: int, include_diagonal: bool, seed: int | Sequence[int]
+    p: Tensor,
+    h: Tensor,
+    pairs: int,
+    include_diagonal: bool,
+    seed: int | Sequence[int],
+    control: bool = True,
 ) -> tuple[float, float]:
     """Mean and standard error of the JSD over ``pairs`` seeded uniform pairs of rows of ``p``
-    (rows' entropies ``h``); small chunks of pairs so that the mixtures stay in cache."""
+    (rows' entropies ``h``); small chunks of pairs so that the mixtures stay in cache. With
+    ``control`` the regression (control-variate) estimator with the squared Hellinger
+    distance, whose mean over all pairs is known exactly: mean(J) - b (mean(Hel) - E[Hel]),
+    b = cov(J, Hel) / var(Hel) fitted on the sample (Glasserman 2004, sec. 4.1)."""
     n, k = p.shape
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, pairs)
@@ -301,7 +320,24 @@ def _sampled_pairs(
         m = torch.index_select(p, 0, a).add_(torch.index_select(p, 0, b)).mul_(0.5)
         hm = _neg_sum_xlogx(m, tiny)
         values[s : s + chunk] = (hm - 0.5 * (h[a] + h[b]).double()).clamp_min_(0.0)
-    return float(values.mean()), float(values.std(correction=1)) / math.sqrt(pairs)
+    if not control:
+        return float(values.mean()), float(values.std(correction=1)) / math.sqrt(pairs)
+    # control variate: the squared Hellinger distance ||sqrt(p_i) - sqrt(p_j)||^2 =
+    # 2 - 2 <sqrt(p_i), sqrt(p_j)> tracks the pair's JSD closely (both f-divergences; measured
+    # correlation 0.995-0.998 on nl_tiny's rows) and its mean over all pairs is exact in O(NK)
+    r = p.double().sqrt()
+    hel = 2.0 - 2.0 * (r[it] * r[jt]).sum(dim=1)
+    total = r.sum(dim=0)
+    dots = float(total @ total)  # sum over all ordered pairs (i, j) of <r_i, r_j>
+    if include_diagonal:
+        hel_mean = 2.0 - 2.0 * dots / (n * n)
+    else:
+        hel_mean = 2.0 - 2.0 * (dots - float((r * r).sum())) / (n * (n - 1))
+    dh = hel - hel.mean()
+    var_h = float(dh @ dh)
+    beta = float((values - values.mean()) @ dh) / var_h if var_h > 0 else 0.0
+    adjusted = values - beta * (hel - hel_mean)
+    return float(adjusted.mean()), float(adjusted.std(correction=1)) / math.sqrt(pairs)
 
 
 def sign_test_p(higher: int, lower: int) -> float:

@@ -336,14 +336,45 @@ for _kind in (
         "WIN",
         ("batch", "head", "query", "window_key"),
         as_is,
-        "window attention (Swin) (B, heads, Nq, K): one row per position of the query grid in "
-        "raster order, softmax over the K slots of its window (relative-position bias and "
-        "shifted-window mask included); meta key_index (Nq, K) maps slots to image positions "
-        "(shift undone, -1 = padding), window, shift",
+        "window attention (Swin, Swin V2, MaxViT block/grid partitions, DaViT, GC ViT) "
+        "(B, heads, Nq, K): one row per position of the query grid in raster order, softmax "
+        "over the K slots of its window (relative-position bias and shifted-window mask "
+        "included); meta key_index (Nq, K) maps slots to image positions (shift undone, -1 = "
+        "padding), window, shift (MaxViT: partition; GC ViT: query local/global)",
         role="query",
         **_DIST,
     ),
+    Kind(
+        "talking_heads",
+        "TH",
+        ("batch", "head", "query", "key"),
+        as_is,
+        "talking-heads attention (CaiT) (B, heads, Nq, Nk): the weights multiplied with v, "
+        "softmax(heads mixed before) then mixed across heads again, so rows need not sum to "
+        "1; token layout as kind token (prefix_tokens, query_grid, key_grid)",
+        role="query",
+    ),
     # -- other --------------------------------------------------------------------------------
+    Kind(
+        "class_token",
+        "CLS",
+        ("batch", "head", "key"),
+        as_is,
+        "class attention (CaiT, XCiT) (B, heads, Nk): the class token is the only query, "
+        "softmax over the keys: prefix tokens (prefix_tokens) then the patch grid (key_grid)",
+        **_DIST,
+    ),
+    Kind(
+        "xca",
+        "XCA",
+        ("batch", "head", "channel", "source_channel"),
+        as_is,
+        "channel-by-channel attention (B, heads, d, d): per head (channel group) of d "
+        "channels, one row per output channel, softmax over the d source channels, the same "
+        "mix at every token (XCiT / EdgeNeXt cross-covariance attention; DaViT channel group "
+        "attention, meta mixes); no spatial axis, queries= does not apply",
+        **_DIST,
+    ),
     Kind(
         "cam",
         "CAM",

@@ -5,9 +5,12 @@
     attnviz queries --model nl_tiny --model nl_tiny_dot ... [--exact]    # the same
 
 Writes ``OUT/result/`` (per-image statistics and the maps of the figure), ``OUT/figures/``
-(GCNet Fig. 2 style query maps, distances between query maps, the table) and
+(GCNet Fig. 2 style query maps, distances between query maps, the table; at a per-head token
+site of a ViT-family model also the per-head maps with the class token's) and
 ``OUT/summary.txt``; with several models one subfolder each plus ``OUT/table1.csv`` / ``.md``.
-Statistics and maps come from one forward per batch. Above 256 query rows the average JSD
+Statistics and maps come from one forward per batch. ``--model vit_tiny_patch16_224`` (any
+timm name) builds the model with random weights unless ``--weights`` is given; its statistics
+are per head and head mean. Above 256 query rows the average JSD
 is estimated from 2048 seeded random pairs with its standard error (``--exact``: exact);
 the table shows each site's degeneracy (row entropy, effective keys, argmax keys) and flags
 near one-hot rows.
@@ -93,15 +96,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exact",
         action="store_true",
-        help=f"exact average JSD at every site (default: sampled above {EXACT_ROWS} query "
-        f"rows from {JSD_PAIRS} random pairs, with a standard error)",
+        help=f"exact average JSD at every site (default: sampled from {JSD_PAIRS} random "
+        f"pairs above {EXACT_ROWS} query rows, and below where the standard error of the "
+        "mean over images stays within 5e-4; the standard error is reported)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled JSD pairs (default 0)")
     p.set_defaults(func=run)
 
 
-def query_figures(result: Any) -> dict[str, Any]:
-    from ..plot.queries import plot_query_distances, plot_query_grid
+def query_figures(result: Any, viewer: Any = None) -> dict[str, Any]:
+    """The figures of a query-independence result; ``viewer``: the maps of every query cell
+    of the first image (:func:`viewer_result`), whose per-head maps give ``query_heads`` at a
+    per-head site (the figure's query cells, and the prefix tokens' maps)."""
+    from ..analysis.query_maps import grid_queries
+    from ..plot.queries import plot_query_distances, plot_query_grid, plot_query_heads
 
     # GCNet Table 1 is a real table: summary.txt, table1.md and the HTML report (not a figure)
     figures: dict[str, Any] = {}
@@ -110,6 +118,12 @@ def query_figures(result: Any) -> dict[str, Any]:
         figures["query_maps"] = plot_query_grid(maps, model=result.model)
         if maps[0].n_queries > 1:
             figures["query_distances"] = plot_query_distances(maps[0], model=result.model)
+    if viewer is not None and viewer.head_maps.size:
+        cells = [tuple(c) for c in viewer.query_cells.tolist()]
+        grid = viewer.meta.get("query_grid") or viewer.site.get("query_grid")
+        wanted = [c for c in grid_queries(tuple(grid), 4) if c in cells]
+        chosen = sorted({cells.index(c) for c in wanted})
+        figures["query_heads"] = plot_query_heads(viewer, queries=chosen, model=result.model)
     return figures
 
 
@@ -140,6 +154,15 @@ def save_viewer(
     """The maps of every query cell of the first image at the figure's site, for the HTML
     query viewer of ``attnviz report`` (``OUT/viewer/``); None without a per-query site, or
     (saying why in one line on stderr) when the first image is not a file under ``images``."""
+    maps = viewer_result(model, images, result, preprocess, exclude=exclude)
+    return None if maps is None else maps.save(out / "viewer")
+
+
+def viewer_result(
+    model: Any, images: Any, result: Any, preprocess: Any, *, exclude: Sequence[Any] = ()
+) -> Any:
+    """The :class:`~attnviz.analysis.query_maps.QueryMapsResult` that :func:`save_viewer`
+    writes (runs the model once), or None (see there)."""
     from ..capture import is_query_kind
     from ..viewer import viewer_maps
 
@@ -152,7 +175,7 @@ def save_viewer(
         return None
     maps = viewer_maps(model, image, site=site["name"], preprocess=preprocess)
     maps.meta["model"] = result.model
-    return maps.save(out / "viewer")
+    return maps
 
 
 def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
@@ -175,8 +198,10 @@ def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
 
         def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
-            out.save_figures(query_figures(result))
-            save_viewer(out.root, model, args.images, result, config, exclude=[out.path])
+            viewer = viewer_result(model, args.images, result, config, exclude=[out.path])
+            out.save_figures(query_figures(result, viewer))
+            if viewer is not None:
+                viewer.save(out.root / "viewer")
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,

@@ -185,7 +185,11 @@ def preprocess_for(model_or_config: Any) -> EvalTransform:
         if getattr(obj, "pretrained_cfg", None):
             from timm.data import resolve_data_config
 
-            return _from_data_config(resolve_data_config({}, model=obj, verbose=False))
+            config = resolve_data_config({}, model=obj, verbose=False)
+            fixed = _fixed_input_size(obj)
+            if fixed is not None and tuple(config["input_size"][1:]) != fixed:
+                config = {**config, "input_size": (config["input_size"][0], *fixed)}
+            return _from_data_config(config)
         raise PreprocessError(
             f"{type(obj).__name__} carries no preprocessing (no timm pretrained_cfg); pass "
             "preprocess= a PreprocessConfig, a timm data config or a callable"
@@ -195,6 +199,18 @@ def preprocess_for(model_or_config: Any) -> EvalTransform:
     if callable(obj):
         return EvalTransform(None, obj, {})
     raise PreprocessError(f"cannot make a preprocessing transform from {type(obj).__name__}")
+
+
+def _fixed_input_size(model: torch.nn.Module) -> tuple[int, int] | None:
+    """The (H, W) a timm model was built for when its patch embedding accepts only that size
+    (a ViT made with ``img_size=96`` keeps the 224 px ``pretrained_cfg`` of its name)."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or not getattr(embed, "strict_img_size", False):
+        return None
+    if getattr(embed, "dynamic_img_pad", False):
+        return None
+    return int(size[0]), int(size[1])
 
 
 def _bundled_config(name: str) -> dict[str, Any]:

@@ -22,10 +22,12 @@ from .overlay import overlay
 from .queries import (
     plot_query_distances,
     plot_query_grid,
+    plot_query_heads,
     plot_statistics_table,
     statistics_table,
     statistics_table_html,
 )
+from .rollout import plot_rollout
 from .sweep import (
     plot_channel_attention,
     plot_class_d,

@@ -7,7 +7,9 @@
   as a figure, one row per site (or per model / Non-local instantiation), optionally with the
   paper's row;
 * :func:`plot_query_distances`: seaborn heatmap of the pairwise distances between the query
-  maps of one image.
+  maps of one image;
+* :func:`plot_query_heads`: at a per-head token site (ViT...), rows of query points and prefix
+  tokens (the class token's map), columns the head mean and each head.
 
 Nothing here runs a model: inputs are :class:`~attnviz.analysis.query_maps.QueryMapsResult`
 and :class:`~attnviz.analysis.query_independence.QueryIndependenceResult` objects.
@@ -16,6 +18,7 @@ and :class:`~attnviz.analysis.query_independence.QueryIndependenceResult` object
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -112,12 +115,91 @@ def plot_query_grid(
     site = results[0].site.get("alias", "")
     unit = "attention weight" if results[0].is_distribution else "attention"
     colorbar(fig, im, axes, label=unit, shrink=0.85)
+    heads = results[0].site.get("heads")
+    detail = f"{nrows} image{'s' if nrows != 1 else ''}; ★ marks the query"
+    if heads:
+        detail += f"; mean of {heads} heads over the key patches (prefix keys not drawn)"
     caption(
         fig,
         model or results[0].meta.get("model") or model_name(results[0]),
         f"attention maps of different query points at {site} (GCNet Fig. 2)",
-        f"{nrows} image{'s' if nrows != 1 else ''}; ★ marks the query",
+        detail,
         "one colour scale for all panels; no error bars (one image per row)",
+    )
+    return fig
+
+
+MAX_FIGURE_HEADS = 16  # head columns a figure shows legibly
+
+
+def plot_query_heads(
+    result: QueryMapsResult,
+    *,
+    queries: Sequence[int] | None = None,
+    prefix: bool = True,
+    alpha: float = OVERLAY_ALPHA,
+    colormap: str = SEQUENTIAL,
+    panel_size: float = 1.8,
+    model: str | None = None,
+    fig: Figure | None = None,
+) -> Figure:
+    """Per-head maps of one image at a per-head site: one row per query (``queries``: indices
+    into the result's queries, default all; the query pixel marked, ``ax.lines[0]``), then one
+    row per prefix token (its map: the class token's ...; ``prefix=False`` leaves them out);
+    columns the head mean, then each head. Each panel is the key-grid map over the image
+    (``ax.images[1]``); one colour scale and one colour bar for all panels."""
+    if not result.head_maps.size:
+        raise ValueError(
+            f"site {result.site.get('alias')} ({result.site.get('kind')}) has no heads: use "
+            "plot_query_grid"
+        )
+    chosen = list(range(result.n_queries)) if queries is None else [int(q) for q in queries]
+    if any(not 0 <= q < result.n_queries for q in chosen):
+        raise ValueError(f"queries {chosen}: the result holds {result.n_queries} queries")
+    labels = result.heads
+    order = [len(labels) - 1, *range(len(labels) - 1)]  # the mean first
+    if len(order) - 1 > MAX_FIGURE_HEADS:
+        raise ValueError(f"{len(order) - 1} heads: a figure shows at most {MAX_FIGURE_HEADS}")
+    rows = [(f"query ({int(result.query_cells[q, 0])}, {int(result.query_cells[q, 1])})",
+             result.head_maps[q], result.query_pixels[q]) for q in chosen]  # fmt: skip
+    if prefix:
+        names = result.prefix_names
+        rows += [(f"{names[p]} token", result.prefix_maps[p], None) for p in range(len(names))]
+    if not rows:
+        raise ValueError("no query and no prefix token to plot")
+    norm = shared_norm(m[h] for _, m, _ in rows for h in order)
+    ncols = len(order)
+    fig = new_figure((panel_size * ncols + 1.6, panel_size * len(rows) + 1.4), fig)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    im = None
+    for r, (label, maps, pixel) in enumerate(rows):
+        for c, h in enumerate(order):
+            ax = axes[r, c]
+            im = draw_overlay(ax, result.image, maps[h], norm, cmap=colormap, alpha=alpha)
+            if pixel is not None:
+                ax.plot([pixel[1]], [pixel[0]], **MARKER)
+            if r == 0:
+                head = labels[h]
+                ax.set_title("head mean" if head == "mean" else f"head {head}", fontsize="small")
+            if c == 0:
+                ax.set_ylabel(label, fontsize="small")
+    unit = "attention weight" if result.is_distribution else "attention"
+    colorbar(fig, im, axes, label=unit, shrink=0.85)
+    kh, kw = result.grid_maps.shape[1:]
+    held = float(result.prefix_key_weights[chosen, -1].sum(-1).mean()) if chosen else math.nan
+    held_text = "" if math.isnan(held) or not result.prefix_key_weights.shape[-1] else (
+        f"; the queries' mean weight on prefix keys, not drawn: {held:.3f}"
+    )  # fmt: skip
+    caption(
+        fig,
+        model or result.meta.get("model") or model_name(result),
+        f"per-head attention maps at {result.site.get('alias', '')} over the {kh}x{kw} key "
+        "patch grid",
+        textwrap.fill(  # the figure is as wide as its panels: wrap to that width
+            f"one image; ★ marks a patch query; prefix-token rows are not queries{held_text}",
+            width=max(50, int(fig.get_figwidth() * 11)),
+        ),
+        "one colour scale for all panels; no error bars (one image)",
     )
     return fig
 
@@ -319,6 +401,8 @@ def plot_query_distances(
 
 
 __all__ = [
+    "MAX_FIGURE_HEADS",
+    "plot_query_heads",
     "statistics_table_html",
     "plot_query_distances",
     "plot_query_grid",
