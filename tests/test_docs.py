@@ -48,7 +48,7 @@ def _tree(tmp: Path) -> Path:
     return tmp / "docs"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: xdist may interleave other modules' tests
 def site(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("site")
     start = time.perf_counter()

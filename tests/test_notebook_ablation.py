@@ -19,7 +19,7 @@ from test_notebook_outputs import assert_outputs_current
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "ablation.ipynb"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, even if xdist interleaves other modules
 def executed(tmp_path_factory):
     from attnviz.models import bundled_models
 

@@ -17,7 +17,7 @@ from test_notebook_outputs import assert_outputs_current
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "scale_sweep.ipynb"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, even if xdist interleaves other modules
 def executed(tmp_path_factory):
     from attnviz.models import bundled_models
 

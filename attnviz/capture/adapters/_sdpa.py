@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..registry import Call
+from ..registry import Call, ComputeFn, Intercepted, Written
+
+#: tap keys of the two calls a timm attention module makes, by its ``fused_attn`` switch
+SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
@@ -63,3 +66,26 @@ def sdpa_weights(call: Call | Mapping[str, Any], rows: Tensor | None = None) -> 
     elif mask is not None:
         attn = attn + mask
     return attn.softmax(dim=-1)
+
+
+def softmax_or_sdpa(compute: ComputeFn) -> Intercepted:
+    """The read of a module that calls either its own ``softmax`` or the fused
+    ``scaled_dot_product_attention`` (timm's ``fused_attn``): ``compute`` gets the one that ran,
+    as :class:`Call` records (``taps[SOFTMAX]`` or ``taps[FUSED]``)."""
+    return Intercepted(
+        functions=("softmax", "scaled_dot_product_attention"),
+        compute=compute,
+        with_args=True,
+        any_of=True,
+    )
+
+
+def write_softmax(module: nn.Module, view=None) -> Written | str:
+    """Where to write a module that calls ``softmax`` or fused ``scaled_dot_product_attention``:
+    its softmax, or the one-line reason why not (the fused call never forms the weights)."""
+    if getattr(module, "fused_attn", False):
+        return (
+            f"this {type(module).__name__} runs fused scaled_dot_product_attention, which never "
+            "forms the weights; set module.fused_attn = False to write them (timm's softmax path)"
+        )
+    return Written(SOFTMAX, view=view)

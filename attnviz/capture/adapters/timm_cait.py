@@ -22,10 +22,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Computed, Intercepted, Reading, Written, register_adapter, site_context
-from ._sdpa import sdpa_weights
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
+from ..registry import Computed, Reading, Written, register_adapter, site_context
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
 
 
 def patch_context(module: nn.Module, ancestors: tuple[nn.Module, ...]) -> dict:
@@ -78,12 +76,7 @@ def _class_write(m: nn.Module) -> Written | str:
 register_adapter(
     "timm.models.cait.ClassAttn",
     kind="class_token",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_class_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_class_attention),
     family="timm",
     write=_class_write,
     context=patch_context,

@@ -23,9 +23,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Computed, Intercepted, Reading, Written, register_adapter
+from ._sdpa import SOFTMAX
 from .timm_cait import patch_context, patch_layout
-
-SOFTMAX = "softmax()"
 
 
 def _reading(m: nn.Module, attn: Tensor, inputs: tuple, rows: Tensor | None) -> Reading:

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, Written, register_adapter
+from ._sdpa import SOFTMAX
 from .timm_cait import patch_context, patch_layout
-
-SOFTMAX = "softmax()"
 
 
 def _attention(

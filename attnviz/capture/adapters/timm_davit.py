@@ -25,10 +25,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_weights
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
 from .timm_swin import _per_window, _rows_of_call, window_layout
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 
 
 def _map(m: nn.Module, inputs: tuple) -> tuple[int, int]:
@@ -60,12 +58,7 @@ def _windows(
 register_adapter(
     "timm.models.davit.SpatialBlock",
     kind="window",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_windows,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_windows),
     family="timm",
     write="its windows are reordered per image position on reading, not a reshape of the "
     "module's tensor",

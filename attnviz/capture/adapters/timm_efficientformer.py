@@ -18,8 +18,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, register_adapter
-
-SOFTMAX = "softmax()"
+from ._sdpa import SOFTMAX
 
 
 def square_grid(n_tokens: int) -> tuple[int, int]:

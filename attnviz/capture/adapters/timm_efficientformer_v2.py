@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from ..registry import Computed, Intercepted, Reading, Written, register_adapter
-
-SOFTMAX = "softmax()"
+from ._sdpa import SOFTMAX
 
 
 def _meta(query: tuple, key: tuple) -> dict:

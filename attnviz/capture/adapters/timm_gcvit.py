@@ -25,9 +25,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, register_adapter
+from ._sdpa import SOFTMAX
 from .timm_swin import _per_window, window_layout
-
-SOFTMAX = "softmax()"
 
 
 def _map(m: nn.Module, inputs: tuple) -> tuple[int, int]:

@@ -19,11 +19,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_weights
+from ..registry import Reading, Written, register_adapter
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 from .timm_swin import _per_window, window_layout
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 
 
 def _grid(m: nn.Module, inputs: tuple) -> tuple[int, int]:
@@ -57,23 +55,13 @@ def _attention(
 def _write(m: nn.Module) -> Written | str:
     if m.window_size:
         return "its windows are reordered per image position on reading, not a reshape"
-    if m.fused_attn:
-        return (
-            "this SHMA runs fused scaled_dot_product_attention, which never forms the "
-            "weights; set module.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX, view=lambda module, raw, inputs: raw.unsqueeze(1))
+    return write_softmax(m, view=lambda module, raw, inputs: raw.unsqueeze(1))
 
 
 register_adapter(
     "timm.models.iformer.SHMA",
     kind=lambda m: "window" if m.window_size else "token",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_attention),
     family="timm",
     write=_write,
     query_grid=_grid,

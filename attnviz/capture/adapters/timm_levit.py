@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, register_adapter
+from ._sdpa import SOFTMAX
 
-SOFTMAX = "softmax()"
 Grid = tuple[int, int]
 
 

@@ -32,10 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Call, Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_arguments, sdpa_weights
+from ._sdpa import FUSED, SOFTMAX, sdpa_arguments, sdpa_weights
 from .timm_swin import _per_window, _rows_of_call, window_layout
 
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 _FUNCTIONS = ("softmax", "scaled_dot_product_attention")
 
 

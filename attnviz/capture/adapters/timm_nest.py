@@ -21,11 +21,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, register_adapter
-from ._sdpa import sdpa_weights
+from ..registry import Reading, register_adapter
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
 from .timm_swin import window_layout
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 
 
 def _layout(inputs: tuple) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -55,12 +53,7 @@ def _attention(
 register_adapter(
     "timm.models.nest.Attention",
     kind="window",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_attention),
     family="timm",
     write="its blocks are reordered per image position on reading, not a reshape of the "
     "module's tensor",

@@ -24,11 +24,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_weights
+from ..registry import Reading, Written, register_adapter
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
 from .timm_swin import _per_window, window_layout
 
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 _REORDERED = "its windows are reordered per image position on reading, not a reshape"
 
 
@@ -78,12 +77,7 @@ def _write(m: nn.Module) -> Written | str:
 register_adapter(
     "timm.models.vision_transformer_sam.Block",
     kind=lambda m: "window" if m.window_size else "token",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_attention),
     family="timm",
     write=_write,
     query_grid=_grid,

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, Written, register_adapter
-
-SOFTMAX = "softmax()"
+from ._sdpa import SOFTMAX
 
 
 def _grid(m: nn.Module, inputs: tuple) -> tuple[int, int]:

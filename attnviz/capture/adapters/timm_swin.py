@@ -25,10 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, register_adapter
-from ._sdpa import sdpa_arguments, sdpa_weights
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
+from ..registry import Reading, register_adapter
+from ._sdpa import FUSED, SOFTMAX, sdpa_arguments, sdpa_weights, softmax_or_sdpa
 
 
 @lru_cache(maxsize=64)
@@ -111,12 +109,7 @@ def _attention(
 register_adapter(
     "timm.models.swin_transformer.SwinTransformerBlock",
     kind="window",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_attention),
     family="timm",
     write="its windows are reordered per image position on reading, not a reshape of the "
     "module's tensor",

@@ -20,9 +20,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, register_adapter
+from ._sdpa import SOFTMAX
 from .timm_swin_v2 import WRITE, query_grid, windows_on_image
-
-SOFTMAX = "softmax()"
 
 
 def _attention(

@@ -17,10 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_weights
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
+from ..registry import Reading, register_adapter
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 
 
 def _grid(m: nn.Module, inputs: tuple) -> tuple[int, int]:
@@ -41,26 +39,12 @@ def _attention(
     return Reading(attn, {**meta, "path": "fused"}, rows_selected=rows is not None)
 
 
-def _write(m: nn.Module) -> Written | str:
-    if m.fused_attn:
-        return (
-            "this Attention runs fused scaled_dot_product_attention, which never forms the "
-            "weights; set module.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX)
-
-
 register_adapter(
     "timm.models.visformer.Attention",
     kind="token",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_attention),
     family="timm",
-    write=_write,
+    write=write_softmax,
     query_grid=_grid,
     describe=lambda m: {"heads": int(m.num_heads), "fused": bool(m.fused_attn)},
 )

@@ -28,10 +28,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, Written, register_adapter, site_context
-from ._sdpa import sdpa_weights
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
+from ..registry import Reading, register_adapter, site_context
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 
 
 def _prefix_names(owner: nn.Module, n_prefix: int) -> list[str]:
@@ -132,27 +130,13 @@ def _attention(
     return Reading(attn, meta, rows_selected=rows is not None, query_rows=token_rows)
 
 
-def _write(module: nn.Module) -> Written | str:
-    if getattr(module, "fused_attn", False):
-        return (
-            "this Attention runs fused scaled_dot_product_attention, which never forms the "
-            "weights; set module.fused_attn = False to write them (timm's softmax path)"
-        )
-    return Written(SOFTMAX)
-
-
 def _register(module_type: str, layout: Layout = _vit_layout) -> None:
     register_adapter(
         module_type,
         kind="token",
-        read=Intercepted(
-            functions=("softmax", "scaled_dot_product_attention"),
-            compute=functools.partial(_attention, layout=layout),
-            with_args=True,
-            any_of=True,
-        ),
+        read=softmax_or_sdpa(functools.partial(_attention, layout=layout)),
         family="timm",
-        write=_write,
+        write=write_softmax,
         query_grid=lambda m, inputs: layout(m, inputs)[1],
         context=_context,
         describe=lambda m: {

@@ -19,10 +19,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_weights
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 from .timm_cait import patch_context, patch_layout
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
 
 
 def _grid(m: nn.Module, inputs: tuple) -> tuple[int, int]:
@@ -43,15 +41,6 @@ def _attention(
     return Reading(attn, {**meta, "path": "fused"}, rows_selected=rows is not None)
 
 
-def _write(m: nn.Module) -> Written | str:
-    if m.fused_attn:
-        return (
-            "this Attention runs fused scaled_dot_product_attention, which never forms the "
-            "weights; set module.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX)
-
-
 def _class_attention(
     m: nn.Module, taps: Mapping[str, tuple], inputs: tuple, output: Any, rows: Tensor | None
 ) -> Reading:
@@ -66,14 +55,9 @@ def _class_attention(
 register_adapter(
     "timm.models.volo.Attention",
     kind="token",
-    read=Intercepted(
-        functions=("softmax", "scaled_dot_product_attention"),
-        compute=_attention,
-        with_args=True,
-        any_of=True,
-    ),
+    read=softmax_or_sdpa(_attention),
     family="timm",
-    write=_write,
+    write=write_softmax,
     query_grid=_grid,
     describe=lambda m: {"heads": int(m.num_heads), "fused": bool(m.fused_attn)},
 )

@@ -21,10 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import sdpa_weights
-
-SOFTMAX, FUSED = "softmax()", "scaled_dot_product_attention()"
+from ..registry import Reading, register_adapter
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 
 
 def _attention(
@@ -41,27 +39,13 @@ def _attention(
     return Reading(attn, meta)
 
 
-def _write(m: nn.Module) -> Written | str:
-    if getattr(m, "fused_attn", False):
-        return (
-            "this XCA runs fused scaled_dot_product_attention, which never forms the weights; "
-            "set module.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX)
-
-
 for _type in ("timm.models.xcit.XCA", "timm.models.edgenext.CrossCovarianceAttn"):
     register_adapter(
         _type,
         kind="xca",
-        read=Intercepted(
-            functions=("softmax", "scaled_dot_product_attention"),
-            compute=_attention,
-            with_args=True,
-            any_of=True,
-        ),
+        read=softmax_or_sdpa(_attention),
         family="timm",
-        write=_write,
+        write=write_softmax,
         describe=lambda m: {
             "heads": int(m.num_heads),
             "fused": bool(getattr(m, "fused_attn", False)),
