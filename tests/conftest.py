@@ -164,3 +164,29 @@ def analysis_folders(tmp_path_factory, shapes_folder) -> _AnalysisFolders:
     made on first use: ``analysis_folders["queries"]`` -> OUT (result/, figures/, viewer/);
     names: sweep, excitation, queries, attribution, gradcam; ``.all()`` makes every one."""
     return _AnalysisFolders(tmp_path_factory.mktemp("analyses"), shapes_folder)
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory, worker_id):
+    """``built_once(name, build)``: ``build(folder)`` runs once per test run, in whichever
+    xdist worker asks first; the others wait on a file lock and get the same folder (the
+    pytest-xdist recipe for session data: the workers share the base temp's parent)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base
+
+    def once(name: str, build) -> Path:
+        folder = shared / name
+        with FileLock(str(shared / f"{name}.lock")):
+            if not (folder / ".built").exists():
+                if folder.exists():  # an earlier attempt of this run that failed
+                    import shutil
+
+                    shutil.rmtree(folder)
+                folder.mkdir()
+                build(folder)
+                (folder / ".built").touch()
+        return folder
+
+    return once

@@ -48,16 +48,21 @@ def _tree(tmp: Path) -> Path:
     return tmp / "docs"
 
 
-@pytest.fixture(scope="session")  # once per worker: xdist may interleave other modules' tests
-def site(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("site")
-    start = time.perf_counter()
-    done = _sphinx(_tree(tmp), tmp / "out")
-    seconds = time.perf_counter() - start
-    assert done.returncode == 0, f"docs build failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    assert "WARNING" not in done.stderr and "ERROR" not in done.stderr, done.stderr[-3000:]
-    print(f"docs build: {seconds:.1f} s")
-    return tmp / "out" / "html"
+@pytest.fixture(scope="session")
+def site(built_once) -> Path:
+    """The site, built once per test run (whichever xdist worker needs it first)."""
+
+    def build(tmp: Path) -> None:
+        start = time.perf_counter()
+        done = _sphinx(_tree(tmp), tmp / "out")
+        seconds = time.perf_counter() - start
+        assert done.returncode == 0, (
+            f"docs build failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        )
+        assert "WARNING" not in done.stderr and "ERROR" not in done.stderr, done.stderr[-3000:]
+        print(f"docs build: {seconds:.1f} s")
+
+    return built_once("docs-site", build) / "out" / "html"
 
 
 def _text(path: Path) -> str:

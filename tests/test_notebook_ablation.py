@@ -19,17 +19,21 @@ from test_notebook_outputs import assert_outputs_current
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "ablation.ipynb"
 
 
-@pytest.fixture(scope="session")  # once per worker, even if xdist interleaves other modules
-def executed(tmp_path_factory):
+@pytest.fixture(scope="session")
+def executed(built_once):
     from attnviz.models import bundled_models
 
     missing = {"se_tiny", "nl_tiny", "sk_tiny"} - set(bundled_models())
     assert not missing, f"bundled checkpoints missing: {missing}"
-    book = nbformat.read(NOTEBOOK, as_version=4)
-    path = tmp_path_factory.mktemp("ablation-notebook")
-    NotebookClient(
-        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path)}}
-    ).execute()
+
+    def build(path):  # executed once per test run, whichever worker asks first
+        book = nbformat.read(NOTEBOOK, as_version=4)
+        NotebookClient(
+            book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path)}}
+        ).execute()
+        nbformat.write(book, path / "executed.ipynb")
+
+    book = nbformat.read(built_once("ablation-notebook", build) / "executed.ipynb", as_version=4)
     outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, errors[0].get("evalue") if errors else ""
