@@ -178,14 +178,17 @@ def built_once(tmp_path_factory, worker_id):
 
     def once(name: str, build) -> Path:
         folder = shared / name
+        failed = shared / f"{name}.failed"
         with FileLock(str(shared / f"{name}.lock")):
+            if failed.exists():  # built once and failed: the same failure, without rebuilding
+                pytest.fail(failed.read_text(encoding="utf-8"), pytrace=False)
             if not (folder / ".built").exists():
-                if folder.exists():  # an earlier attempt of this run that failed
-                    import shutil
-
-                    shutil.rmtree(folder)
-                folder.mkdir()
-                build(folder)
+                folder.mkdir(exist_ok=True)
+                try:
+                    build(folder)
+                except BaseException as exc:
+                    failed.write_text(f"{name} failed in another test: {exc}", encoding="utf-8")
+                    raise
                 (folder / ".built").touch()
         return folder
 
