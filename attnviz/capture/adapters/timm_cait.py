@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Computed, Reading, Written, register_adapter, site_context
-from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 
 
 def patch_context(module: nn.Module, ancestors: tuple[nn.Module, ...]) -> dict:
@@ -49,12 +49,15 @@ def patch_layout(module: nn.Module, n_tokens: int) -> tuple[int, tuple[int, int]
     return n_prefix, (int(grid[0]), int(grid[1])), ["class"] * n_prefix
 
 
-def _class_attention(
+def class_attention(
     m: nn.Module, taps: Mapping[str, Any], inputs: tuple, output: Any, rows: Tensor | None
 ) -> Reading:
+    """The class token's row of a class-attention module (CaiT ``ClassAttn``, VOLO
+    ``ClassAttention``, CrossViT ``CrossAttention``), read by :func:`softmax_or_sdpa`."""
     calls = taps.get(SOFTMAX) or taps.get(FUSED)
     if len(calls) != 1:
-        raise RuntimeError(f"ClassAttn called its attention {len(calls)} times; expected once")
+        name = type(m).__name__
+        raise RuntimeError(f"{name} called its attention {len(calls)} times; expected once")
     n_prefix, grid, names = patch_layout(m, int(inputs[0].shape[1]))
     if SOFTMAX in taps:
         attn, path = calls[0].output, "softmax"
@@ -64,21 +67,17 @@ def _class_attention(
     return Reading(attn[:, :, 0], meta)  # (B, heads, 1, Nk): the class token's one row
 
 
-def _class_write(m: nn.Module) -> Written | str:
-    if m.fused_attn:
-        return (
-            "this ClassAttn runs fused scaled_dot_product_attention, which never forms the "
-            "weights; set module.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX, view=lambda module, raw, inputs: raw[:, :, 0])
+def class_write(m: nn.Module) -> Written | str:
+    """Write the class token's row: its softmax, unless the module runs fused attention."""
+    return write_softmax(m, view=lambda module, raw, inputs: raw[:, :, 0])
 
 
 register_adapter(
     "timm.models.cait.ClassAttn",
     kind="class_token",
-    read=softmax_or_sdpa(_class_attention),
+    read=softmax_or_sdpa(class_attention),
     family="timm",
-    write=_class_write,
+    write=class_write,
     context=patch_context,
     describe=lambda m: {"heads": int(m.num_heads), "fused": bool(m.fused_attn)},
 )

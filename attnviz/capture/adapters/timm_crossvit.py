@@ -13,32 +13,16 @@ softmax output.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from torch import Tensor, nn
-
-from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import SOFTMAX
-from .timm_cait import patch_context, patch_layout
-
-
-def _attention(
-    m: nn.Module, taps: Mapping[str, tuple], inputs: tuple, output: object, rows: Tensor | None
-) -> Reading:
-    calls = taps[SOFTMAX]
-    if len(calls) != 1:
-        raise RuntimeError(f"CrossViT CrossAttention called softmax {len(calls)} times")
-    n_prefix, grid, names = patch_layout(m, int(inputs[0].shape[1]))
-    meta = {"prefix_tokens": n_prefix, "prefix_names": names, "key_grid": grid}
-    return Reading(calls[0][:, :, 0], meta)  # (B, heads, 1, Nk): the class token's one row
-
+from ..registry import register_adapter
+from ._sdpa import softmax_or_sdpa
+from .timm_cait import class_attention, class_write, patch_context
 
 register_adapter(
     "timm.models.crossvit.CrossAttention",
     kind="class_token",
-    read=Intercepted(functions=("softmax",), compute=_attention),
+    read=softmax_or_sdpa(class_attention),
     family="timm",
-    write=Written(SOFTMAX, view=lambda m, raw, inputs: raw[:, :, 0]),
+    write=class_write,
     context=patch_context,
     describe=lambda m: {"heads": int(m.num_heads)},
 )

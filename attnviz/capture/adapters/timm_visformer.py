@@ -7,44 +7,20 @@ fused (``scaled_dot_product_attention``, weights recomputed from the call's own 
 
 Kind ``token``, (B, heads, H * W, H * W); ``cache.meta[name]``: ``prefix_tokens`` 0,
 ``query_grid`` = ``key_grid`` = (H, W), ``path``. Writing replaces the softmax output
-(``fused_attn = False``).
+(``fused_attn = False``). Read by ``timm_vit``'s adapter with the map's grid as the layout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from torch import nn
 
-from torch import Tensor, nn
-
-from ..registry import Reading, register_adapter
-from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
+from .timm_vit import _register
 
 
-def _grid(m: nn.Module, inputs: tuple) -> tuple[int, int]:
-    return int(inputs[0].shape[2]), int(inputs[0].shape[3])
+def _layout(m: nn.Module, inputs: tuple) -> tuple[int, tuple[int, int], tuple[int, int], list]:
+    """No prefix tokens; queries and keys on the (B, C, H, W) input's H x W grid."""
+    grid = (int(inputs[0].shape[2]), int(inputs[0].shape[3]))
+    return 0, grid, grid, []
 
 
-def _attention(
-    m: nn.Module, taps: Mapping[str, Any], inputs: tuple, output: Any, rows: Tensor | None
-) -> Reading:
-    calls = taps.get(SOFTMAX) or taps.get(FUSED)
-    if len(calls) != 1:
-        raise RuntimeError(f"Visformer Attention called its attention {len(calls)} times")
-    grid = _grid(m, inputs)
-    meta = {"prefix_tokens": 0, "prefix_names": [], "query_grid": grid, "key_grid": grid}
-    if SOFTMAX in taps:
-        return Reading(calls[0].output, {**meta, "path": "softmax"})
-    attn = sdpa_weights(calls[0], rows)
-    return Reading(attn, {**meta, "path": "fused"}, rows_selected=rows is not None)
-
-
-register_adapter(
-    "timm.models.visformer.Attention",
-    kind="token",
-    read=softmax_or_sdpa(_attention),
-    family="timm",
-    write=write_softmax,
-    query_grid=_grid,
-    describe=lambda m: {"heads": int(m.num_heads), "fused": bool(m.fused_attn)},
-)
+_register("timm.models.visformer.Attention", _layout)

@@ -13,60 +13,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from torch import nn
 
-from torch import Tensor, nn
-
-from ..registry import Intercepted, Reading, Written, register_adapter
-from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
-from .timm_cait import patch_context, patch_layout
+from ..registry import register_adapter
+from ._sdpa import softmax_or_sdpa
+from .timm_cait import class_attention, class_write, patch_context
+from .timm_vit import _register
 
 
-def _grid(m: nn.Module, inputs: tuple) -> tuple[int, int]:
-    return int(inputs[0].shape[1]), int(inputs[0].shape[2])
+def _layout(m: nn.Module, inputs: tuple) -> tuple[int, tuple[int, int], tuple[int, int], list]:
+    """No prefix tokens; queries and keys on the (B, H, W, C) input's H x W grid."""
+    grid = (int(inputs[0].shape[1]), int(inputs[0].shape[2]))
+    return 0, grid, grid, []
 
 
-def _attention(
-    m: nn.Module, taps: Mapping[str, Any], inputs: tuple, output: Any, rows: Tensor | None
-) -> Reading:
-    calls = taps.get(SOFTMAX) or taps.get(FUSED)
-    if len(calls) != 1:
-        raise RuntimeError(f"VOLO Attention called its attention {len(calls)} times")
-    grid = _grid(m, inputs)
-    meta = {"prefix_tokens": 0, "prefix_names": [], "query_grid": grid, "key_grid": grid}
-    if SOFTMAX in taps:
-        return Reading(calls[0].output, {**meta, "path": "softmax"})
-    attn = sdpa_weights(calls[0], rows)
-    return Reading(attn, {**meta, "path": "fused"}, rows_selected=rows is not None)
-
-
-def _class_attention(
-    m: nn.Module, taps: Mapping[str, tuple], inputs: tuple, output: Any, rows: Tensor | None
-) -> Reading:
-    calls = taps[SOFTMAX]
-    if len(calls) != 1:
-        raise RuntimeError(f"VOLO ClassAttention called softmax {len(calls)} times")
-    n_prefix, grid, names = patch_layout(m, int(inputs[0].shape[1]))
-    meta = {"prefix_tokens": n_prefix, "prefix_names": names, "key_grid": grid}
-    return Reading(calls[0][:, :, 0], meta)  # (B, heads, 1, Nk): the class token's one row
-
-
-register_adapter(
-    "timm.models.volo.Attention",
-    kind="token",
-    read=softmax_or_sdpa(_attention),
-    family="timm",
-    write=write_softmax,
-    query_grid=_grid,
-    describe=lambda m: {"heads": int(m.num_heads), "fused": bool(m.fused_attn)},
-)
+_register("timm.models.volo.Attention", _layout)
 register_adapter(
     "timm.models.volo.ClassAttention",
     kind="class_token",
-    read=Intercepted(functions=("softmax",), compute=_class_attention),
+    read=softmax_or_sdpa(class_attention),
     family="timm",
-    write=Written(SOFTMAX, view=lambda m, raw, inputs: raw[:, :, 0]),
+    write=class_write,
     context=patch_context,
     describe=lambda m: {"heads": int(m.num_heads)},
 )
