@@ -5,12 +5,12 @@ output from the captured tensor."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import pytest
 import timm
 import torch
+from timm_testing import set_fused
 
 import attnviz
 from attnviz.capture import NotWritableError
@@ -31,19 +31,6 @@ def cait():
     return model
 
 
-@contextlib.contextmanager
-def _fused(model, fused: bool):
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in mods]
-    for m in mods:
-        m.fused_attn = fused
-    try:
-        yield
-    finally:
-        for m, b in zip(mods, before):
-            m.fused_attn = b
-
-
 def _oracle(model, names):
     """Each attention's input, output and ``attn_drop`` input (timm's own weights)."""
     got, handles = {}, []
@@ -60,7 +47,7 @@ def _oracle(model, names):
             )
         )
     try:
-        with torch.no_grad(), _fused(model, False):
+        with torch.no_grad(), set_fused(model, False):
             model(X)
     finally:
         for h in handles:
@@ -75,7 +62,7 @@ TALK = ["blocks.0.attn", "blocks.1.attn"]
 @pytest.mark.parametrize("fused", [True, False])
 def test_cait_class_attention_is_the_class_row_and_rebuilds_the_output(cait, fused):
     oracle = _oracle(cait, CLASS)
-    with torch.no_grad(), _fused(cait, fused):
+    with torch.no_grad(), set_fused(cait, fused):
         plain = cait(X)
         with attnviz.capture(cait, sites=CLASS) as cache:
             out = cait(X)
@@ -126,7 +113,7 @@ def test_cait_talking_heads_reads_what_multiplies_v(cait):
 
 
 def test_cait_writes_class_attention_and_talking_heads(cait):
-    with _fused(cait, True), pytest.raises(NotWritableError, match="fused_attn = False"):
+    with set_fused(cait, True), pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(cait, {CLASS[0]: "uniform"})
     names = [CLASS[0], TALK[1]]
     oracle = _oracle(cait, names)
@@ -138,7 +125,7 @@ def test_cait_writes_class_attention_and_talking_heads(cait):
         for n in names
     ]
     try:
-        with torch.no_grad(), _fused(cait, False):
+        with torch.no_grad(), set_fused(cait, False):
             with attnviz.intervene(cait, {CLASS[0]: "uniform", TALK[1]: "constant:0.5"}):
                 cait(X)
     finally:
@@ -161,7 +148,7 @@ def test_xcit_class_attention_is_read_too():
     model = timm.create_model("xcit_nano_12_p8_224", pretrained=False, **kw).eval()
     name = "cls_attn_blocks.0.attn"
     oracle = _oracle(model, [name])
-    with torch.no_grad(), _fused(model, True), attnviz.capture(model, sites=name) as cache:
+    with torch.no_grad(), set_fused(model, True), attnviz.capture(model, sites=name) as cache:
         model(X)
     assert cache[name].shape == (2, 4, 17)
     torch.testing.assert_close(cache[name], oracle[name][:, :, 0], rtol=0, atol=1e-6)

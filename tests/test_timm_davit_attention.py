@@ -5,7 +5,6 @@ timm's own softmax output or a hand computation, and the module output rebuilt f
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import pytest
@@ -13,6 +12,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.davit import window_partition
+from timm_testing import set_fused
 
 import attnviz
 from attnviz.capture import NotWritableError, window_to_grid
@@ -25,19 +25,6 @@ def _davit(name: str):
     torch.manual_seed(12)
     kw = dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8))
     return timm.create_model(name, pretrained=False, num_classes=3, **kw).eval()
-
-
-@contextlib.contextmanager
-def _fused(model, fused: bool):
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in mods]
-    for m in mods:
-        m.fused_attn = fused
-    try:
-        yield
-    finally:
-        for m, b in zip(mods, before):
-            m.fused_attn = b
 
 
 def _spatial_oracle(model):
@@ -54,7 +41,7 @@ def _spatial_oracle(model):
             blk.register_forward_pre_hook(lambda m, i, n=n: shapes.__setitem__(n, i[0].shape))
         )
     try:
-        with torch.no_grad(), _fused(model, False):
+        with torch.no_grad(), set_fused(model, False):
             model(X)
     finally:
         for h in handles:
@@ -81,7 +68,7 @@ def test_davit_spatial_windows_equal_timm_weights_on_the_image(fused):
     oracle = _spatial_oracle(model)
     assert oracle["stages.0.blocks.0.0"][1] == (20, 20)  # 20 x 20 in 7 x 7 windows: padded
     cells = [(0, 0), (6, 7), (19, 13)]
-    with torch.no_grad(), _fused(model, fused):
+    with torch.no_grad(), set_fused(model, fused):
         plain = model(X)
         with attnviz.capture(model) as cache:
             out = model(X)

@@ -4,7 +4,6 @@ weights (the input of ``attn_drop``), a windowed hand computation, and the outpu
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import pytest
@@ -12,25 +11,13 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.iformer import SHMA
+from timm_testing import set_fused
 
 import attnviz
 from attnviz.capture import NotWritableError, window_to_grid
 from attnviz.capture.core import unread_modules
 
 X = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-
-
-@contextlib.contextmanager
-def _fused(model, fused: bool):
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in mods]
-    for m in mods:
-        m.fused_attn = fused
-    try:
-        yield
-    finally:
-        for m, b in zip(mods, before):
-            m.fused_attn = b
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +40,12 @@ def test_iformer_shma_equals_timm_weights_and_rebuilds(iformer, fused):
             m.register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n + "<>", (i[0], o)))
         )
     try:
-        with torch.no_grad(), _fused(iformer, False):
+        with torch.no_grad(), set_fused(iformer, False):
             iformer(X)
     finally:
         for h in hooks:
             h.remove()
-    with torch.no_grad(), _fused(iformer, fused):
+    with torch.no_grad(), set_fused(iformer, fused):
         plain = iformer(X)
         with attnviz.capture(iformer, sites=names) as cache:
             out = iformer(X)
@@ -79,7 +66,7 @@ def test_iformer_shma_equals_timm_weights_and_rebuilds(iformer, fused):
     h, w = got[names[0] + "<>"][0].shape[-2:]
     idx = [0, 7 * w + 2]
     torch.testing.assert_close(rows[names[0]], cache[names[0]][:, :, idx], rtol=0, atol=1e-5)
-    with _fused(iformer, True), pytest.raises(NotWritableError, match="fused_attn = False"):
+    with set_fused(iformer, True), pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(iformer, {names[0]: "uniform"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -5,12 +5,12 @@ weights (the input of ``attn_drop``), placed on the image by timm's own partitio
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import pytest
 import torch
 from timm.models import maxxvit as mx
+from timm_testing import set_fused
 from torch import Tensor
 
 import attnviz
@@ -57,19 +57,6 @@ def _coatnet() -> mx.MaxxVit:
     return model
 
 
-@contextlib.contextmanager
-def _fused(model, fused: bool):
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in mods]
-    for m in mods:
-        m.fused_attn = fused
-    try:
-        yield
-    finally:
-        for m, b in zip(mods, before):
-            m.fused_attn = b
-
-
 def _oracle(model, blocks: dict):
     """timm's own weights (input of attn_drop) and each block's input, non-fused path."""
     got, handles = {}, []
@@ -83,7 +70,7 @@ def _oracle(model, blocks: dict):
             blk.register_forward_pre_hook(lambda m, i, name=name: got.__setitem__(name + "<", i[0]))
         )
     try:
-        with torch.no_grad(), _fused(model, False):
+        with torch.no_grad(), set_fused(model, False):
             model(X)
     finally:
         for h in handles:
@@ -124,7 +111,7 @@ def test_maxvit_block_and_grid_partitions_equal_timm_weights_on_the_image(nchw, 
     assert len(blocks) == 4 and {b.partition_block for b in blocks.values()} == {True, False}
     oracle = _oracle(model, blocks)
     cells = [(0, 0), (5, 17), (15, 23)]
-    with torch.no_grad(), _fused(model, fused):
+    with torch.no_grad(), set_fused(model, fused):
         plain = model(X)
         with attnviz.capture(model) as cache:
             out = model(X)
@@ -180,7 +167,7 @@ def test_coatnet_transformer_block_equals_timm_weights(fused):
     blocks = {n: m for n, m in model.named_modules() if type(m).__name__ == "TransformerBlock2d"}
     assert len(blocks) == 2
     oracle = _oracle(model, blocks)
-    with torch.no_grad(), _fused(model, fused):
+    with torch.no_grad(), set_fused(model, fused):
         plain = model(X)
         with attnviz.capture(model) as cache:
             out = model(X)
@@ -203,13 +190,13 @@ def test_coatnet_transformer_block_equals_timm_weights(fused):
 def test_coatnet_write_needs_the_softmax_path_and_then_replaces_it():
     model = _coatnet()
     name = "stages.1.blocks.1"
-    with _fused(model, True), pytest.raises(NotWritableError, match="fused_attn = False"):
+    with set_fused(model, True), pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(model, {name: "uniform"})
     attn = model.get_submodule(name).attn
     seen = {}
     hook = attn.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
     try:
-        with torch.no_grad(), _fused(model, False), attnviz.intervene(model, {name: "uniform"}):
+        with torch.no_grad(), set_fused(model, False), attnviz.intervene(model, {name: "uniform"}):
             model(X)
     finally:
         hook.remove()
@@ -245,13 +232,13 @@ def test_maxvit_parallel_block_and_grid_heads_equal_timm_weights(fused):
         )
     hooks.append(blk.register_forward_pre_hook(lambda m, i: got.__setitem__("x", i[0])))
     try:
-        with torch.no_grad(), _fused(model, False):
+        with torch.no_grad(), set_fused(model, False):
             model(X)
     finally:
         for h in hooks:
             h.remove()
     cells = [(0, 0), (5, 17)]
-    with torch.no_grad(), _fused(model, fused):
+    with torch.no_grad(), set_fused(model, fused):
         plain = model(X)
         with attnviz.capture(model, sites=name) as cache:
             out = model(X)

@@ -4,12 +4,12 @@ own weights (the input of ``attn_drop``) with the output unchanged, rows and wri
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import pytest
 import timm
 import torch
+from timm_testing import set_fused
 
 import attnviz
 from attnviz.capture import NotWritableError
@@ -24,19 +24,6 @@ def caformer():
     return timm.create_model("caformer_s18", pretrained=False, num_classes=3).eval()
 
 
-@contextlib.contextmanager
-def _fused(model, fused: bool):
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in mods]
-    for m in mods:
-        m.fused_attn = fused
-    try:
-        yield
-    finally:
-        for m, b in zip(mods, before):
-            m.fused_attn = b
-
-
 def _oracle(model):
     names = [n for n, m in model.named_modules() if type(m).__name__ == "Attention"]
     got, handles = {}, []
@@ -46,7 +33,7 @@ def _oracle(model):
             mod.attn_drop.register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, i[0]))
         )
     try:
-        with torch.no_grad(), _fused(model, False):
+        with torch.no_grad(), set_fused(model, False):
             model(X)
     finally:
         for h in handles:
@@ -59,7 +46,7 @@ def test_caformer_attention_equals_timm_weights(caformer, fused):
     assert unread_modules(caformer) == {}
     oracle = _oracle(caformer)
     assert len(oracle) == 12  # stages 2 and 3 of caformer_s18: 9 + 3 blocks
-    with torch.no_grad(), _fused(caformer, fused):
+    with torch.no_grad(), set_fused(caformer, fused):
         plain = caformer(X)
         with attnviz.capture(caformer) as cache:
             out = caformer(X)
@@ -78,7 +65,7 @@ def test_caformer_attention_equals_timm_weights(caformer, fused):
 
 def test_caformer_write_needs_the_softmax_path(caformer):
     name = next(iter(_oracle(caformer)))
-    with _fused(caformer, True), pytest.raises(NotWritableError, match="fused_attn = False"):
+    with set_fused(caformer, True), pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(caformer, {name: "uniform"})
     mod = caformer.get_submodule(name)
     seen = {}
@@ -86,7 +73,7 @@ def test_caformer_write_needs_the_softmax_path(caformer):
     try:
         with (
             torch.no_grad(),
-            _fused(caformer, False),
+            set_fused(caformer, False),
             attnviz.intervene(caformer, {name: "uniform"}),
         ):
             caformer(X)

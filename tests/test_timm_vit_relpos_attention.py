@@ -4,30 +4,17 @@ against timm's own weights (the input of ``attn_drop``) with the output unchange
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import pytest
 import timm
 import torch
+from timm_testing import set_fused
 
 import attnviz
 from attnviz.capture.core import unread_modules
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # 4 x 4 patches
-
-
-@contextlib.contextmanager
-def _fused(model, fused: bool):
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in mods]
-    for m in mods:
-        m.fused_attn = fused
-    try:
-        yield
-    finally:
-        for m, b in zip(mods, before):
-            m.fused_attn = b
 
 
 def _model(name: str):
@@ -51,7 +38,7 @@ def _oracle(model):
             )
         )
     try:
-        with torch.no_grad(), _fused(model, False):
+        with torch.no_grad(), set_fused(model, False):
             model(X)
     finally:
         for h in hooks:
@@ -69,7 +56,7 @@ def test_relpos_attention_equals_timm_weights(name, prefix, fused):
     assert unread_modules(model) == {}
     oracle = _oracle(model)
     assert len(oracle) == 2
-    with torch.no_grad(), _fused(model, fused):
+    with torch.no_grad(), set_fused(model, fused):
         plain = model(X)
         with attnviz.capture(model) as cache:
             out = model(X)
@@ -85,7 +72,7 @@ def test_relpos_attention_equals_timm_weights(name, prefix, fused):
         assert meta["path"] == ("fused" if fused else "softmax")
     # the bias is in what is read: without it the weights differ
     no_bias = {}
-    with torch.no_grad(), _fused(model, False):
+    with torch.no_grad(), set_fused(model, False):
         for n, p in model.named_parameters():
             if "rel_pos" in n:
                 p.zero_()
