@@ -81,6 +81,9 @@ TWO_RANK = {  # name -> CLI arguments (all with figures; queries with its viewer
         "remove",
         "shuffle",
     ],
+    # token attention: a random-weight timm ViT (its figure on rank 0 alone, too)
+    "rollout": ["rollout", "--model", "vit_tiny_patch16_224", "--figure-images", "1"],
+    "queries-vit": ["queries", "--model", "vit_tiny_patch16_224", "--figure-images", "1"],
 }
 N_IMAGES = 4
 # the real 2-rank run: one form of every command (the several-model form of
