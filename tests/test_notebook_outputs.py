@@ -21,6 +21,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 # what differs between two runs of the same code on the same data
 VOLATILE = [
     (re.compile(r"(/tmp|/var/folders)/\S+"), "<tmp>"),
+    # where the checkout is: the shipped weights' absolute path
+    (re.compile(r"/(?:[^\s'\"/]+/)+(?=assets/)"), "<checkout>/"),
     (re.compile(r"\b0x[0-9a-f]{6,}\b"), "<address>"),
     (re.compile(r"\b[\d.]+ ?s\b(?= ?[(,;)\]]|$| wall| CPU)", re.M), "<seconds>"),
     (re.compile(r"[\d.]+ images/s"), "<rate>"),
@@ -138,6 +140,10 @@ def test_the_comparison_sees_a_changed_number_and_ignores_noise():
     assert output_differences(_book(text), _book(same)) == []  # last digit, timing, path
     stale = "SK_3_1 D: +0.0891 -0.1430 in 4.2 s (24.4 images/s) saved to /tmp/abc/result\n"
     assert output_differences(_book(text), _book(stale)) == ["code cell 0: +0.0871 != +0.0891"]
+    here = "weights: '/work/main/assets/models/sk_tiny.safetensors'"
+    there = "weights: '/check/work/main/assets/models/sk_tiny.safetensors'"
+    assert output_differences(_book(here), _book(there)) == []  # another checkout
+    assert output_differences(_book(here), _book(here.replace("sk_tiny", "se_tiny")))
     worded = text.replace("SK_3_1", "SK_3_2")
     assert output_differences(_book(text), _book(worded))
     assert output_differences(_book(text), _book(text, images=0))  # a figure lost
