@@ -12,7 +12,7 @@ set -eu
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${1:-assets/models}
 [ $# -gt 0 ] && shift
-MODELS=${*:-"plain_tiny se_tiny cbam_tiny gc_tiny nl_tiny nl_tiny_gaussian nl_tiny_dot nl_tiny_concat sa_tiny danet_tiny mix_tiny sk_tiny"}
+MODELS=${*:-"plain_tiny se_tiny cbam_tiny gc_tiny nl_tiny nl_tiny_gaussian nl_tiny_dot nl_tiny_concat sa_tiny danet_tiny mix_tiny sk_tiny ion_tiny"}
 LOGDIR=${LOGDIR:-/tmp/attnviz-zoo-logs}
 mkdir -p "$OUT" "$LOGDIR"
 for m in $MODELS; do

@@ -15,6 +15,7 @@ from .bam import BAM, BAMChannel, BAMSpatial
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .danet import ChannelAttention, DualAttention, PositionAttention
 from .gc import GCBlock, SpatialSoftmax
+from .ion import DIRECTIONS, IRNN, DirectionalTerms, IONContext
 from .non_local import NL_MODES, NonLocalAffinity, NonLocalBlock
 from .residual_attention import ResidualAttention
 from .scse import SCSE, ChannelSE, SpatialSE
@@ -38,6 +39,7 @@ ATTN_BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "bam": BAM,
     "ram": ResidualAttention,
     "stn": SpatialTransformer,
+    "ion": IONContext,
 }
 
 
@@ -63,8 +65,12 @@ __all__ = [
     "ChannelAttention",
     "ChannelGate",
     "ChannelSE",
+    "DIRECTIONS",
+    "DirectionalTerms",
     "DualAttention",
     "GCBlock",
+    "IONContext",
+    "IRNN",
     "NonLocalAffinity",
     "NonLocalBlock",
     "PositionAttention",

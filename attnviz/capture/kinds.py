@@ -398,6 +398,24 @@ for _kind in (
         "residual-attention soft mask M in [0, 1], output (1 + M) * T",
     ),
     Kind(
+        "ion",
+        "ION",
+        ("batch", "direction", "height", "width"),
+        as_is,
+        "Inside-Outside Net context (B, 4, H, W): per position, each sweep direction's share "
+        "||t_d|| / sum ||t_d'|| of the context the block adds (from_left, from_right, "
+        "from_above, from_below; the shares sum to 1 over the direction axis); a decomposition "
+        "of the context, not a gate the block applies",
+    ),
+    Kind(
+        "ion_sweep",
+        "IONS",
+        ("batch", "direction", "height", "width"),
+        as_is,
+        "Inside-Outside Net IRNN sweep magnitudes (B, 4, H, W): ||h_d|| of each direction's "
+        "hidden state per position (from_left, from_right, from_above, from_below)",
+    ),
+    Kind(
         "stn_theta",
         "STN",
         ("batch", "row", "column"),

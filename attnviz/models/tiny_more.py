@@ -33,6 +33,7 @@ from .tiny import TinyResNet
 STAGE3_BLOCKS: dict[str, tuple[str, dict]] = {
     "sa_tiny": ("sa", {}),
     "danet_tiny": ("danet", {}),
+    "ion_tiny": ("ion", {}),
 }
 
 

@@ -1,6 +1,7 @@
 """Figures for the modules the other analyses do not serve: the spatial transformer's sampling
 grid (Jaderberg et al. 2015, Fig. 3), residual-attention soft masks (Wang et al. 2017, Fig. 1)
-and DANet's channel affinity (Fu et al. 2019, Eq. 3).
+DANet's channel affinity (Fu et al. 2019, Eq. 3) and where Inside-Outside Net's context comes
+from (Bell et al. 2016, Fig. 4).
 
 Each function takes captured tensors (``attnviz.capture``; e.g. ``cache[site]``,
 ``cache.inputs(site)``, ``cache.outputs(site)``) and returns a matplotlib Figure; nothing here
@@ -256,10 +257,89 @@ def plot_channel_affinity(
     return fig
 
 
+# -- Inside-Outside Net context --------------------------------------------------------------------
+#: Colours of ION's four directions (Okabe-Ito: distinguishable with colour-vision deficiency).
+DIRECTION_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")
+_DIRECTION_LABELS = ("from the left", "from the right", "from above", "from below")
+
+
+def plot_direction_context(
+    images: Any,
+    shares: Any,
+    *,
+    max_images: int = 4,
+    alpha: float = 0.85,
+    colormap: str = SEQUENTIAL,
+    model: str = "model",
+    site: str = "ION",
+    fig: Figure | None = None,
+) -> Figure:
+    """Which direction's context is used where: ION's direction shares (kind ``ion``,
+    (B, 4, H, W), ``cache[site]``) over the images.
+
+    Columns: the image; the direction with the largest share at each pixel (the four share
+    maps upsampled to the image, then argmax; one colour per direction, see the legend); the
+    share of each direction, all panels on one colour scale from 0 to the largest share shown
+    (0.25 = an equal split; the bar's ticks say where 0.25 lies).
+    The shares are a decomposition of the context the block adds, not a gate (see
+    :class:`attnviz.blocks.IONContext`).
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
+    from matplotlib.patches import Patch
+
+    from .overlay import upsample
+
+    imgs = display_images(images)
+    s = _numpy(shares).astype(np.float64)
+    if s.ndim == 3:
+        s = s[None]
+    if s.ndim != 4 or s.shape[1] != 4:
+        raise ValueError(f"expected direction shares (B, 4, H, W), got shape {s.shape}")
+    n = min(len(imgs), s.shape[0], max_images)
+    if n < 1:
+        raise ValueError("no images to plot")
+    fig = new_figure((2.3 * 6 + 1.2, 2.3 * n + 1.1), fig)
+    axes = fig.subplots(n, 6, squeeze=False)
+    top = float(np.ceil(s[:n].max() * 20.0) / 20.0) or 1.0
+    norm = Normalize(0.0, max(top, 0.3))
+    cats = ListedColormap(DIRECTION_COLOURS)
+    im = None
+    for i in range(n):
+        img = imgs[i]
+        axes[i, 0].imshow(img)
+        up = np.stack([upsample(s[i, d], img.shape[:2]) for d in range(4)])
+        grey = to_rgb_uint8(img).astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        axes[i, 1].imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axes[i, 1].imshow(up.argmax(axis=0), cmap=cats, norm=BoundaryNorm(np.arange(5) - 0.5, 4),
+                          alpha=alpha, interpolation="nearest")  # fmt: skip
+        for d in range(4):
+            im = draw_overlay(axes[i, 2 + d], img, s[i, d], norm, cmap=colormap, alpha=alpha)
+        if i == 0:
+            titles = ("image", "largest share", *_DIRECTION_LABELS)
+            for ax, title in zip(axes[0], titles):
+                ax.set_title(title, fontsize="small")
+        for ax in axes[i]:
+            ax.set_axis_off()
+    bar = colorbar(fig, im, axes[:, 2:], label="share of the context", shrink=0.85)
+    bar.ax.axhline(0.25, color="white", lw=1.0)  # an equal split
+    handles = [Patch(color=c, label=lab) for c, lab in zip(DIRECTION_COLOURS, _DIRECTION_LABELS)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small",
+               frameon=False, title="largest share")  # fmt: skip
+    fig.suptitle(
+        f"{model}: where {site}'s context comes from (Inside-Outside Net, Bell et al. 2016)\n"
+        f"{n} image{'s' if n != 1 else ''}; share ||t_d|| / sum ||t_d'|| of each sweep "
+        "direction; not a gate",
+        fontsize="medium",
+    )
+    return fig
+
+
 __all__ = [
+    "DIRECTION_COLOURS",
     "display_images",
     "grid_to_pixels",
     "plot_channel_affinity",
+    "plot_direction_context",
     "plot_residual_masks",
     "plot_stn_sampling",
 ]

@@ -1,17 +1,24 @@
 """
-Module figures: STN, residual attention, BAM, DANet, SAGAN
-==========================================================
+Module figures: STN, residual attention, BAM, DANet, SAGAN, ION
+===============================================================
 
 Figures of single mechanisms, read by :func:`attnviz.capture` from the bundled ``mix_tiny``
 (spatial transformer, scSE, residual attention, BAM), ``danet_tiny`` (DANet position and
-channel attention) and ``sa_tiny`` (SAGAN self-attention), on four generated images.
+channel attention), ``sa_tiny`` (SAGAN self-attention) and ``ion_tiny`` (Inside-Outside Net
+context), on four generated images.
 """
 
 import torch
 
 from attnviz import ShapesDataset, capture, load_model, preprocess_for, query_maps
+from attnviz.blocks import DIRECTIONS
 from attnviz.plot import plot_query_grid
-from attnviz.plot.modules import plot_channel_affinity, plot_residual_masks, plot_stn_sampling
+from attnviz.plot.modules import (
+    plot_channel_affinity,
+    plot_direction_context,
+    plot_residual_masks,
+    plot_stn_sampling,
+)
 
 images = ShapesDataset(1, seed=10_000)
 mix, config = load_model("mix_tiny")
@@ -49,3 +56,28 @@ sa, sa_config = load_model("sa_tiny")
 points = [(16, 16), (32, 48), (48, 24)]  # image pixels (y, x)
 sa_maps = [query_maps(sa, images[i][0], queries=points, preprocess=sa_config) for i in (0, 5)]
 plot_query_grid(sa_maps, model="sa_tiny")
+
+# %%
+# Inside-Outside Net (Bell et al. 2016) computes context with four directional IRNN sweeps. It
+# has no gate: what ``ion_tiny``'s ``ION_3_2`` reads is, per position, each direction's share
+# ||t_d|| / sum ||t_d'|| of the context the block adds. Which direction's context is used where:
+ion, ion_config = load_model("ion_tiny")
+with capture(ion, kinds=["ion"]) as ctx, torch.no_grad():
+    ion(x)
+plot_direction_context(x, ctx.by_alias("ION_3_2"), model="ion_tiny", site="ION_3_2")
+
+# %%
+# The obvious other explanation is geometry: a sweep's state at the right edge has seen the
+# whole row from the left, whatever the image. On 100 held-out images, the part of the shares'
+# variance that is the same map for every image (its mean over images, per position) against
+# the part that changes with the image:
+held_out = ShapesDataset(10, seed=10_000)
+xs = torch.stack([preprocess_for(ion_config)(held_out[i][0]) for i in range(len(held_out))])
+with capture(ion, kinds=["ion"]) as ctx, torch.no_grad():
+    ion(xs)
+shares = ctx.by_alias("ION_3_2").double()  # (100, 4, 16, 16)
+by_position = shares.mean(0, keepdim=True)
+for d, name in enumerate(DIRECTIONS):
+    s = shares[:, d]
+    explained = 1 - ((s - by_position[:, d]) ** 2).sum() / ((s - s.mean()) ** 2).sum()
+    print(f"{name}: mean share {s.mean():.3f}, variance explained by position {explained:.2f}")
