@@ -71,6 +71,8 @@ class Kind:
     ``parts``: for a tensor made of named parts along its last axis (coordinate attention's
     height and width gates), their names; the sizes of the parts of each capture are in
     ``cache.meta[name]["parts"]`` and ``AttentionCache.parts(name)`` splits them.
+    ``value_range``: the interval every value lies in when the kind is bounded (a sigmoid
+    gate: (0, 1)); None for logits and other unbounded values.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Kind:
     is_distribution: bool = False
     role: str = "other"
     parts: tuple[str, ...] = ()
+    value_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -158,6 +161,7 @@ def window_to_grid(att: Tensor, key_index: Tensor, key_grid: tuple[int, int]) ->
 
 
 _DIST = {"is_distribution": True}
+_GATE = {"role": "channel", "value_range": (0.0, 1.0)}  # a sigmoid (or hard-sigmoid) gate
 
 for _kind in (
     # -- channel gates (B, C) ---------------------------------------------------------------
@@ -167,7 +171,7 @@ for _kind in (
         ("batch", "channel"),
         per_channel,
         "squeeze-and-excitation gate (B, C)",
-        role="channel",
+        **_GATE,
     ),
     Kind(
         "eca",
@@ -175,7 +179,7 @@ for _kind in (
         ("batch", "channel"),
         per_channel,
         "efficient channel attention gate (B, C); timm EcaModule (eca, ecam) and CecaModule",
-        role="channel",
+        **_GATE,
     ),
     Kind(
         "cbam_channel",
@@ -183,7 +187,7 @@ for _kind in (
         ("batch", "channel"),
         per_channel,
         "CBAM channel gate (B, C)",
-        role="channel",
+        **_GATE,
     ),
     Kind(
         "cse",
@@ -191,7 +195,7 @@ for _kind in (
         ("batch", "channel"),
         per_channel,
         "scSE channel gate (cSE), sigmoid",
-        role="channel",
+        **_GATE,
     ),
     Kind(
         "bam_channel",
@@ -207,7 +211,7 @@ for _kind in (
         ("batch", "channel"),
         per_channel,
         "ResNeSt split attention with radix 1: sigmoid channel gate (B, C)",
-        role="channel",
+        **_GATE,
     ),
     Kind(
         "ge",
@@ -215,7 +219,7 @@ for _kind in (
         ("batch", "channel"),
         per_channel,
         "gather-excite gate with global extent (extent 0): (B, C) channel gate",
-        role="channel",
+        **_GATE,
     ),
     # -- branch weights (B, M, C) -----------------------------------------------------------
     Kind(
@@ -362,6 +366,18 @@ for _kind in (
         as_is,
         "class attention (CaiT, XCiT) (B, heads, Nk): the class token is the only query, "
         "softmax over the keys: prefix tokens (prefix_tokens) then the patch grid (key_grid)",
+        **_DIST,
+    ),
+    Kind(
+        "outlook",
+        "OUT",
+        ("batch", "head", "window", "slot", "window_key"),
+        as_is,
+        "VOLO outlook attention (B, heads, Nw, K*K, K*K): per K x K window (centres on meta "
+        "window_grid, raster order) a softmax over its K*K slots for each of its K*K output "
+        "slots, generated from the centre token by a linear layer (no keys); outputs of "
+        "overlapping windows are summed (fold); meta key_index (Nw, K*K) maps slots to "
+        "key_grid positions (-1 = padding); queries= does not apply",
         **_DIST,
     ),
     Kind(

@@ -15,10 +15,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..analysis.excitation import ExcitationProfileResult, SiteExcitation
+from ..capture.kinds import get_kind
 from ._style import (
+    DIVERGING,
     SEQUENTIAL,
     caption,
     class_colours,
+    diverging_norm,
     dodge,
     model_name,
     new_axes,
@@ -58,6 +61,30 @@ def _per_class(result: ExcitationProfileResult, rows: Sequence[int]) -> str:
     return f"{lo} per class" if lo == hi else f"{lo}-{hi} per class"
 
 
+def _in_unit_range(s: SiteExcitation) -> bool:
+    """The site's gate lies in [0, 1]: its kind says so (a sigmoid gate) and its values agree
+    (a kind of logits, such as BAM's ``bam_channel``, or a module with another gate, does not)."""
+    if get_kind(s.kind).value_range != (0.0, 1.0):
+        return False
+    values = np.concatenate([np.ravel(s.mean), np.ravel(s.class_mean)])
+    values = values[np.isfinite(values)]
+    return bool(values.size == 0 or (values.min() >= 0.0 and values.max() <= 1.0))
+
+
+def _value_label(chosen: Sequence[SiteExcitation], what: str) -> str:
+    """``what``, naming the sites whose values are not gates in [0, 1] (logits)."""
+    other = [s.alias for s in chosen if not _in_unit_range(s)]
+    return what if not other else f"{what}\n(not in [0, 1] at {site_list(other, 3)})"
+
+
+def _unit_or_zero_line(ax: Axes, s: SiteExcitation) -> None:
+    """[0, 1] limits for a gate in [0, 1]; otherwise the data's own limits and a zero line."""
+    if _in_unit_range(s):
+        ax.set_ylim(-0.02, 1.02)
+    else:
+        ax.axhline(0.0, color="0.5", lw=0.8, zorder=0)
+
+
 def plot_excitation_by_class(
     result: ExcitationProfileResult,
     classes: Sequence[int | str] | None = None,
@@ -79,7 +106,8 @@ def plot_excitation_by_class(
     ncols = max(1, min(ncols, len(chosen)))
     nrows = math.ceil(len(chosen) / ncols)
     fig = new_figure((3.4 * ncols + 0.4, 2.6 * nrows + 1.4), fig)
-    axes = _grid(fig, len(chosen), ncols, sharey=True)
+    unit = all(_in_unit_range(s) for s in chosen)
+    axes = _grid(fig, len(chosen), ncols, sharey=unit)
     colours = class_colours(len(rows))
     for ax, s in zip(axes, chosen):
         ch = s.channels
@@ -89,11 +117,11 @@ def plot_excitation_by_class(
             ax.plot(ch, s.mean[ch], color="black", ls="--", lw=1.4, label="all classes")
         ax.set_title(s.alias, fontsize="medium", loc="left")
         ax.set_xlabel("channel index")
-        ax.set_ylim(-0.02, 1.02)
+        _unit_or_zero_line(ax, s)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     for i, ax in enumerate(axes):
         if i % ncols == 0:
-            ax.set_ylabel("mean excitation")
+            ax.set_ylabel(_value_label(chosen, "mean excitation"))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)),
                fontsize="small")  # fmt: skip
@@ -117,7 +145,9 @@ def plot_excitation_heatmap(
     fig: Figure | None = None,
 ) -> Figure:
     """Fig. 6 for many classes: per site a class x channel heatmap of the mean excitation
-    (rows: classes, then "all"), one colour scale [0, 1] shared by every panel."""
+    (rows: classes, then "all"): the gates in [0, 1] share one colour scale [0, 1]; sites
+    whose values are not in [0, 1] (BAM's channel logits) share a second, diverging scale
+    centred on 0 with its own colour bar."""
     rows = _rows(result, classes)
     chosen = _chosen_sites(result, sites)
     ncols = max(1, min(ncols, len(chosen)))
@@ -125,13 +155,21 @@ def plot_excitation_heatmap(
     k = len(rows) + 1
     fig = new_figure((3.3 * ncols + 1.6, (0.16 * k + 1.3) * nrows + 1.0), fig)
     axes = _grid(fig, len(chosen), ncols)
-    norm = shared_norm([], vmin=0.0, vmax=1.0)
     names = [result.class_names[r] for r in rows] + ["all classes"]
-    im = None
-    for i, (ax, s) in enumerate(zip(axes, chosen)):
+    panels = [np.vstack([s.class_mean[rows][:, s.channels], s.mean[s.channels][None]])
+              for s in chosen]  # fmt: skip
+    unit = [_in_unit_range(s) for s in chosen]
+    scales = {
+        True: (SEQUENTIAL, shared_norm([], vmin=0.0, vmax=1.0), "mean excitation"),
+        False: (DIVERGING, diverging_norm([p for p, u in zip(panels, unit) if not u]),
+                "mean value, not a gate in [0, 1] (logit)"),
+    }  # fmt: skip
+    images: dict[bool, list] = {True: [], False: []}
+    for i, (ax, s, data, u) in enumerate(zip(axes, chosen, panels, unit)):
         ch = s.channels
-        data = np.vstack([s.class_mean[rows][:, ch], s.mean[ch][None]])
-        im = ax.imshow(data, cmap=SEQUENTIAL, norm=norm, aspect="auto", interpolation="nearest")
+        cmap, norm, _ = scales[u]
+        im = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+        images[u].append((ax, im))
         ax.axhline(len(rows) - 0.5, color="white", lw=1.5)
         ax.set_title(s.alias, fontsize="medium", loc="left")
         ticks = np.linspace(0, len(ch) - 1, min(4, len(ch))).round().astype(int)
@@ -141,15 +179,21 @@ def plot_excitation_heatmap(
             ax.set_yticks(np.arange(k), names, fontsize="small")
         else:
             ax.set_yticks([])
-    if im is not None:
-        fig.colorbar(im, ax=axes, label="mean excitation", shrink=0.9)
+    for u, drawn in images.items():
+        if drawn:
+            fig.colorbar(drawn[-1][1], ax=[a for a, _ in drawn], label=scales[u][2], shrink=0.9)
     caption(
         fig,
         model_name(result),
         "mean excitation per class and channel (SENet Fig. 6 as heatmaps)",
         f"sites {site_list(s.alias for s in chosen)}; {result.n_images} images, "
         f"{_per_class(result, rows)}",
-        "one colour scale for all panels; no error bars",
+        (
+            "one colour scale for all panels"
+            if len(set(unit)) < 2
+            else "two colour scales: gates in [0, 1], and values that are not (logits)"
+        )
+        + "; no error bars",
     )
     return fig
 
@@ -172,7 +216,8 @@ def plot_excitation_std(
     ncols = max(1, min(ncols, len(chosen)))
     nrows = math.ceil(len(pairs) / ncols)
     fig = new_figure((3.4 * ncols + 0.4, 2.5 * nrows + 1.3), fig)
-    axes = _grid(fig, len(pairs), ncols, sharey=True)
+    unit = all(_in_unit_range(s) for s in chosen)
+    axes = _grid(fig, len(pairs), ncols, sharey=unit)
     for i, (ax, (k, s)) in enumerate(zip(axes, pairs)):
         ch = s.channels
         mean, std = s.class_mean[k, ch], s.class_std[k, ch]
@@ -180,10 +225,10 @@ def plot_excitation_std(
         ax.fill_between(ch, mean - std, mean + std, color="C0", alpha=0.3, label="± 1 std")
         title = s.alias if len(rows) == 1 else f"{s.alias}, {result.class_names[k]}"
         ax.set_title(title, fontsize="medium", loc="left")
-        ax.set_ylim(-0.02, 1.02)
+        _unit_or_zero_line(ax, s)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
         if i % ncols == 0:
-            ax.set_ylabel("excitation")
+            ax.set_ylabel(_value_label(chosen, "excitation"))
         if i >= len(pairs) - ncols:
             ax.set_xlabel("channel index")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
@@ -241,8 +286,11 @@ def plot_gate_stage_bars(
     )
     ax.set_xticks(x, aliases, rotation=30, ha="right")
     ax.set_xlabel("site (last of each stage)")
-    ax.set_ylabel("gate value (mean over channels)")
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel(_value_label(chosen, "gate value (mean over channels)"))
+    if all(_in_unit_range(s) for s in chosen):
+        ax.set_ylim(0.0, 1.05)
+    else:
+        ax.axhline(0.0, color="0.5", lw=0.8, zorder=0)
     ax.set_title("all images", fontsize="medium", loc="left")
     if with_classes:
         ax2 = axes[1]
