@@ -92,8 +92,10 @@ def bench(name: str, batch: int, repeats: int) -> dict:
         "full_mib": mib,
         **{f"{k}_s": statistics.median(v) for k, v in times.items()},
         **{f"{k}_ratio": r for k, r in ratio.items()},
-        "all_ratios": {k: [round(t / p, 3) for t, p in zip(times[k], times["plain"])]
-                       for k in ("queries", "full")},  # fmt: skip
+        "all_ratios": {
+            k: [round(t / p, 3) for t, p in zip(times[k], times["plain"])]
+            for k in ("queries", "full")
+        },  # fmt: skip
     }
 
 

@@ -216,31 +216,32 @@ def test_a_registered_kind_brings_its_own_facts():
 
 
 def test_no_sites_error_names_unread_modules_and_lists_types_once():
-    from timm.layers.attention import AttentionRope  # timm's plain Attention is read (token)
+    # CoaT's factorized attention is unread on purpose (no query-key map is formed)
+    from timm.models.coat import FactorAttnConvRelPosEnc as Factor
 
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), AttentionRope(8, num_heads=2))
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Factor(8, num_heads=2))
     with pytest.raises(NoAttentionSitesError) as info:
         attnviz.capture(model)
     msg = str(info.value)
-    assert "1 AttentionRope module is not read (no adapter): 1" in msg
-    assert "register_adapter(AttentionRope" in msg
+    assert "1 FactorAttnConvRelPosEnc module is not read (no adapter): 1" in msg
+    assert "register_adapter(FactorAttnConvRelPosEnc" in msg
     types = msg.split("Supported module types: ")[1].split(".")[0].split(", ")
     assert len(types) == len(set(types)) and "SEModule" in types and "HaloAttn" in types
 
 
 def test_a_user_adapter_makes_a_module_read():
-    from timm.layers.attention import AttentionRope
+    from timm.models.coat import FactorAttnConvRelPosEnc as Factor
 
     from attnviz.capture import register_adapter, unread_modules, unregister_adapter
 
-    model = nn.Sequential(AttentionRope(8, num_heads=2))
-    assert unread_modules(model) == {"AttentionRope": ["0"]}
-    register_adapter(AttentionRope, kind="se", read="proj")
+    model = nn.Sequential(Factor(8, num_heads=2))
+    assert unread_modules(model) == {"FactorAttnConvRelPosEnc": ["0"]}
+    register_adapter(Factor, kind="se", read="proj")
     try:
         assert unread_modules(model) == {}
         assert [s.kind for s in attnviz.find_sites(model)] == ["se"]
     finally:
-        unregister_adapter(AttentionRope)
+        unregister_adapter(Factor)
 
 
 # -- intercepted functional softmax: nothing left behind -----------------------------------------

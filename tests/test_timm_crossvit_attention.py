@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import timm
 import torch
 
@@ -69,3 +70,53 @@ def test_crossvit_cross_attention_equals_timm_weights_rebuilt_and_written():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert "class_token" in {s.kind for s in attnviz.find_sites(model)}
+
+
+@pytest.mark.parametrize("size", [(240, 240), (240, 120)], ids=["square", "non_square"])
+def test_crossvit_branch_attention_has_its_class_token_and_patch_grid(size):
+    """Each branch's ViT self-attention (``blocks.i.blocks.d.j.attn``) reads its own class token
+    and the patch grid of its own ``patch_embed[d]`` (12-px patches of the image, 16-px patches
+    of the image scaled by 224 / 240); the cross-attention of ``fusion[i]`` reads branch i + 1's
+    patch grid. Checked against the token counts the patch embeddings make."""
+    torch.manual_seed(22)
+    model = timm.create_model(
+        "crossvit_tiny_240", pretrained=False, num_classes=3, img_size=size
+    ).eval()
+    tokens, hooks = {}, []
+    for d, embed in enumerate(model.patch_embed):
+        hooks.append(embed.register_forward_hook(lambda m, i, o, d=d: tokens.__setitem__(d, o)))
+    branch = {  # site -> the branch whose tokens it attends over
+        n: int(n.split(".")[3]) if type(m).__name__ == "Attention" else 1 - int(n.split(".")[3])
+        for n, m in model.named_modules()
+        if type(m).__name__ in ("Attention", "CrossAttention") and n.startswith("blocks.")
+    }
+    selfs = [n for n in branch if ".fusion." not in n]
+    assert {branch[n] for n in selfs} == {0, 1} and len(branch) > len(selfs)
+    cell = (2, 5)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    try:
+        with torch.no_grad():
+            with attnviz.capture(model, sites=list(branch)) as cache:
+                model(x)
+            with attnviz.capture(model, sites=selfs, queries=[cell]) as picked:
+                model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    grids = {}
+    for d, embed in enumerate(model.patch_embed):
+        side = tuple(s // p for s, p in zip(embed.img_size, embed.patch_size))
+        assert side[0] * side[1] == tokens[d].shape[1]  # what the branch's patch_embed made
+        grids[d] = side
+    assert grids[0] != grids[1] and (grids[0][0] == grids[0][1]) == (size[0] == size[1])
+    for name, d in branch.items():
+        meta = cache.meta[name]
+        assert meta["prefix_tokens"] == 1 and meta["key_grid"] == grids[d]
+        n = 1 + grids[d][0] * grids[d][1]
+        assert cache[name].shape[-1] == n
+        if name not in selfs:
+            continue
+        assert meta["prefix_names"] == ["class"] and meta["query_grid"] == grids[d]
+        assert cache[name].shape[-2] == n
+        row = 1 + cell[0] * grids[d][1] + cell[1]  # the class token first, then raster order
+        torch.testing.assert_close(picked[name][:, :, 0], cache[name][:, :, row], rtol=0, atol=1e-6)

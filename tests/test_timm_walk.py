@@ -9,8 +9,9 @@ single-process on the shared 2-core machine, so it is ``slow``; the default run 
 subset (the files whose attention was read silently wrong or not at all before, and a few read
 ones).
 
-``NOT_YET_READ`` is the allow-list: classes still unread. A class timm adds later fails the
-walk; a class that gets an adapter must leave the list (the full walk fails on stale entries).
+``NOT_READ`` is the allow-list: the classes with no attention weights to read, each with its
+reason. A class timm adds later fails the walk; a class that gets an adapter must leave the list
+(the full walk fails on stale entries).
 """
 
 from __future__ import annotations
@@ -28,35 +29,17 @@ from timm.models.mlp_mixer import SpatialGatingUnit
 
 from attnviz.capture.core import unread_modules
 
-_REASON = "not yet read: issue 24"
-
-#: Attention classes attnviz does not read yet (qualified name -> reason). Shrinks as adapters
-#: land; never add a class here without an issue that says why it is not read.
-NOT_YET_READ: dict[str, str] = {
-    name: _REASON
-    for name in (
-        "timm.layers.attention.AttentionRope",  # deepseek_vit, qwen3_vit
-        "timm.layers.attention2d.MultiQueryAttention2d",  # mobilenetv5
-        "timm.models.cpubone.ConvAttention",
-        "timm.models.csatv2.SpatialTransformerBlock",  # found by its source
-        "timm.models.efficientvim.HSMSSD",  # found by its source: softmax over positions
-        "timm.models.efficientvit_msra.CascadedGroupAttention",
-        "timm.models.gemma4_vit.Gemma4Attention",
-        "timm.models.hiera.MaskUnitAttention",
-        "timm.models.hieradet_sam2.MultiScaleAttention",
-        "timm.models.lowformer.ConvAttention",
-        "timm.models.mvitv2.MultiScaleAttention",
-        "timm.models.nextvit.EfficientAttention",
-        "timm.models.tnt.Attention",
-        "timm.models.volo.OutlookAttention",
-    )
-} | {  # not read on purpose: no query-key weights exist, a reading would be made up
+#: Attention-like classes attnviz does not read (qualified name -> why): every attention class
+#: of timm 1.0.31 is read except these, which form no attention weights to read. A class timm
+#: adds later fails the walk; never add one here without saying why it is not read.
+NOT_READ: dict[str, str] = {
     "timm.models.coat.FactorAttnConvRelPosEnc": "factorized attention q (softmax_N(k)^T v): "
     "the softmax runs over tokens per key channel and no N x N query-key map is ever formed",
+    "timm.models.csatv2.SpatialTransformerBlock": "its softmax is (B, B) over the batch (q @ k^T "
+    "of (B, N) scalar-per-token q, k), and LayerNorm over its one channel makes q, k, v input-"
+    "independent: the weights are uniform 1/B, no map over positions exists",
     "timm.models.nextvit.ConvAttention": "NextViT's MHCA is a grouped 3x3 conv, norm, act and "
     "1x1 projection (flagged by its name): it has no attention weights",
-    "timm.models.swiftformer.EfficientAdditiveAttention": "additive attention pools one global "
-    "query with l2-normalised (not softmax) per-token scores; no query-key map; needs a kind",
 }
 
 #: Files of the default (fast) walk: HGNet's EseModule and ConViT's MHSA/GPSA were missed without
@@ -100,7 +83,7 @@ def unread_classes(model_name: str) -> set[str]:
 
 
 def _new(found: dict[str, set[str]]) -> dict[str, set[str]]:
-    return {f: c - NOT_YET_READ.keys() for f, c in found.items() if c - NOT_YET_READ.keys()}
+    return {f: c - NOT_READ.keys() for f, c in found.items() if c - NOT_READ.keys()}
 
 
 def test_fast_subset_has_no_new_unread_attention():
@@ -120,8 +103,8 @@ def test_every_timm_model_file_has_no_new_unread_attention():
     found = {f: unread_classes(smallest_model(f)) for f in files}
     assert _new(found) == {}, "unread attention classes not on the allow-list"
     seen = set().union(*found.values())
-    stale = sorted(NOT_YET_READ.keys() - seen)
-    assert stale == [], f"read now or gone from timm: remove from NOT_YET_READ: {stale}"
+    stale = sorted(NOT_READ.keys() - seen)
+    assert stale == [], f"read now or gone from timm: remove from NOT_READ: {stale}"
 
 
 def test_glu_mlps_are_not_flagged_as_attention():

@@ -4,6 +4,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +26,7 @@ from attnviz.capture import (
     register_kind,
     unregister_adapter,
 )
+from attnviz.capture.registry import registered_adapters
 
 
 class StripGate(nn.Module):
@@ -188,3 +194,31 @@ def test_register_adapter_validates_its_arguments(registered):
         register_adapter(StripGate, kind="row_gate", read=3)
     with pytest.raises(ValueError, match="unknown attention kind"):
         register_adapter(StripGate, kind="no_such_kind", read="logits")
+
+
+def _imported_by_siblings() -> list[str]:
+    """Adapter modules another adapter module imports from (they can be half imported)."""
+    folder = Path(attnviz.__file__).parent / "capture" / "adapters"
+    pattern = re.compile(r"^from \.([a-z]\w*) import", re.M)
+    return sorted({m for f in folder.glob("*.py") for m in pattern.findall(f.read_text())})
+
+
+def test_any_adapter_module_can_be_imported_first():
+    """Importing a built-in adapter module before anything else loads every family once: a
+    family registering itself does not import the others while it is half imported."""
+    modules = _imported_by_siblings()
+    assert {"timm_vit", "timm_swin", "timm_cait"} <= set(modules)
+    code = (
+        "import sys\n"
+        "from importlib import import_module\n"
+        "import_module('attnviz.capture.adapters.' + sys.argv[1])\n"
+        "from attnviz.capture.registry import registered_adapters\n"
+        "print(len(registered_adapters()))\n"
+    )
+    counts = {}
+    for m in modules:
+        run = subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True)
+        assert run.returncode == 0, f"importing {m} first: {run.stderr.strip().splitlines()[-1]}"
+        counts[m] = int(run.stdout)
+    assert len(set(counts.values())) == 1, counts
+    assert counts[modules[0]] == len(registered_adapters())

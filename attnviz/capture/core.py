@@ -318,15 +318,16 @@ def _find(
 def _build_sites(
     model: nn.Module, found: list[tuple[str, nn.Module, Adapter]], stages: Any
 ) -> list[tuple[Site, nn.Module, Adapter]]:
+    for name, module, adapter in found:  # first: a kind may depend on the context (TNT)
+        if adapter.context is not None:
+            parts = name.split(".") if name else []
+            ancestors = tuple(model.get_submodule(".".join(parts[:i])) for i in range(len(parts)))
+            record_context(adapter, module, ancestors)
     kinds = [adapter.kind_for(module) for _, module, adapter in found]
     aliases = assign_aliases([(name, k) for (name, _, _), k in zip(found, kinds)], stages)
     out = []
     for (name, module, adapter), kind, (alias, stage, block) in zip(found, kinds, aliases):
         info = adapter.describe(module) if adapter.describe is not None else {}
-        if adapter.context is not None:
-            parts = name.split(".") if name else []
-            ancestors = tuple(model.get_submodule(".".join(parts[:i])) for i in range(len(parts)))
-            record_context(adapter, module, ancestors)
         site = Site(
             name=name,
             kind=kind,
@@ -739,6 +740,8 @@ class Capture:
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
             if not self._mine():
                 return
+            if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+                output = output[0]  # (tensor, extras): MViTv2's (x, feat_size), HSMSSD's (y, h)
             if _is_tracing() or not isinstance(output, Tensor):
                 stash.clear()
                 return

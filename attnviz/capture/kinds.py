@@ -273,6 +273,16 @@ for _kind in (
         "BAM spatial branch M_s before the sigmoid (logits)",
         role="spatial",
     ),
+    Kind(
+        "additive",
+        "ADD",
+        ("batch", "height", "width"),
+        spatial_map,
+        "efficient additive attention (SwiftFormer) (B, H, W): per-token scores alpha, "
+        "L2-normalised over the H*W tokens (signed, sum of squares 1), that pool the queries "
+        "into one global query g = sum alpha_i q_i; no query-key map exists; role other, not "
+        "spatial: the sign is not 'attended or not' (|alpha_i| is token i's weight in g)",
+    ),
     # -- per-query maps ---------------------------------------------------------------------
     Kind(
         "nl",
@@ -461,6 +471,17 @@ for _kind in (
         "lambda layer keys: softmax over all H*W positions, one map per key channel (B, K, H, "
         "W); a lambda layer has no per-query attention map (queries read a summary "
         "'lambda' of the context)",
+        **_DIST,
+    ),
+    Kind(
+        "ssd",
+        "SSD",
+        ("batch", "state", "height", "width"),
+        full_map,
+        "EfficientViM HSM-SSD state weights (B, S, H, W): per hidden state s a softmax over all "
+        "H*W positions (of dt + A); state h_s = sum_n x_n a_sn b_sn pools the input with a_s "
+        "times the unnormalised b_s, outputs read the states back by c (no softmax); no "
+        "per-query map",
         **_DIST,
     ),
     Kind(

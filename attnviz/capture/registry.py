@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -269,7 +270,8 @@ def register_adapter(
     whose output is the attention, or is a :class:`Computed`. ``applies`` can veto a module
     (e.g. a GC variant without attention). Registering the same class again replaces it
     (a built-in adapter too). ``kind`` may be a callable ``module -> kind name`` when the kind
-    depends on the module's configuration; ``query_grid(module, inputs) -> (H, W)`` gives the
+    depends on the module's configuration (or on ``site_context(module)``: the context is
+    recorded first); ``query_grid(module, inputs) -> (H, W)`` gives the
     query grid of a per-query kind when it is not the input's H x W. ``write`` says where
     :func:`attnviz.intervene` replaces the attention (a :class:`Written`), or why it cannot (a
     one-line reason), or is a callable ``module -> either`` when that depends on the module's
@@ -277,7 +279,8 @@ def register_adapter(
     ``context(module, ancestors) -> dict`` (ancestors root first) records facts only the
     enclosing model knows when the sites are found; reads get them by ``site_context(module)``.
     """
-    _ensure_builtin_adapters()  # so that a user's adapter replaces a built-in one, not vice versa
+    if not _called_from_builtin_adapter():
+        _ensure_builtin_adapters()  # so that a user's adapter replaces a built-in one
     if not callable(kind):
         get_kind(kind)  # validates
     key = module_type if isinstance(module_type, str) else qualified_name(module_type)
@@ -336,6 +339,14 @@ def supported_module_types(adapters: Iterable[Adapter] | None = None) -> list[st
 
 
 _BUILTINS_LOADED = False
+
+
+def _called_from_builtin_adapter() -> bool:
+    """True when ``register_adapter``'s caller is a module of the ``adapters`` package: a
+    built-in family registering itself must not load the others, which may import from it
+    while it is only half imported (``timm_attention2d`` from ``timm_vit``)."""
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    return caller.startswith(f"{__package__}.adapters.")
 
 
 def _ensure_builtin_adapters() -> None:

@@ -305,7 +305,8 @@ def run_replicates_cli(
     def factory(spec: str) -> Callable[[], Any]:
         if spec in _tiny_names():
             return lambda: create_tiny(spec)
-        return lambda: load_model(resolve_spec(spec))[0]  # the architecture, no weights
+        size = tuple(args.input_size) if getattr(args, "input_size", None) else None
+        return lambda: load_model(resolve_spec(spec), input_size=size)[0]  # no weights
 
     trained = {s: load_cli_model(args, s)[0] for s in specs}
     baselines: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -363,15 +364,19 @@ def check_device(device: str) -> str:
 
 
 def load_cli_model(args: argparse.Namespace, spec: str | None = None) -> tuple[Any, Any]:
-    """``(model on args.device, PreprocessConfig with --input-size applied)``."""
+    """``(model on args.device, PreprocessConfig with --input-size applied)``; a timm model
+    sized at construction (``img_size``) is built for --input-size."""
     from ..models import load_model
 
     device = check_device(args.device)
     spec = spec or args.model
     if "@seed" not in spec:
         _chosen_seeds(args, spec)  # --seeds names bundled seeds: refuse before any work
-    model, config = load_model(resolve_spec(spec), weights=args.weights)
-    if getattr(args, "input_size", None):
+    size = getattr(args, "input_size", None)
+    model, config = load_model(
+        resolve_spec(spec), weights=args.weights, input_size=tuple(size) if size else None
+    )
+    if size:
         config.input_size = (config.input_size[0], *args.input_size)
     return model.to(device), config
 

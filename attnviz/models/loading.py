@@ -257,13 +257,55 @@ def _pretrained_failure(spec: str, exc: BaseException) -> PretrainedUnavailableE
     )
 
 
-def _load_timm(
-    name: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
-) -> tuple[nn.Module, PreprocessConfig]:
+class InputSizeError(AttnvizError, ValueError):
+    """A model cannot be built for the input size asked for."""
+
+
+def _timm_size_kwargs(name: str, input_size: tuple[int, int] | None) -> dict[str, Any]:
+    """``{"img_size": (H, W)}`` when ``input_size`` is not the model's own (its pretrained
+    config's); a timm model whose constructor takes ``img_size`` (ViT, Swin, MaxViT, ...) sizes
+    its position embeddings, windows and relative-position tables by it."""
+    from timm.models import get_pretrained_cfg_value
+
+    if input_size is None:
+        return {}
+    own = get_pretrained_cfg_value(name, "input_size")
+    if own is not None and tuple(own[-2:]) == tuple(input_size):
+        return {}
+    return {"img_size": tuple(int(s) for s in input_size)}
+
+
+def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model``; without ``img_size`` when the model's constructor has none (a
+    convolutional network takes any size); a model that cannot be built for the size asked for
+    is one :class:`InputSizeError` line."""
     import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in kwargs or "img_size" not in str(exc):
+            raise
+        kwargs.pop("img_size")
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (AssertionError, ValueError, RuntimeError) as exc:
+        if "img_size" not in kwargs or "Unknown model" in str(exc):
+            raise
+        h, w = kwargs["img_size"]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputSizeError(f"timm:{name} cannot be built for input {h}x{w}: {first}") from None
+
+
+def _load_timm(
+    name: str,
+    weights: str | Path | None,
+    pretrained: bool,
+    num_classes: int | None,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[nn.Module, PreprocessConfig]:
     from timm.data import resolve_data_config
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = _timm_size_kwargs(name, input_size)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if pretrained and weights is None:
@@ -275,12 +317,14 @@ def _load_timm(
                     RuntimeError(f"{reason}; with HF_HUB_OFFLINE=1 the local HF cache is used"),
                 )
         try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            model = _create_timm(name, True, kwargs)
+        except InputSizeError:
+            raise
         except Exception as exc:
             raise _pretrained_failure(f"timm:{name}", exc) from exc
         source: dict[str, Any] = {"weights": f"hf-hub/timm:{name}", "weights_sha256": None}
     else:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _create_timm(name, False, kwargs)
         source = {"weights": None, "weights_sha256": None}
         if weights is not None:
             apply_weights(model, load_weights_file(weights), weights)
@@ -298,7 +342,11 @@ def _load_timm(
 
 
 def _load_torchvision(
-    name: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
+    name: str,
+    weights: str | Path | None,
+    pretrained: bool,
+    num_classes: int | None,
+    input_size: tuple[int, int] | None = None,  # built as usual: the model's own sizing
 ) -> tuple[nn.Module, PreprocessConfig]:
     import torchvision
 
@@ -336,7 +384,11 @@ def _load_torchvision(
 
 
 def _load_python(
-    target: str, weights: str | Path | None, pretrained: bool, num_classes: int | None
+    target: str,
+    weights: str | Path | None,
+    pretrained: bool,
+    num_classes: int | None,
+    input_size: tuple[int, int] | None = None,  # built as usual: the model's own sizing
 ) -> tuple[nn.Module, PreprocessConfig]:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
@@ -465,9 +517,9 @@ def load_seed(name: str, seed: int) -> tuple[nn.Module, PreprocessConfig]:
     return model.eval(), cfg
 
 
-Loader = Callable[
-    [str, "str | Path | None", bool, "int | None"], tuple[nn.Module, PreprocessConfig]
-]
+#: ``(name, weights, pretrained, num_classes, input_size=None) -> (model, config)``; the
+#: ``input_size`` (H, W) is passed only when asked for (``load_model(..., input_size=)``)
+Loader = Callable[..., tuple[nn.Module, PreprocessConfig]]
 
 LOADERS: dict[str, Loader] = {
     "timm": _load_timm,
@@ -483,11 +535,14 @@ def load_model(
     pretrained: bool = False,
     num_classes: int | None = None,
     seed: int | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[nn.Module, PreprocessConfig]:
     """Build the model named by ``spec``, load its weights, return it in eval mode with its
     :class:`PreprocessConfig` (see the module docstring for the specs). ``seed`` (or a spec
     ``NAME@seedK``): a bundled training-seed replicate (:mod:`attnviz.models.seeds`; seed 0
-    is the bundled model itself)."""
+    is the bundled model itself). ``input_size`` (H, W): build for that input where the model
+    is sized at construction (a timm model's ``img_size``: ViT position embeddings, Swin
+    windows); others are built as usual. The config's ``input_size`` is then (C, H, W)."""
     spec, at = split_seed(spec)
     if at is not None and seed is not None and at != seed:
         raise ValueError(f"model spec {spec}@seed{at} and seed={seed} disagree")
@@ -503,7 +558,8 @@ def load_model(
         _check_weights_path(Path(weights))
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in LOADERS:
-        model, cfg = LOADERS[prefix](rest, weights, pretrained, num_classes)
+        sized = {} if input_size is None else {"input_size": tuple(input_size)}
+        model, cfg = LOADERS[prefix](rest, weights, pretrained, num_classes, **sized)
     elif spec in TINY_MODELS:
         model, cfg = _load_bundled(spec, weights, pretrained, num_classes)
     else:
@@ -512,4 +568,6 @@ def load_model(
             "'timm:<name>', 'torchvision:<name>' or 'python:package.module:factory'"
         )
     cfg.source.setdefault("spec", spec)
+    if input_size is not None:
+        cfg.input_size = (cfg.input_size[0], *(int(s) for s in input_size))
     return model.eval(), cfg

@@ -70,14 +70,21 @@ plot_direction_context(x, ctx.by_alias("ION_3_2"), model="ion_tiny", site="ION_3
 # The obvious other explanation is geometry: a sweep's state at the right edge has seen the
 # whole row from the left, whatever the image. On 100 held-out images, the part of the shares'
 # variance that is the same map for every image (its mean over images, per position) against
-# the part that changes with the image:
+# the part that changes with the image, for the bundled model and its two seed replicates:
 held_out = ShapesDataset(10, seed=10_000)
 xs = torch.stack([preprocess_for(ion_config)(held_out[i][0]) for i in range(len(held_out))])
-with capture(ion, kinds=["ion"]) as ctx, torch.no_grad():
-    ion(xs)
-shares = ctx.by_alias("ION_3_2").double()  # (100, 4, 16, 16)
-by_position = shares.mean(0, keepdim=True)
-for d, name in enumerate(DIRECTIONS):
-    s = shares[:, d]
-    explained = 1 - ((s - by_position[:, d]) ** 2).sum() / ((s - s.mean()) ** 2).sum()
-    print(f"{name}: mean share {s.mean():.3f}, variance explained by position {explained:.2f}")
+for spec in ["ion_tiny", "ion_tiny@seed1", "ion_tiny@seed2"]:
+    net, _ = load_model(spec)
+    with capture(net, kinds=["ion"], io=True) as ctx, torch.no_grad():
+        net(xs)
+    shares = ctx.by_alias("ION_3_2").double()  # (100, 4, 16, 16)
+    added = ctx.outputs("layer2.1") - ctx.inputs("layer2.1")  # the context the block adds
+    ratio = added.norm(dim=1).mean() / ctx.inputs("layer2.1").norm(dim=1).mean()
+    by_position = shares.mean(0, keepdim=True)
+    cells = []
+    for d, name in enumerate(DIRECTIONS):
+        s = shares[:, d]
+        explained = 1 - ((s - by_position[:, d]) ** 2).sum() / ((s - s.mean()) ** 2).sum()
+        cells.append(f"{name} {s.mean():.3f} ({explained:.2f})")
+    print(f"{spec}: context / input norm {ratio:.2f}; mean share (variance explained by "
+          "position): " + ", ".join(cells))  # fmt: skip

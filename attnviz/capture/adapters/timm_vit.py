@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..registry import Reading, register_adapter, site_context
 from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
+from .timm_crossvit import branch_context
 
 
 def _prefix_names(owner: nn.Module, n_prefix: int) -> list[str]:
@@ -41,7 +42,11 @@ def _prefix_names(owner: nn.Module, n_prefix: int) -> list[str]:
 
 
 def _context(module: nn.Module, ancestors: tuple[nn.Module, ...]) -> dict:
-    """Prefix tokens and patch grid of the nearest enclosing ViT-like model."""
+    """Prefix tokens and patch grid of the nearest enclosing ViT-like model (of the module's
+    branch in a CrossViT, whose branches have their own class token and patch grid)."""
+    branch = branch_context(ancestors)
+    if branch:
+        return branch
     for owner in reversed(ancestors):
         patch_embed = getattr(owner, "patch_embed", None)
         if hasattr(owner, "num_prefix_tokens") and patch_embed is not None:
