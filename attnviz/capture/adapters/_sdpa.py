@@ -80,12 +80,19 @@ def softmax_or_sdpa(compute: ComputeFn) -> Intercepted:
     )
 
 
-def write_softmax(module: nn.Module, view=None) -> Written | str:
+def write_softmax(module: nn.Module, view=None, inner: str = "") -> Written | str:
     """Where to write a module that calls ``softmax`` or fused ``scaled_dot_product_attention``:
-    its softmax, or the one-line reason why not (the fused call never forms the weights)."""
-    if getattr(module, "fused_attn", False):
+    its softmax, or the one-line reason why not (the fused call never forms the weights).
+    ``inner``: the path of the attention submodule whose ``fused_attn`` decides, when the site
+    is its block (``"attn"``)."""
+    attention = module.get_submodule(inner) if inner else module
+    if getattr(attention, "fused_attn", False):
+        owner = (
+            f"this block's {type(attention).__name__}" if inner else f"this {type(module).__name__}"
+        )
+        flag = f"module.{inner}.fused_attn" if inner else "module.fused_attn"
         return (
-            f"this {type(module).__name__} runs fused scaled_dot_product_attention, which never "
-            "forms the weights; set module.fused_attn = False to write them (timm's softmax path)"
+            f"{owner} runs fused scaled_dot_product_attention, which never forms the weights; "
+            f"set {flag} = False to write them (timm's softmax path)"
         )
     return Written(SOFTMAX, view=view)

@@ -20,14 +20,11 @@ Kind ``token``, (B, heads, N, N); ``cache.meta[name]``: ``prefix_tokens`` 0, ``q
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
 
-from ..registry import register_adapter, site_context
-from ._sdpa import softmax_or_sdpa, write_softmax
-from .timm_vit import _attention
+from ..registry import site_context
+from .timm_vit import _register
 
 Grid = tuple[int, int]
 
@@ -68,13 +65,9 @@ def _layout(m: nn.Module, inputs: tuple) -> tuple[int, Grid, Grid, list[str]]:
     return 0, (1, n), (1, n), []
 
 
-register_adapter(
+_register(
     "timm.models.gemma4_vit.Gemma4Attention",
-    kind="token",
-    read=softmax_or_sdpa(functools.partial(_attention, layout=_layout)),
-    family="timm",
-    write=write_softmax,
-    query_grid=lambda m, inputs: _layout(m, inputs)[1],
+    _layout,
     context=_context,
     describe=lambda m: {
         "heads": int(m.num_heads),

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Reading, Written, register_adapter
-from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 from .timm_swin import _per_window
 
 Grid = tuple[int, int]
@@ -99,12 +99,7 @@ def _attention(
 def _write(m: nn.Module) -> Written | str:
     if m.is_windowed:
         return _REORDERED
-    if m.attn.fused_attn:
-        return (
-            "this block's MultiScaleAttention runs fused scaled_dot_product_attention, which "
-            "never forms the weights; set module.attn.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX)
+    return write_softmax(m, inner="attn")
 
 
 register_adapter(

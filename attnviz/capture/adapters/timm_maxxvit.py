@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Call, Intercepted, Reading, Written, register_adapter
-from ._sdpa import FUSED, SOFTMAX, sdpa_arguments, sdpa_weights
+from ._sdpa import FUSED, SOFTMAX, sdpa_arguments, sdpa_weights, write_softmax
 from .timm_swin import _per_window, _rows_of_call, window_layout
 
 _FUNCTIONS = ("softmax", "scaled_dot_product_attention")
@@ -183,12 +183,7 @@ def _block_attention(
 
 
 def _block_write(m: nn.Module) -> Written | str:
-    if m.attn.fused_attn:
-        return (
-            "this block's Attention2d runs fused scaled_dot_product_attention, which never "
-            "forms the weights; set module.attn.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX)
+    return write_softmax(m, inner="attn")
 
 
 def _describe(m: nn.Module) -> dict:

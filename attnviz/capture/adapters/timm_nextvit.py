@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Reading, Written, register_adapter
-from ._sdpa import SOFTMAX, softmax_or_sdpa
+from ._sdpa import softmax_or_sdpa, write_softmax
 from .timm_vit import _attention as _token_attention
 
 Grid = tuple[int, int]
@@ -75,12 +75,7 @@ def _attention(
 
 
 def _write(m: nn.Module) -> Written | str:
-    if m.e_mhsa.fused_attn:
-        return (
-            "this block's EfficientAttention runs fused scaled_dot_product_attention, which never "
-            "forms the weights; set module.e_mhsa.fused_attn = False to write them"
-        )
-    return Written(SOFTMAX)
+    return write_softmax(m, inner="e_mhsa")
 
 
 register_adapter(

@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..registry import Reading, Written, register_adapter
-from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa
+from ._sdpa import FUSED, SOFTMAX, sdpa_weights, softmax_or_sdpa, write_softmax
 from .timm_swin import _per_window, window_layout
 
 _REORDERED = "its windows are reordered per image position on reading, not a reshape"
@@ -64,13 +64,10 @@ def _attention(
 def _write(m: nn.Module) -> Written | str:
     if m.window_size:
         return _REORDERED
-    if m.attn.fused_attn:
-        return (
-            "this block's Attention runs fused scaled_dot_product_attention, which never forms "
-            "the weights; set module.attn.fused_attn = False to write them"
-        )
-    return Written(
-        SOFTMAX, view=lambda mod, raw, inputs: raw.view(inputs[0].shape[0], -1, *raw.shape[-2:])
+    return write_softmax(
+        m,
+        view=lambda mod, raw, inputs: raw.view(inputs[0].shape[0], -1, *raw.shape[-2:]),
+        inner="attn",
     )
 
 

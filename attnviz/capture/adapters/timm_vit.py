@@ -135,7 +135,22 @@ def _attention(
     return Reading(attn, meta, rows_selected=rows is not None, query_rows=token_rows)
 
 
-def _register(module_type: str, layout: Layout = _vit_layout) -> None:
+def _describe(m: nn.Module) -> dict:
+    return {
+        "heads": int(m.num_heads),
+        "head_dim": int(getattr(m, "head_dim", 0) or round(m.scale**-2)),
+        "fused": bool(m.fused_attn),
+    }
+
+
+def _register(
+    module_type: str,
+    layout: Layout = _vit_layout,
+    context: Callable[[nn.Module, tuple[nn.Module, ...]], dict] = _context,
+    describe: Callable[[nn.Module], dict] = _describe,
+) -> None:
+    """A token adapter for a ViT-like attention class: its softmax or fused call, the token
+    ``layout`` (prefix tokens, query and key grids) from the ``context`` found with the sites."""
     register_adapter(
         module_type,
         kind="token",
@@ -143,12 +158,8 @@ def _register(module_type: str, layout: Layout = _vit_layout) -> None:
         family="timm",
         write=write_softmax,
         query_grid=lambda m, inputs: layout(m, inputs)[1],
-        context=_context,
-        describe=lambda m: {
-            "heads": int(m.num_heads),
-            "head_dim": int(getattr(m, "head_dim", 0) or round(m.scale**-2)),
-            "fused": bool(m.fused_attn),
-        },
+        context=context,
+        describe=describe,
     )
 
 
