@@ -1,0 +1,97 @@
+"""Edges of ``preprocess_for`` that mutation testing found untested (issue 26): a torchvision
+weights recipe whose interpolation is not bilinear, every field of the config it reports, the
+explicit-resize recipe of a data config, and when a timm model's patch embedding fixes the
+input size. References are torchvision's own ``transforms()`` and transforms built by hand."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.models import EfficientNet_B0_Weights
+
+from attnviz.data.preprocess import _fixed_input_size, preprocess_for
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _image(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_a_bicubic_weights_recipe_reports_every_field_and_equals_torchvision():
+    weights = EfficientNet_B0_Weights.IMAGENET1K_V1  # resize 256, crop 224, bicubic
+    ours = preprocess_for(weights)
+    assert dict(ours.config) == {
+        "input_size": (3, 224, 224),
+        "interpolation": "bicubic",
+        "mean": MEAN,
+        "std": STD,
+        "crop_pct": 224 / 256,
+        "crop_mode": "center",
+        "resize_size": 256,
+    }
+    reference = weights.transforms()
+    for w, h in ((300, 260), (260, 300)):
+        img = _image(w, h)
+        torch.testing.assert_close(ours(img), reference(img), rtol=0, atol=1e-6)
+
+
+def test_a_data_config_with_a_resize_uses_its_interpolation_on_a_non_square_crop():
+    config = {"input_size": (3, 40, 56), "interpolation": "bicubic", "mean": MEAN, "std": STD,
+              "resize_size": 64}  # fmt: skip
+    ours = preprocess_for(config)
+    assert ours.config["resize_size"] == 64 and ours.input_size == (40, 56)
+    by_hand = T.Compose([
+        T.Resize(64, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop((40, 56)),
+        T.ToTensor(), T.Normalize(MEAN, STD),
+    ])  # fmt: skip
+    bilinear = T.Compose(
+        [T.Resize(64), T.CenterCrop((40, 56)), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
+    img = _image(90, 70)
+    torch.testing.assert_close(ours(img), by_hand(img), rtol=0, atol=1e-6)
+    assert not torch.allclose(ours(img), bilinear(img), atol=1e-3)  # the mode matters here
+
+
+def _model(**embed) -> SimpleNamespace:
+    return SimpleNamespace(patch_embed=SimpleNamespace(**embed))
+
+
+@pytest.mark.parametrize(
+    "embed, expected",
+    [
+        ({"img_size": (32, 48), "strict_img_size": True}, (32, 48)),  # H, W: not square
+        ({"img_size": (32, 48), "strict_img_size": True, "dynamic_img_pad": False}, (32, 48)),
+        ({"img_size": (32, 48), "strict_img_size": False}, None),  # any size is accepted
+        ({"img_size": (32, 48)}, None),  # no strict flag: not fixed
+        ({"img_size": (32, 48), "strict_img_size": True, "dynamic_img_pad": True}, None),
+        ({"img_size": None, "strict_img_size": True}, None),
+        ({"strict_img_size": True}, None),
+    ],
+)
+def test_fixed_input_size_only_for_a_strict_patch_embedding(embed, expected):
+    assert _fixed_input_size(_model(**embed)) == expected
+
+
+def test_no_patch_embedding_has_no_fixed_size():
+    assert _fixed_input_size(SimpleNamespace()) is None
+
+
+def test_a_config_object_passes_its_crop_mode_to_timm():
+    from timm.data import create_transform
+
+    fields = {"input_size": (3, 40, 56), "interpolation": "bilinear", "mean": MEAN, "std": STD,
+              "crop_pct": 0.875, "crop_mode": "squash"}  # fmt: skip
+    ours = preprocess_for(SimpleNamespace(**fields))
+    assert ours.config["crop_mode"] == "squash"
+    reference = create_transform(**fields, is_training=False)
+    img = _image(90, 70)
+    torch.testing.assert_close(ours(img), reference(img), rtol=0, atol=0)
+    centre = create_transform(**{**fields, "crop_mode": "center"}, is_training=False)
+    assert not torch.equal(centre(img), reference(img))  # the mode changes the pixels
