@@ -215,33 +215,54 @@ def test_a_registered_kind_brings_its_own_facts():
 # -- unread attention-like modules ----------------------------------------------------------------
 
 
-def test_no_sites_error_names_unread_modules_and_lists_types_once():
-    # CoaT's factorized attention is unread on purpose (no query-key map is formed)
-    from timm.models.coat import FactorAttnConvRelPosEnc as Factor
+class PixelAttention(nn.Module):
+    """A made-up attention no adapter reads: a softmax over positions, applied as a gate."""
 
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), Factor(8, num_heads=2))
+    def __init__(self, channels: int):
+        super().__init__()
+        self.logits = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        return x * self.logits(x).flatten(1).softmax(-1).view(b, 1, h, w)
+
+
+def test_no_sites_error_names_unread_modules_and_lists_types_once():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), PixelAttention(8))  # no adapter reads it
     with pytest.raises(NoAttentionSitesError) as info:
         attnviz.capture(model)
     msg = str(info.value)
-    assert "1 FactorAttnConvRelPosEnc module is not read (no adapter): 1" in msg
-    assert "register_adapter(FactorAttnConvRelPosEnc" in msg
+    assert "1 PixelAttention module is not read (no adapter): 1" in msg
+    assert "register_adapter(PixelAttention" in msg
     types = msg.split("Supported module types: ")[1].split(".")[0].split(", ")
     assert len(types) == len(set(types)) and "SEModule" in types and "HaloAttn" in types
 
 
 def test_a_user_adapter_makes_a_module_read():
-    from timm.models.coat import FactorAttnConvRelPosEnc as Factor
-
     from attnviz.capture import register_adapter, unread_modules, unregister_adapter
 
-    model = nn.Sequential(Factor(8, num_heads=2))
-    assert unread_modules(model) == {"FactorAttnConvRelPosEnc": ["0"]}
-    register_adapter(Factor, kind="se", read="proj")
+    model = nn.Sequential(PixelAttention(8))
+    assert unread_modules(model) == {"PixelAttention": ["0"]}
+    register_adapter(PixelAttention, kind="se", read="logits")
     try:
         assert unread_modules(model) == {}
         assert [s.kind for s in attnviz.find_sites(model)] == ["se"]
     finally:
-        unregister_adapter(Factor)
+        unregister_adapter(PixelAttention)
+
+
+def test_a_class_declared_without_attention_weights_is_neither_site_nor_unread():
+    from attnviz.capture.core import not_attention_modules, unread_modules
+    from attnviz.capture.registry import _NOT_ATTENTION, declare_not_attention
+
+    model = nn.Sequential(PixelAttention(8), PixelAttention(8))
+    declare_not_attention(PixelAttention, "a made-up reason")
+    try:
+        assert unread_modules(model) == {} and attnviz.find_sites(model) == []
+        assert not_attention_modules(model) == {"PixelAttention": ("a made-up reason", ["0", "1"])}
+    finally:
+        _NOT_ATTENTION.pop(f"{PixelAttention.__module__}.{PixelAttention.__qualname__}")
+    assert unread_modules(model) == {"PixelAttention": ["0", "1"]}
 
 
 # -- intercepted functional softmax: nothing left behind -----------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from attnviz.cli import main
 
 
@@ -61,14 +63,43 @@ def test_a_size_the_model_cannot_take_is_refused_with_the_size_it_needs(capsys):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+class PixelAttention(torch.nn.Module):
+    """A made-up attention no adapter reads: a softmax over positions, applied as a gate."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.logits = torch.nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        return x * self.logits(x).flatten(1).softmax(-1).view(b, 1, h, w) * (h * w)
+
+
+def unread_model() -> torch.nn.Module:
+    """For ``python:test_sites_cli:unread_model``: one SE site, two unread modules."""
+    from attnviz.blocks import SEBlock
+
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), SEBlock(8), PixelAttention(8), PixelAttention(8)
+    )
+
+
 def test_unread_attention_modules_are_named(capsys):
-    # (CoAtNet's Attention2d and EfficientViT's CascadedGroupAttention are read now; CSATv2's
-    # SpatialTransformerBlock is unread on purpose: its softmax runs over the batch)
+    spec = "python:test_sites_cli:unread_model"
+    assert main(["sites", spec, "--input-size", "16", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "1 attention sites" in out and "SE_1" in out
+    assert "2 PixelAttention modules are not read (no adapter): 2, 3" in out
+    assert "register_adapter(PixelAttention" in out
+
+
+def test_modules_without_attention_weights_are_listed_with_the_reason(capsys):
+    # CSATv2's SpatialTransformerBlock is declared not attention: its softmax runs over the batch
     assert main(["sites", "csatv2", "--input-size", "128", "128"]) == 0
     out = capsys.readouterr().out
     assert "4 attention sites" in out and "TOK_5_7" in out
-    assert "14 SpatialTransformerBlock modules are not read (no adapter)" in out
-    assert "register_adapter(SpatialTransformerBlock" in out
+    assert "14 SpatialTransformerBlock modules not read: no attention weights (its softmax " in out
+    assert "not read (no adapter)" not in out
 
 
 def test_unknown_model_is_a_clear_error(capsys):

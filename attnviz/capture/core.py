@@ -29,6 +29,7 @@ from .registry import (
     Call,
     Intercepted,
     _adapter_lookup,
+    not_attention_reason,
     qualified_name,
     record_context,
     registered_adapters,
@@ -236,7 +237,7 @@ def _scan(model: nn.Module) -> tuple[list[tuple[str, nn.Module, Adapter]], list[
         adapter, matched = _adapter_lookup(module)
         if adapter is not None:
             found.append((name, module, adapter))
-        if matched:
+        if matched or not_attention_reason(module) is not None:
             known.append(name)
             continue
         cls = type(module)
@@ -355,6 +356,18 @@ def unread_modules(model: nn.Module) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, cls_name in _scan(model)[1]:
         out.setdefault(cls_name, []).append(name)
+    return out
+
+
+def not_attention_modules(model: nn.Module) -> dict[str, tuple[str, list[str]]]:
+    """Modules whose class is declared to hold no attention weights
+    (:func:`~attnviz.capture.registry.declare_not_attention`): {class name: (reason, names)}."""
+    model = _orig_module(model) or model
+    out: dict[str, tuple[str, list[str]]] = {}
+    for name, module in model.named_modules():
+        reason = not_attention_reason(module)
+        if reason is not None:
+            out.setdefault(type(module).__name__, (reason, []))[1].append(name)
     return out
 
 

@@ -485,6 +485,17 @@ for _kind in (
         **_DIST,
     ),
     Kind(
+        "factor",
+        "FACTOR",
+        ("batch", "head", "key_channel", "key"),
+        as_is,
+        "CoaT factorized attention Q (softmax_N(K)^T V) (B, heads, Ch, N): per head one row per "
+        "key channel, a softmax over the N tokens (prefix tokens, meta prefix_tokens, then the "
+        "key_grid in raster order) from which that channel pools the values; no query-key map "
+        "exists (like lambda's keys)",
+        **_DIST,
+    ),
+    Kind(
         "coord",
         "COORD",
         ("batch", "channel", "position"),

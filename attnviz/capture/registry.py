@@ -316,6 +316,25 @@ def registered_adapters() -> dict[str, Adapter]:
     return dict(_ADAPTERS)
 
 
+#: Classes that look like attention (by name or by a softmax in their source) but hold no
+#: attention weights: qualified name -> why. Not sites and not reported as unread.
+_NOT_ATTENTION: dict[str, str] = {}
+
+
+def declare_not_attention(module_type: type | str, reason: str) -> None:
+    """Say that a class which looks like attention has no attention weights to read (one-line
+    ``reason``): ``attnviz sites`` lists its modules with the reason instead of as unread."""
+    key = module_type if isinstance(module_type, str) else qualified_name(module_type)
+    _NOT_ATTENTION[key] = reason
+    REGISTRY_CHANGES[0] += 1
+
+
+def not_attention_reason(module: nn.Module) -> str | None:
+    """The declared reason a module's class holds no attention weights, or None."""
+    _ensure_builtin_adapters()
+    return _NOT_ATTENTION.get(qualified_name(type(module)))
+
+
 def _adapter_lookup(module: nn.Module) -> tuple[Adapter | None, bool]:
     """(adapter that reads the module or None, whether any registered class matched it)."""
     _ensure_builtin_adapters()

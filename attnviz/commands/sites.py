@@ -93,7 +93,7 @@ def _load(spec: str, weights: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..capture.core import unread_message, unread_modules
+    from ..capture.core import not_attention_modules, unread_message, unread_modules
 
     spec = args.model_option or args.model
     if not spec:
@@ -126,12 +126,21 @@ def run(args: argparse.Namespace) -> int:
             f"{spec} cannot take input {size[1]}x{size[2]} ({detail}){hint}"
         ) from exc
     unread = unread_modules(model)
+    not_attention = not_attention_modules(model)
     if args.json:
         print(
             json.dumps(
-                {"model": spec, "input_size": list(size), "sites": rows, "unread": unread},
+                {
+                    "model": spec,
+                    "input_size": list(size),
+                    "sites": rows,
+                    "unread": unread,
+                    "not_attention": {
+                        k: {"reason": r, "modules": n} for k, (r, n) in not_attention.items()
+                    },
+                },
                 indent=1,
-            )
+            )  # fmt: skip
         )
         return 0
     width = max([len(r["name"]) for r in rows] + [4])
@@ -140,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if r["shape"] else "(did not run)"
         print(f"{r['alias']:<12} {r['kind']:<14} {r['name']:<{width}}  {shape}")
+    for cls_name, (reason, names) in not_attention.items():
+        n = len(names)
+        print(
+            f"{n} {cls_name} module{'s' if n > 1 else ''} not read: no attention weights ({reason})"
+        )
     if unread:
         print(unread_message(unread))
     return 0

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import Reading, Written, register_adapter
+from ..registry import Reading, Written, declare_not_attention, register_adapter
 from ._sdpa import softmax_or_sdpa, write_softmax
 from .timm_vit import _attention as _token_attention
 
@@ -90,4 +90,10 @@ register_adapter(
         "sr_ratio": int(m.e_mhsa.sr_ratio),
         "fused": bool(m.e_mhsa.fused_attn),
     },
+)
+
+declare_not_attention(
+    "timm.models.nextvit.ConvAttention",
+    "NextViT's multi-head convolutional attention is a grouped 3x3 conv, norm, activation and 1x1 "
+    "projection; it forms no attention weights",
 )
