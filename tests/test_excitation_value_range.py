@@ -127,3 +127,19 @@ def test_a_gate_kind_whose_values_leave_the_unit_interval_is_not_clipped():
         assert ax.get_ylim() == (0.0, 1.05) and ax.get_ylabel() == "gate value (mean over channels)"
     finally:
         plt.close(fig)
+
+
+def test_heatmap_of_two_logit_sites_of_different_widths_shares_one_scale():
+    wide = np.array(
+        [[0.5, -4.0, 1.0, 2.0, 0.0], [0.1, 0.2, 0.3, 0.4, 0.5], [0.0, 0.0, 0.0, 0.0, 1.0]]
+    )
+    fig = plot_excitation_heatmap(
+        _result(
+            _site("BAMC_3_3", "bam_channel", 3, LOGITS), _site("BAMC_4_2", "bam_channel", 4, wide)
+        )
+    )
+    try:
+        norms = {(im.norm.vmin, im.norm.vmax) for ax in _panels(fig) for im in ax.images}
+        assert norms == {(-4.0, 4.0)}  # the 3- and 5-channel panels on one symmetric scale
+    finally:
+        plt.close(fig)

@@ -95,3 +95,20 @@ def test_a_config_object_passes_its_crop_mode_to_timm():
     torch.testing.assert_close(ours(img), reference(img), rtol=0, atol=0)
     centre = create_transform(**{**fields, "crop_mode": "center"}, is_training=False)
     assert not torch.equal(centre(img), reference(img))  # the mode changes the pixels
+
+
+def test_a_plain_callable_has_no_view_and_says_what_to_pass():
+    ours = preprocess_for(lambda image: torch.zeros(3, 2, 2))
+    with pytest.raises(Exception, match=r"^this preprocessing is a plain callable; its geometric "
+                       r"view is unknown\. Pass a model, a timm data config or a "
+                       r"PreprocessConfig instead$"):  # fmt: skip
+        ours.view(_image(4, 4))
+
+
+def test_dataset_items_give_image_and_label_or_no_label():
+    from attnviz.data.sources import _split_item
+
+    img = _image(4, 4)
+    assert _split_item((img, 3)) == (img, 3, None)
+    assert _split_item([img]) == (img, None, None)  # a one-element item has no label
+    assert _split_item(img) == (img, None, None)

@@ -109,3 +109,49 @@ def test_dodge_spreads_series_symmetrically_and_keeps_one_centred():
     np.testing.assert_allclose(dodge(2), [-0.3, 0.3])
     np.testing.assert_allclose(dodge(3), [-0.3, 0.0, 0.3])
     np.testing.assert_allclose(dodge(5, width=1.0), [-0.5, -0.25, 0.0, 0.25, 0.5])
+
+
+def test_site_lists_read_as_prose_and_shorten_past_the_limit():
+    from attnviz.plot._style import site_list
+
+    assert site_list([]) == "" and site_list(["SE_2_1"]) == "SE_2_1"
+    assert site_list(["A", "B"]) == "A and B"
+    assert site_list(["A", "B", "C"], limit=3) == "A, B and C"
+    assert site_list(["A", "B", "C", "D"], limit=3) == "A ... D (4 sites)"
+
+
+def test_diverging_norm_defaults_to_plus_minus_one_without_values():
+    from attnviz.plot._style import diverging_norm
+
+    for values in (np.zeros(3), [], [np.array([np.nan, 0.0])]):
+        norm = diverging_norm(values)
+        assert (norm.vmin, norm.vmax) == (-1.0, 1.0)
+    norm = diverging_norm([np.array([1, -3]), np.array([2])])  # integers, a list of arrays
+    assert (norm.vmin, norm.vmax) == (-3.0, 3.0)
+
+
+def test_class_colours_are_tab10_up_to_ten_classes_then_tab20():
+    from matplotlib import colormaps
+
+    from attnviz.plot._style import class_colours
+
+    tab10, tab20 = colormaps["tab10"], colormaps["tab20"]
+    assert class_colours(10) == [tab10(i) for i in range(10)]
+    assert class_colours(11) == [tab20(i) for i in range(11)]
+    assert class_colours(25)[20:] == [tab20(i) for i in range(5)]  # cycles, never blends
+
+
+def test_caption_and_new_axes_keep_their_sizes():
+    from attnviz.plot._style import caption, new_axes
+
+    fig, ax = new_axes(None, (3.0, 2.0))
+    try:
+        assert tuple(fig.get_size_inches()) == (3.0, 2.0) and ax.figure is fig
+        caption(fig, "m", "what", "detail", "no error bars")
+        title = fig._suptitle
+        assert title.get_text() == "m: what\ndetail; no error bars"
+        assert (
+            title.get_fontsize() == matplotlib.font_manager.FontProperties(size="medium").get_size()
+        )
+    finally:
+        plt.close(fig)

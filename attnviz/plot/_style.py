@@ -90,7 +90,9 @@ def shared_norm(
 
 def diverging_norm(values: Iterable[np.ndarray] | np.ndarray) -> Normalize:
     """A norm symmetric about 0: [-m, m] with m the largest |value| (1 if all are 0)."""
-    arr = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=float)
+    parts = [values] if isinstance(values, np.ndarray) else list(values)
+    flat = [np.asarray(v, dtype=float).ravel() for v in parts]  # arrays of any shapes
+    arr = np.concatenate(flat) if flat else np.zeros(0)
     finite = np.abs(arr[np.isfinite(arr)])
     m = float(finite.max()) if finite.size else 1.0
     m = m or 1.0
