@@ -112,3 +112,16 @@ def test_dataset_items_give_image_and_label_or_no_label():
     assert _split_item((img, 3)) == (img, 3, None)
     assert _split_item([img]) == (img, None, None)  # a one-element item has no label
     assert _split_item(img) == (img, None, None)
+
+
+def test_a_config_object_with_a_resize_is_the_torchvision_recipe():
+    fields = {"input_size": (3, 40, 56), "interpolation": "bicubic", "mean": MEAN, "std": STD,
+              "crop_pct": 0.875, "resize_size": 64}  # fmt: skip
+    ours = preprocess_for(SimpleNamespace(**fields))
+    assert ours.config["resize_size"] == 64
+    by_hand = T.Compose([
+        T.Resize(64, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop((40, 56)),
+        T.ToTensor(), T.Normalize(MEAN, STD),
+    ])  # fmt: skip
+    img = _image(90, 70)
+    torch.testing.assert_close(ours(img), by_hand(img), rtol=0, atol=1e-6)

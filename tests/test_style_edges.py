@@ -69,10 +69,10 @@ def test_a_translucent_overlay_gets_an_opaque_bar_with_its_norm_and_colours():
     fig, ax = plt.subplots()
     try:
         norm = Normalize(-2.0, 3.0)
-        im = ax.imshow(np.zeros((2, 3)), cmap="viridis", norm=norm, alpha=0.5)
+        im = ax.imshow(np.zeros((2, 3)), cmap="magma", norm=norm, alpha=0.5)  # not the default
         bar = _bar_of(fig, im)
         assert bar.mappable is not im and bar.mappable.get_alpha() in (None, 1)  # opaque
-        assert bar.mappable.norm is norm and bar.mappable.get_cmap().name == "viridis"
+        assert bar.mappable.norm is norm and bar.mappable.get_cmap().name == "magma"
         assert bar.ax.get_ylabel() == "share"
         fig.canvas.draw()
         assert bar.ax.get_position().height == pytest.approx(_reference_height(0.85))
