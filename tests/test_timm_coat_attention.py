@@ -61,3 +61,22 @@ def test_factor_weights_are_not_writable_and_coat_has_nothing_unread(coat):
     for name in ("coat_lite_tiny", "coat_tiny"):
         model = timm.create_model(name, pretrained=False, device="meta")
         assert unread_modules(model) == {}, name
+
+
+def test_parallel_blocks_take_the_grid_of_their_stage():
+    """CoaT's parallel blocks pass ``size`` by keyword: the grid comes from the stage's patch
+    embedding (stages 2-4), on a non-square image."""
+    torch.manual_seed(0)
+    model = timm.create_model("coat_tiny", pretrained=False, img_size=(64, 96)).eval()
+    with torch.no_grad(), attnviz.capture(model) as cache:
+        model(torch.randn(1, 3, 64, 96))
+    stages = {f"factoratt_crpe{i}": tuple(getattr(model, f"patch_embed{i}").grid_size)
+              for i in (2, 3, 4)}  # fmt: skip
+    parallel = [n for n in cache if n.startswith("parallel_blocks")]
+    assert parallel and len(cache) == 26
+    for name in cache:
+        grid, n_tokens = cache.meta[name]["key_grid"], cache[name].shape[-1]
+        assert n_tokens == 1 + grid[0] * grid[1], name
+        if name in parallel:
+            assert grid == stages[name.rsplit(".", 1)[1]], name
+    assert {cache.meta[n]["key_grid"] for n in parallel} == {(8, 12), (4, 6), (2, 3)}
