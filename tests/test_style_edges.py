@@ -155,3 +155,37 @@ def test_caption_and_new_axes_keep_their_sizes():
         )
     finally:
         plt.close(fig)
+
+
+def test_model_name_reads_meta_then_the_result_then_the_run_record():
+    from types import SimpleNamespace
+
+    from attnviz.plot._style import model_name
+
+    assert model_name(SimpleNamespace(model="se_tiny")) == "se_tiny"  # no meta at all
+    assert model_name(SimpleNamespace(meta=["not", "a", "dict"], model="se_tiny")) == "se_tiny"
+    assert model_name(SimpleNamespace(meta={}, model="timm.models.resnet.ResNet")) == "ResNet"
+    assert model_name(SimpleNamespace(meta={"model": "sk_tiny"}, model="other")) == "sk_tiny"
+    run = {"run": {"model_class": "attnviz.models.tiny.TinyResNet"}}
+    assert model_name(SimpleNamespace(meta=run)) == "TinyResNet"
+    assert model_name(SimpleNamespace(meta={}, models=["a", "b"])) == "a, b"
+    assert model_name(SimpleNamespace(meta={"model": "w/x.safetensors"})) == "w/x.safetensors"
+    assert model_name(SimpleNamespace()) == "model"
+
+
+def test_shared_norm_spans_the_maps_unless_limits_are_given():
+    from attnviz.plot._style import shared_norm
+
+    def limits(*args, **kw):
+        norm = shared_norm(*args, **kw)
+        return norm.vmin, norm.vmax
+
+    maps = [np.array([[1, 5]]), np.array([np.nan, -2.0, np.inf])]
+    assert limits(maps) == (-2.0, 5.0)  # joint finite min / max, integers too
+    assert limits(maps, vmin=0.5) == (0.5, 5.0) and limits(maps, vmax=0.7) == (-2.0, 0.7)
+    assert limits([], vmin=0.5, vmax=0.7) == (0.5, 0.7)
+    assert limits([]) == (0.0, 1.0) and limits([np.zeros(0)]) == (0.0, 1.0)
+    assert limits([np.full(2, np.nan)]) == (0.0, 1.0)
+    assert limits([np.array([-3.0, -1.0])], vmax=0.0) == (-3.0, 0.0)  # an explicit 0 is kept
+    lo, hi = limits([np.full(3, 0.25)])  # a constant map still gets an increasing norm
+    assert lo == 0.25 and 0.25 < hi <= 0.25 + 1e-11

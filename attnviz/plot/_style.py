@@ -77,12 +77,12 @@ def caption(fig: Figure, model: str, what: str, detail: str, errorbars: str) -> 
 def shared_norm(
     maps: Iterable[np.ndarray], vmin: float | None = None, vmax: float | None = None
 ) -> Normalize:
-    """One linear norm over all ``maps`` (their joint min / max unless given)."""
-    arrays = [np.asarray(m, dtype=np.float64) for m in maps]
-    finite = [a[np.isfinite(a)] for a in arrays if a.size]
-    values = np.concatenate(finite) if finite else np.zeros(1)
-    lo = float(values.min()) if vmin is None and values.size else float(vmin or 0.0)
-    hi = float(values.max()) if vmax is None and values.size else float(vmax or 1.0)
+    """One linear norm over all ``maps`` (their joint finite min / max unless given; [0, 1]
+    when there is nothing finite to span)."""
+    arrays = [np.asarray(m, dtype=np.float64).ravel() for m in maps]
+    values = np.concatenate([a[np.isfinite(a)] for a in arrays] or [np.zeros(0)])
+    lo = float(vmin) if vmin is not None else float(values.min()) if values.size else 0.0
+    hi = float(vmax) if vmax is not None else float(values.max()) if values.size else 1.0
     if not hi > lo:
         hi = lo + 1e-12
     return Normalize(vmin=lo, vmax=hi)
