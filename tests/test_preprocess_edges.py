@@ -125,3 +125,70 @@ def test_a_config_object_with_a_resize_is_the_torchvision_recipe():
     ])  # fmt: skip
     img = _image(90, 70)
     torch.testing.assert_close(ours(img), by_hand(img), rtol=0, atol=1e-6)
+
+
+def test_to_pil_lays_out_channels_clips_floats_and_names_bad_input():
+    from attnviz.data.sources import to_pil
+
+    grey = torch.linspace(-0.5, 1.5, 15).reshape(1, 3, 5)  # (1, H, W): out of [0, 1] on purpose
+    img = to_pil(grey)
+    assert img.mode == "L" and img.size == (5, 3)
+    px = np.asarray(img)
+    assert px[0, 0] == 0 and px[-1, -1] == 255  # clipped, not wrapped
+    np.testing.assert_array_equal(px, np.clip(np.round(grey[0].numpy() * 255), 0, 255))
+    rgba = to_pil(torch.rand(4, 3, 5))
+    assert rgba.mode == "RGBA" and rgba.size == (5, 3)
+    two_channel = torch.rand(2, 3, 5)  # not an image layout: left as (2, 3, 5), not permuted
+    with pytest.raises(TypeError):
+        to_pil(two_channel)
+    flat = to_pil(torch.full((3, 5), 0.5))  # a 2-D map whose height is 3 is not (C, H, W)
+    assert flat.mode == "L" and flat.size == (5, 3)
+    hwc = to_pil(np.full((3, 5, 1), 1.0))  # HxWx1 float array
+    assert hwc.mode == "L" and np.asarray(hwc).max() == 255
+    with pytest.raises(
+        TypeError, match=r"^expected a PIL image, a uint8 array or a tensor, got list$"
+    ):
+        to_pil([1, 2])
+
+
+def test_data_configs_keep_crop_pct_and_two_value_input_sizes():
+    from timm.data import create_transform
+
+    two = {"input_size": (40, 56), "interpolation": "bilinear", "mean": MEAN, "std": STD,
+           "crop_pct": 0.5}  # fmt: skip
+    ours = preprocess_for(two)
+    assert ours.config["input_size"] == (3, 40, 56) and ours.config["crop_pct"] == 0.5
+    reference = create_transform(**{**two, "input_size": (3, 40, 56)}, is_training=False)
+    img = _image(90, 70)
+    torch.testing.assert_close(ours(img), reference(img), rtol=0, atol=0)
+    one_px = preprocess_for({**two, "input_size": (3, 1, 1), "crop_pct": 1.0})
+    assert one_px(img).shape == (3, 1, 1)  # 1 px is a valid side
+
+
+def test_split_needs_a_to_tensor_step_and_keeps_no_geometry_without_one():
+    from attnviz.data.preprocess import PreprocessError, _split
+
+    tensor_only = _split(T.Compose([T.ToTensor()]), {})
+    assert tensor_only.view(_image(4, 3)).size == (4, 3)  # the identity geometry
+    alone = _split(T.ToTensor(), {})  # a single transform, not a Compose
+    assert alone(_image(4, 3)).shape == (3, 3, 4)
+    with pytest.raises(PreprocessError, match=r"^cannot find the to-tensor step in "):
+        _split(T.Compose([T.CenterCrop(2)]), {})
+
+
+def test_what_preprocess_for_takes_is_told_apart_by_its_attributes():
+    from attnviz.data.preprocess import PreprocessError
+
+    fields = {"input_size": (3, 40, 56), "interpolation": "bilinear", "mean": MEAN, "std": STD}
+    with_meta = preprocess_for(SimpleNamespace(meta={}, **fields))  # a config object with meta
+    assert with_meta.input_size == (40, 56)
+    compose = T.Compose([T.Resize(8), T.ToTensor()])  # has .transforms, is no weights enum
+    plain = preprocess_for(compose)
+    assert plain.geometry is None and plain(_image(16, 8)).shape == (3, 8, 16)
+    with pytest.raises(PreprocessError) as info:
+        preprocess_for(None)
+    assert str(info.value) == (
+        "images given as files or PIL images need preprocessing: pass preprocess= a model "
+        "with a timm pretrained_cfg, a PreprocessConfig (from attnviz.load_model), a timm "
+        "data-config dict, a torchvision weights enum, or a callable PIL image -> tensor"
+    )
