@@ -49,7 +49,7 @@ clean:
 
 # Mutation testing of the core modules (not part of `make test`; see TESTING.md): capture,
 # the analyses' statistics, the scale views, the results' save/load and the query cell
-# mapping. The files are listed in pyproject.toml [tool.mutmut]; MUTANTS picks the functions.
+# mapping, and (issue 26) preprocessing, image sources and the plot style. The files are listed in pyproject.toml [tool.mutmut]; MUTANTS picks the functions.
 MUTMUT_VERSION := 3.8.1
 MUTATION_JOBS ?= 2
 MUTANTS ?= \
@@ -79,7 +79,8 @@ MUTANTS ?= \
 	'attnviz.analysis.query_maps.x_pixel_to_cell__*' 'attnviz.analysis.query_maps.x_cell_centre__*' \
 	'attnviz.analysis.query_maps.x*QueryMaps*capture_options__*' \
 	'attnviz.analysis.query_maps.x*QueryMapsResult*_payload__*' \
-	'attnviz.analysis.query_maps.x*QueryMapsResult*_restore__*'
+	'attnviz.analysis.query_maps.x*QueryMapsResult*_restore__*' \
+	'attnviz.data.preprocess.*' 'attnviz.data.sources.*' 'attnviz.plot._style.*'
 
 mutation: $(STAMP)
 	$(BIN)/python -m pip install -qq --disable-pip-version-check mutmut==$(MUTMUT_VERSION)
