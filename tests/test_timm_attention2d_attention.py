@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from timm.layers.attention2d import MultiQueryAttention2d
-from timm_testing import set_fused
+from timm_testing import module_io, set_fused
 
 import attnviz
 from attnviz.capture.core import unread_modules
@@ -122,16 +122,12 @@ def test_mqa_writes_its_softmax():
     model = _hybrid()
     name = "blocks.2.4.attn"
     mod = model.get_submodule(name)
-    seen = {}
-    hook = mod.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(mod) as seen:
         with torch.no_grad(), set_fused(model, False):
             model(X)
             plain = seen["y"]
             with attnviz.intervene(model, {name: "uniform"}):
                 model(X)
-    finally:
-        hook.remove()
     x = seen["x"]
     with torch.no_grad():
         v = mod.value(x).flatten(2).mean(-1)  # (B, value_dim): the mean over the keys

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import timm
 import torch
-from timm_testing import set_fused
+from timm_testing import module_io, set_fused
 
 import attnviz
 from attnviz.capture.core import unread_modules
@@ -108,15 +108,11 @@ def test_rope_attention_writes_its_softmax():
     model = _model("deepseek")
     name = "encoder.blocks.1.attn"
     mod = model.get_submodule(name)
-    seen = {}
-    hook = mod.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(mod) as seen:
         with torch.no_grad(), set_fused(model, False):
             plain = model(X)
             with attnviz.intervene(model, {name: "uniform"}):
                 changed = model(X)
-    finally:
-        hook.remove()
     b, n, _ = seen["x"].shape
     v = mod.qkv(seen["x"]).reshape(b, n, 3, mod.num_heads, mod.head_dim)[:, :, 2]  # (B, N, h, d)
     mean = v.mean(1, keepdim=True).expand(b, n, mod.num_heads, mod.head_dim).reshape(b, n, -1)

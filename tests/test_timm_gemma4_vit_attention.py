@@ -11,7 +11,7 @@ import warnings
 import pytest
 import timm
 import torch
-from timm_testing import set_fused
+from timm_testing import module_io, set_fused
 
 import attnviz
 from attnviz.capture.core import unread_modules
@@ -118,16 +118,12 @@ def test_gemma4_attention_writes_its_softmax():
     model = _model()
     name = "encoder.blocks.1.attn"
     mod = model.get_submodule(name)
-    seen = {}
-    hook = mod.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(mod) as seen:
         with torch.no_grad(), set_fused(model, False):
             model(X)
             plain = seen["y"]
             with attnviz.intervene(model, {name: "uniform"}):
                 model(X)
-    finally:
-        hook.remove()
     b, n, _ = seen["x"].shape
     with torch.no_grad():
         v = mod.v_norm(mod.v_proj(seen["x"]).view(b, n, mod.num_heads, mod.head_dim))

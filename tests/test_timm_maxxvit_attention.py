@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 from timm.models import maxxvit as mx
-from timm_testing import set_fused
+from timm_testing import module_io, set_fused
 from torch import Tensor
 
 import attnviz
@@ -193,13 +193,9 @@ def test_coatnet_write_needs_the_softmax_path_and_then_replaces_it():
     with set_fused(model, True), pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(model, {name: "uniform"})
     attn = model.get_submodule(name).attn
-    seen = {}
-    hook = attn.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(attn) as seen:
         with torch.no_grad(), set_fused(model, False), attnviz.intervene(model, {name: "uniform"}):
             model(X)
-    finally:
-        hook.remove()
     # uniform weights: every position reads the mean value vector (hand computation)
     x = seen["x"]
     b, c, h, w = x.shape

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import timm
 import torch
+from timm_testing import module_io
 
 import attnviz
 from attnviz.capture import window_to_grid
@@ -109,15 +110,11 @@ def test_tnt_writes_its_outer_softmax_not_the_inner():
     model = _model()
     name = "blocks.1.attn_out"
     mod = model.get_submodule(name)
-    seen = {}
-    hook = mod.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(mod) as seen:
         with torch.no_grad():
             plain = model(X)
             with attnviz.intervene(model, {name: "uniform"}):
                 changed = model(X)
-    finally:
-        hook.remove()
     v = mod.v(seen["x"])  # (B, N, C): uniform weights give every token the mean of v
     torch.testing.assert_close(
         seen["y"], mod.proj(v.mean(1, keepdim=True).expand_as(v)), atol=1e-5, rtol=0

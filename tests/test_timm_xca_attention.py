@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm_testing import module_io
 
 import attnviz
 from attnviz.capture import NotWritableError
@@ -105,13 +106,9 @@ def test_xca_writes_on_the_softmax_path_only():
     with pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(model, {name: "uniform"})
     mod.fused_attn = False
-    seen = {}
-    hook = mod.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(mod) as seen:
         with torch.no_grad(), attnviz.intervene(model, {name: "uniform"}):
             model(X)
-    finally:
-        hook.remove()
     x = seen["x"]  # uniform over source channels: each channel of a head is the heads' mean
     b, n, c = x.shape
     v = mod.qkv(x).view(b, n, 3, mod.num_heads, -1)[:, :, 2]  # (B, N, heads, d)

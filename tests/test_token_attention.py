@@ -14,6 +14,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, window_partition
+from timm_testing import module_io
 from torchvision.models.vision_transformer import VisionTransformer
 
 import attnviz
@@ -155,14 +156,10 @@ def test_vit_write_needs_the_softmax_path_and_then_replaces_it(vit):
     with _fused(vit, True), pytest.raises(NotWritableError, match="fused_attn = False"):
         attnviz.intervene(vit, {"blocks.0.attn": "uniform"})
     attn = vit.blocks[0].attn
-    seen = {}
-    hook = attn.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
-    try:
+    with module_io(attn) as seen:
         with torch.no_grad(), _fused(vit, False):
             with attnviz.intervene(vit, {"blocks.0.attn": "uniform"}):
                 vit(X)
-    finally:
-        hook.remove()
     # uniform weights: every token reads the mean value vector (hand computation)
     b, n, c = seen["x"].shape
     v = attn.qkv(seen["x"]).reshape(b, n, 3, 3, c // 3)[:, :, 2]  # (B, N, heads, d)

@@ -18,3 +18,15 @@ def set_fused(model, flag: bool):
     finally:
         for m, b in zip(mods, before):
             m.fused_attn = b
+
+
+@contextlib.contextmanager
+def module_io(module):
+    """The first input (``x``) and the output (``y``) of ``module``'s last forward in the block,
+    in the dict it yields (a forward hook, removed on exit, also on an error)."""
+    seen: dict = {}
+    hook = module.register_forward_hook(lambda m, i, o: seen.update(x=i[0].clone(), y=o.clone()))
+    try:
+        yield seen
+    finally:
+        hook.remove()
