@@ -8,7 +8,7 @@ STAMP := $(VENV)/.attnviz-installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint install clean mutation docs notebooks
+.PHONY: demo test lint install clean mutation mutation-sample docs notebooks
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,12 +47,18 @@ notebooks: $(STAMP)
 clean:
 	rm -rf $(VENV) attnviz-out .pytest_cache build/docs docs/gallery
 
-# Mutation testing of the core modules (not part of `make test`; see TESTING.md): capture,
-# the analyses' statistics, the scale views, the results' save/load and the query cell
-# mapping, and (issue 26) preprocessing, image sources and the plot style. The files are listed in pyproject.toml [tool.mutmut]; MUTANTS picks the functions.
+# Mutation testing (not part of `make test`; see TESTING.md). Every module of the package gets
+# mutants (pyproject.toml [tool.mutmut], about 41,000). `make mutation-sample` runs a seeded
+# random sample of MUTATION_SAMPLE mutants per area and prints the score per area;
+# `make mutation` runs all of them (days on 2 cores; mutmut keeps verdicts in mutants/, so it
+# resumes), or only the functions of MUTANTS, e.g. MUTANTS="'attnviz.data.views.*'".
 MUTMUT_VERSION := 3.8.1
 MUTATION_JOBS ?= 2
-MUTANTS ?= \
+MUTATION_SAMPLE ?= 40
+MUTANTS ?=
+# The functions of the first, complete runs (TESTING.md, "Core functions, every mutant"):
+# make mutation MUTANTS="$(MUTANTS_CORE)"
+MUTANTS_CORE := \
 	'attnviz.capture.core.x__to_cache_tensor__*' 'attnviz.capture.core.x__query_rows__*' \
 	'attnviz.capture.core.x__validated_queries__*' 'attnviz.capture.core.x__cell_coordinate__*' \
 	'attnviz.capture.core.x__check_unchanged__*' 'attnviz.capture.core.x__joined__*' \
@@ -86,4 +92,9 @@ mutation: $(STAMP)
 	$(BIN)/python -m pip install -qq --disable-pip-version-check mutmut==$(MUTMUT_VERSION)
 	ATTNVIZ_ASSETS=$(CURDIR)/assets nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(BIN)/mutmut results
+
+mutation-sample: $(STAMP)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check mutmut==$(MUTMUT_VERSION)
+	$(BIN)/python tools/mutation_sample.py run --per-area $(MUTATION_SAMPLE) --jobs $(MUTATION_JOBS)
+	$(BIN)/python tools/mutation_sample.py report --per-area $(MUTATION_SAMPLE)
 

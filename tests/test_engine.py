@@ -22,7 +22,7 @@ from attnviz.analysis import (
     query_maps,
     scale_sweep,
 )
-from attnviz.analysis.runner import State
+from attnviz.analysis.runner import State, read_checkpoint
 from attnviz.data.sources import image_source, iter_batches
 from attnviz.errors import BadImageError, CheckpointError, Interrupted
 from attnviz.models import load_model
@@ -179,6 +179,59 @@ def test_resume_refuses_another_run(models, shapes_folder, tmp_path):
         excitation_profile(model, shapes_folder, resume=True, **opts)
     again = excitation_profile(model, shapes_folder, overwrite=True, **opts)
     assert again.n_images == 20
+
+
+def test_images_are_read_in_the_calling_process_by_default(models, shapes_folder, monkeypatch):
+    """``workers=0`` by default: in a DataLoader worker ``get_worker_info()`` is not None."""
+    import attnviz.analysis.runner as runner
+
+    model, cfg = models["excitation"]
+    seen = []
+    real = runner.preprocess_for
+
+    class Spy:  # the runner's transform, noting where each image is prepared
+        def __init__(self, transform):
+            self.transform = transform
+
+        def __call__(self, image):
+            seen.append(torch.utils.data.get_worker_info())
+            return self.transform(image)
+
+        def __getattr__(self, name):
+            return getattr(self.transform, name)
+
+    def spy(spec):
+        return Spy(real(spec))
+
+    monkeypatch.setattr(runner, "preprocess_for", spy)
+    excitation_profile(model, shapes_folder, preprocess=cfg, limit=4, progress=False)
+    assert len(seen) == 4 and all(info is None for info in seen)
+
+
+def test_a_checkpoint_without_max_pixels_resumes_at_the_default(models, shapes_folder, tmp_path):
+    model, cfg = models["excitation"]
+    opts = dict(preprocess=cfg, batch_size=4, progress=False, checkpoint=tmp_path / "c")
+    full = excitation_profile(model, shapes_folder, preprocess=cfg, batch_size=4, progress=False)
+    handle = model.register_forward_hook(_StopAfter(3))
+    try:
+        with pytest.raises(Interrupted):
+            excitation_profile(model, shapes_folder, checkpoint_every=1, **opts)
+    finally:
+        handle.remove()
+    ckpt = next(Path(tmp_path / "c").glob("*.npz"))
+    # at the default cap the fingerprint leaves max_pixels out, as the checkpoints written
+    # before the cap existed did, so those still resume; another cap is refused
+    assert "max_pixels" not in read_checkpoint(ckpt)[0]["fingerprint"]
+    with pytest.raises(CheckpointError, match="max_pixels changed"):
+        excitation_profile(
+            model,
+            shapes_folder,
+            resume=True,
+            max_pixels=attnviz.data.images.MAX_PIXELS // 2,
+            **opts,
+        )
+    resumed = excitation_profile(model, shapes_folder, resume=True, **opts)
+    pd.testing.assert_frame_equal(resumed.to_frame(), full.to_frame())
 
 
 def test_sigkill_then_resume_equals_uninterrupted(shapes_folder, tmp_path, cli):

@@ -3,6 +3,7 @@
     .venv/bin/python tools/plant_bug.py --list            # the planted bugs and their tests
     .venv/bin/python tools/plant_bug.py hw-tv-crop lock-no-finally
     .venv/bin/python tools/plant_bug.py --all             # every bug, one copy each
+    .venv/bin/python tools/plant_bug.py --mutant <mutmut name> --tests tests/test_x.py::test_y
 
 Each bug is one exact text replacement in one file of ``attnviz/`` (it must match exactly
 once, else the entry is stale and reported as ERROR). The working tree is never changed: the
@@ -10,7 +11,8 @@ package, the tests and the pytest configuration are copied to a temporary folder
 applied there, and ``python -m pytest -q -x -p no:randomly <tests>`` runs in that copy (the
 copy's ``attnviz`` is imported first; ``ATTNVIZ_ASSETS`` points at this tree's assets). A bug
 is RED when the tests fail (caught), GREEN when they pass (survived). Exit status 0 when
-every bug asked for is RED. Used for the bug classes of issue 26 (TESTING.md).
+every bug asked for is RED. Used for the bug classes of issue 26 (TESTING.md). ``--mutant``
+plants a mutant of ``mutants/`` (``make mutation-sample``) the same way, from ``mutmut show``.
 """
 
 from __future__ import annotations
@@ -199,16 +201,38 @@ BUGS: dict[str, Bug] = {
 
 def _copy_tree(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for name in ("attnviz", "tests"):
+    for name in ("attnviz", "tests", "tools"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     for name in ("pyproject.toml", "setup.cfg"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, dest / name)
 
 
-def plant(name: str, verbose: bool = False) -> str:
+def bug_of_mutant(name: str, tests: tuple[str, ...]) -> Bug:
+    """mutmut's mutant ``name`` (its one-hunk ``mutmut show`` diff) as a bug caught by ``tests``."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    shown = subprocess.run(
+        [str(mutmut), "show", name], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    file = next(line[4:].strip() for line in shown if line.startswith("--- "))
+    start = next(i for i, line in enumerate(shown) if line.startswith("@@"))
+    body = shown[start + 1 :]
+    if any(line.startswith("@@") for line in body):
+        raise SystemExit(f"{name}: the diff has more than one hunk; plant it by hand")
+    old = [line[1:] for line in body if not line.startswith("+")]
+    new = [line[1:] for line in body if not line.startswith("-")]
+    # mutmut shows a method one level less indented than it is in its class
+    text = (ROOT / file).read_text(encoding="utf-8")
+    for indent in ("", "    ", "        "):
+        shifted = ["\n".join(indent + ln if ln else ln for ln in lines) for lines in (old, new)]
+        if text.count(shifted[0]) == 1:
+            break
+    return Bug(file, shifted[0], shifted[1], tests, f"mutmut mutant {name}")
+
+
+def plant(name: str, verbose: bool = False, bug: Bug | None = None) -> str:
     """Apply bug ``name`` in a scratch copy, run its tests there: "RED", "GREEN" or "ERROR"."""
-    bug = BUGS[name]
+    bug = bug or BUGS[name]
     with tempfile.TemporaryDirectory(prefix=f"plant-{name}-") as tmp:
         copy = Path(tmp)
         _copy_tree(copy)
@@ -246,8 +270,11 @@ def plant(name: str, verbose: bool = False) -> str:
             *bug.tests,
         ]
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
-        verdict = {0: "GREEN", 1: "RED"}.get(proc.returncode, "ERROR")
         last = (proc.stdout.strip().splitlines() or [""])[-1]
+        # a test that errors (fixture, import) has not caught the bug: only failures are RED
+        verdict = {0: "GREEN", 1: "RED"}.get(proc.returncode, "ERROR")
+        if " error" in last:
+            verdict = "ERROR"
         print(f"{name}: {verdict} ({bug.what}): {last}")
         if verbose or verdict == "ERROR":
             print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
@@ -260,7 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="plant every bug, one at a time")
     parser.add_argument("--list", action="store_true", help="list the bugs and their tests")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    parser.add_argument(
+        "--mutant", action="append", default=[], help="a mutmut mutant name (needs mutants/)"
+    )
+    parser.add_argument("--tests", nargs="+", default=[], help="the tests for --mutant")
     args = parser.parse_args(argv)
+    if args.mutant:
+        if not args.tests:
+            parser.error("--mutant needs --tests")
+        tests = tuple(args.tests)
+        verdicts = [plant(m, args.verbose, bug_of_mutant(m, tests)) for m in args.mutant]
+        return 0 if all(v == "RED" for v in verdicts) else 1
     if args.list:
         for name, bug in BUGS.items():
             print(f"{name}: {bug.what} [{bug.file}] -> {' '.join(bug.tests)}")
