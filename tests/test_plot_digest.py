@@ -312,8 +312,8 @@ def public_plot_functions() -> set[str]:
     ]
     for mod in mods:
         for name, obj in vars(mod).items():
-            if name.startswith("_") or not inspect.isfunction(obj):
-                continue
+            if name.startswith("_") or not inspect.isfunction(obj) or "__mutmut_" in name:
+                continue  # (mutmut's tree holds each function's mutant copies beside it)
             home = obj.__module__
             if not home.startswith("attnviz.plot") or home.rsplit(".", 1)[-1].startswith("_"):
                 continue
