@@ -50,6 +50,14 @@ def _oracle(model):
     return names, got
 
 
+def _max_logit(m, x) -> float:
+    """The largest |q k^T * scale| of Visformer attention ``m`` on its input ``x``."""
+    b = x.shape[0]
+    with torch.no_grad():
+        q, k = m.qkv(x).reshape(b, 3, m.num_heads, m.head_dim, -1)[:, :2].unbind(1)
+        return float((q.transpose(-2, -1) @ k * m.scale).abs().max())
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_visformer_attention_equals_timm_weights_and_rebuilds(visformer, fused):
     assert unread_modules(visformer) == {}
@@ -66,7 +74,13 @@ def test_visformer_attention_equals_timm_weights_and_rebuilds(visformer, fused):
     for n in names:
         ref = oracle[n]
         if fused:  # recomputed from the call's q, k: scaled before the product, timm after
-            torch.testing.assert_close(cache[n], ref, rtol=0, atol=2e-4)
+            # float32 rounding of a logit is eps * |logit|, and with random weights the last
+            # stage's logits reach ~1e4 (saturated rows): the bound follows the logits (the
+            # kernels' summation order, hence the error, depends on the thread count)
+            bound = torch.finfo(torch.float32).eps * _max_logit(
+                visformer.get_submodule(n), oracle[n + "<>"][0]
+            )
+            torch.testing.assert_close(cache[n], ref, rtol=0, atol=max(2e-4, 4 * bound))
         else:  # the module's own tensor
             assert torch.equal(cache[n], ref)
         x, y = oracle[n + "<>"]

@@ -16,6 +16,7 @@ its reason. Timeouts and crashes count as killed, "no tests" and "suspicious" as
     python tools/mutation_sample.py run --per-area 40 --rerun survived
     python tools/mutation_sample.py report --per-area 40     # markdown table and survivors
     python tools/mutation_sample.py report --per-area 60 --skip 40   # mutants 41-60 only
+    python tools/mutation_sample.py run --per-area 80 --skip 60      # run mutants 61-80 only
 
 ``make mutation-sample`` installs mutmut and runs ``run`` then ``report``.
 """
@@ -198,13 +199,14 @@ def report(per_area: int, seed: int, skip: int = 0) -> str:
     return "\n".join(lines)
 
 
-def run(per_area: int, seed: int, jobs: int, rerun: str | None) -> int:
+def run(per_area: int, seed: int, jobs: int, rerun: str | None, skip: int = 0) -> int:
+    """Run the sampled mutants without a verdict (positions ``skip`` to ``per_area``)."""
     generate(jobs)
     codes = verdicts()
     drawn = sample(codes, per_area, seed)
     todo = []
     for area, names in drawn.items():
-        for name in names:
+        for name in names[skip:]:
             code = codes[area][name]
             if code in NOT_CHECKED or (
                 rerun == "survived" and code not in KILLED and name not in equivalent()
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="mutmut --max-children")
     parser.add_argument("--rerun", choices=("survived",), help="run these verdicts again too")
     parser.add_argument(
-        "--skip", type=int, default=0, help="report: leave out each area's first SKIP mutants"
+        "--skip", type=int, default=0, help="run, report: leave out each area's first SKIP mutants"
     )
     args = parser.parse_args(argv)
     if args.command == "generate":
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         drawn = sample(verdicts(), args.per_area, args.seed)
         print("\n".join(n for names in drawn.values() for n in names))
     elif args.command == "run":
-        return run(args.per_area, args.seed, args.jobs, args.rerun)
+        return run(args.per_area, args.seed, args.jobs, args.rerun, args.skip)
     else:
         print(report(args.per_area, args.seed, args.skip))
     return 0

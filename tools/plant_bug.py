@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HW, IO = "tests/test_bug_classes_hw.py", "tests/test_bug_classes_io.py"
+MANIFEST = "tests/test_capture_manifest.py::test_capture_matches_its_reviewed_manifest"
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,56 @@ BUGS: dict[str, Bug] = {
         "norm, cmap = diverging_norm(np.clip(values, 0, None)), DIVERGING",
         (f"{HW}::test_ablation_heatmap_norm_covers_both_signs",),
         "ablation heatmap norm from the positive values only",
+    ),
+    # (f) adapters: meta keys, grid fallbacks, terms a default initialisation hides
+    "adapter-halo-meta-key": Bug(
+        "attnviz/capture/adapters/timm_halo.py",
+        '"window": (m.win_size, m.win_size),',
+        '"windows": (m.win_size, m.win_size),',
+        (MANIFEST,),
+        "HaloAttn meta key renamed",
+    ),
+    "adapter-bat-meta-key": Bug(
+        "attnviz/capture/adapters/timm_bat.py",
+        '"grid": (int(h), int(w))}',
+        '"grid_size": (int(h), int(w))}',
+        (MANIFEST,),
+        "BatNonLocalAttn meta key renamed",
+    ),
+    "adapter-maxxvit-meta-key": Bug(
+        "attnviz/capture/adapters/timm_maxxvit.py",
+        '"shift": (0, 0),\n        "key_index": key_index,\n        "path": "fused" if FUSED',
+        '"shift": (0, 0),\n        "keys": key_index,\n        "path": "fused" if FUSED',
+        (MANIFEST,),
+        "MaxxViT (timm) meta key renamed",
+    ),
+    "adapter-cait-fallback": Bug(
+        "attnviz/capture/adapters/timm_cait.py",
+        "if side * side == n_tokens else",
+        "if side * side != n_tokens else",
+        (MANIFEST,),
+        "CaiT's square-grid fallback outside a model takes the wrong branch",
+    ),
+    "adapter-coat-keyword-size": Bug(
+        "attnviz/capture/adapters/timm_coat.py",
+        'else site_context(module).get("grid", (1, n - 1))',
+        "else (1, n - 1)",
+        (MANIFEST,),
+        "CoaT's parallel blocks (size by keyword) lose the stage grid",
+    ),
+    "adapter-pvt-reduced-hw": Bug(
+        "attnviz/capture/adapters/timm_vit.py",
+        "(w + 2 * pw - kw) // sw + 1)",
+        "(h + 2 * pw - kw) // sw + 1)",
+        (MANIFEST,),
+        "PVT-v2 reduced key grid takes its width from H",
+    ),
+    "adapter-tv-vit-bias": Bug(
+        "attnviz/capture/adapters/torchvision_vit.py",
+        "b_q, b_k = (None, None) if bias is None else (bias[:e], bias[e : 2 * e])",
+        "b_q, b_k = None, None",
+        (MANIFEST,),
+        "torchvision ViT read ignores the q/k in_proj_bias (zero at initialisation)",
     ),
 }
 
