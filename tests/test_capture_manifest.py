@@ -123,6 +123,16 @@ def _tv_vit() -> nn.Module:
 
 
 SMALL_VIT = dict(depth=1, num_classes=3)
+#: 12 x 16 tokens in 5 x 5 windows: padded windows, shift 2 in odd blocks
+SMALL_SWIN = dict(
+    img_size=(24, 32),
+    patch_size=2,
+    window_size=5,
+    embed_dim=16,
+    depths=(2, 2),
+    num_heads=(2, 2),
+    num_classes=3,
+)
 
 #: case -> (model builder, (H, W) of the input). Square inputs only where the model needs them.
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
@@ -148,7 +158,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             )
         ),
         (12, 20),
-    ),  # fmt: skip
+    ),
     "timm_mobilenetv3_se": (_timm("mobilenetv3_small_050", num_classes=3), (64, 96)),
     "timm_legacy_senet": (_timm("legacy_seresnet18", num_classes=3), (64, 96)),
     "timm_hgnet_ese": (_timm("hgnet_tiny", num_classes=3), (64, 96)),
@@ -166,7 +176,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             **SMALL_VIT,
         ),
         (24, 40),
-    ),  # fmt: skip
+    ),
     "timm_vit_rope": (
         _timm(
             "vit_pe_core_tiny_patch16_384",
@@ -176,7 +186,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (64, 96),
-    ),  # fmt: skip
+    ),
     "timm_eva02": (_timm("eva02_tiny_patch14_224", img_size=(28, 42), **SMALL_VIT), (28, 42)),
     "timm_beit": (
         _timm(
@@ -188,7 +198,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             **SMALL_VIT,
         ),
         (32, 48),
-    ),  # fmt: skip
+    ),
     "timm_cait": (
         _timm(
             "cait_xxs24_224",
@@ -199,7 +209,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (24, 32),
-    ),  # fmt: skip
+    ),
     "timm_cait_class_alone": (lambda: _Tokens(timm.models.cait.ClassAttn(16, 2)), (32, 32)),
     "timm_cait_talking_alone": (
         lambda: _Tokens(timm.models.cait.TalkingHeadAttn(16, 2), cls=False),
@@ -232,7 +242,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (80, 112),
-    ),  # fmt: skip
+    ),
     "timm_davit_v2": (
         _timm(
             "davit_base_fl",
@@ -242,7 +252,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (80, 112),
-    ),  # fmt: skip
+    ),
     "timm_edgenext": (_timm("edgenext_xx_small", num_classes=3), (64, 96)),
     "timm_efficientformer": (_timm("efficientformer_l1", num_classes=3), (224, 224)),
     "timm_efficientformer_v2": (_timm("efficientformerv2_s0", num_classes=3), (224, 224)),
@@ -258,7 +268,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (64, 64),
-    ),  # fmt: skip
+    ),
     "timm_gemma4_vit": (
         _timm(
             "gemma4_vit_167m",
@@ -270,7 +280,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (64, 96),
-    ),  # fmt: skip
+    ),
     "timm_hiera": (_timm("hiera_tiny_224", img_size=(64, 96), num_classes=3), (64, 96)),
     "timm_sam2_hiera": (_timm("sam2_hiera_tiny", num_classes=3), (64, 96)),
     "timm_iformer": (_timm("iformer_t", num_classes=3), (128, 192)),
@@ -292,7 +302,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (64, 64),
-    ),  # fmt: skip
+    ),
     "timm_nextvit": (_timm("nextvit_small", depths=(1, 2, 5, 1), num_classes=3), (128, 192)),
     "timm_pvt_v2": (_timm("pvt_v2_b0", num_classes=3), (64, 96)),
     "timm_pvt_v2_linear": (_timm("pvt_v2_b0", linear=True, num_classes=3), (64, 96)),
@@ -308,48 +318,12 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (80, 80),
-    ),  # fmt: skip
+    ),
     "timm_shvit": (_timm("shvit_s1", num_classes=3), (128, 192)),
     "timm_swiftformer": (_timm("swiftformer_xs", num_classes=3), (64, 96)),
-    "timm_swin": (
-        _timm(
-            "swin_tiny_patch4_window7_224",
-            img_size=(24, 32),
-            patch_size=2,
-            window_size=5,
-            embed_dim=16,
-            depths=(2, 2),
-            num_heads=(2, 2),
-            num_classes=3,
-        ),
-        (24, 32),
-    ),  # fmt: skip
-    "timm_swin_v2": (
-        _timm(
-            "swinv2_tiny_window8_256",
-            img_size=(24, 32),
-            patch_size=2,
-            window_size=5,
-            embed_dim=16,
-            depths=(2, 2),
-            num_heads=(2, 2),
-            num_classes=3,
-        ),
-        (24, 32),
-    ),  # fmt: skip
-    "timm_swin_v2_cr": (
-        _timm(
-            "swinv2_cr_tiny_224",
-            img_size=(24, 32),
-            patch_size=2,
-            window_size=5,
-            embed_dim=16,
-            depths=(2, 2),
-            num_heads=(2, 2),
-            num_classes=3,
-        ),
-        (24, 32),
-    ),  # fmt: skip
+    "timm_swin": (_timm("swin_tiny_patch4_window7_224", **SMALL_SWIN), (24, 32)),
+    "timm_swin_v2": (_timm("swinv2_tiny_window8_256", **SMALL_SWIN), (24, 32)),
+    "timm_swin_v2_cr": (_timm("swinv2_cr_tiny_224", **SMALL_SWIN), (24, 32)),
     "timm_tiny_vit": (_timm("tiny_vit_5m_224", num_classes=3), (160, 224)),
     "timm_tnt": (_timm("tnt_s_patch16_224", img_size=(32, 48), depth=2, num_classes=3), (32, 48)),
     "timm_twins": (
@@ -371,7 +345,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
             num_classes=3,
         ),
         (64, 96),
-    ),  # fmt: skip
+    ),
     "torchvision_mobilenet_se": (
         lambda: torchvision.models.mobilenet_v3_small(weights=None, num_classes=3),
         (64, 96),

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from attnviz.models import (
     PreprocessConfig,
+    PretrainedUnavailableError,
     TinyResNet,
     WeightsError,
     create_tiny,
@@ -164,3 +165,42 @@ def test_pretrained_offline_fails_fast_with_hint(tmp_path) -> None:
     assert "REFUSED" in out.stdout, out.stderr[-2000:]
     assert out.stdout.split()[1] == "0", out.stdout  # no connection attempted, no retries
     assert "weights=" in out.stdout
+
+
+def test_pretrained_failure_in_process_names_the_model_the_cause_and_the_way_out(monkeypatch):
+    """The same failure as above, in this process (mutation testing sees it): timm's download
+    raising becomes one PretrainedUnavailableError that names the spec, the cause's type and
+    first line, and both ways to pass local weights."""
+    from attnviz.models import loading
+
+    def no_hub(name, pretrained, kwargs):
+        assert pretrained
+        raise OSError("We have no connection\nsecond line")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "_create_timm", no_hub)
+    with pytest.raises(PretrainedUnavailableError) as info:
+        load_model("timm:resnet18", pretrained=True)
+    assert str(info.value) == (
+        "could not fetch pretrained weights for 'timm:resnet18' (no hub access: OSError: We have "
+        "no connection). Pass a local file instead: load_model(spec, weights='path/to/weights"
+        ".safetensors') (.safetensors, or a .pth/.pt state dict), or on the command line "
+        "--weights PATH."
+    )
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_pretrained_unreachable_hub_fails_before_any_download(monkeypatch):
+    """Online mode with the hub unreachable: refused from the probe, timm never called."""
+    from attnviz.models import loading
+
+    def never(*args):
+        raise AssertionError("timm was asked to download")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_unreachable", lambda: "https://hub is unreachable (x)")
+    monkeypatch.setattr(loading, "_create_timm", never)
+    with pytest.raises(PretrainedUnavailableError, match=r"'timm:resnet18' \(no hub access: "
+                       r"RuntimeError: https://hub is unreachable \(x\); with HF_HUB_OFFLINE=1 "
+                       r"the local HF cache is used\)"):  # fmt: skip
+        load_model("timm:resnet18", pretrained=True)
