@@ -222,6 +222,7 @@ def test_default_site_and_prediction_target_on_tiny_models(batch):
             pred = model(x).argmax(1).numpy()
         assert result.target_source == "prediction"
         np.testing.assert_array_equal(result.targets, pred)
+        assert result.targets.dtype == np.int64  # class indices, not floats
         assert result.gradcam.shape == (2, 64, 64) and result.attention.shape == (1, 2, 64, 64)
         assert result.spearman.shape == (5, 1)
 

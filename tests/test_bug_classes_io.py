@@ -549,3 +549,21 @@ def test_a_finished_command_releases_its_lock(tmp_path, monkeypatch, cli, shapes
     )
     assert res.code == 0, res.err
     assert (out / "result" / "manifest.json").is_file() and lock_is_free(out)
+
+
+def test_a_resumed_run_keeps_the_items_skipped_before_the_interruption(tmp_path):
+    """Item 5 is skipped in the second batch, the run stops in the third: the resumed result
+    still reports it (the checkpoint carries the skipped list, not only the position)."""
+    from attnviz.errors import Interrupted
+
+    def interrupt(calls):
+        if calls == 3:
+            raise KeyboardInterrupt
+
+    options = dict(preprocess=PREPROCESS, progress=False, batch_size=3, checkpoint=tmp_path)
+    with pytest.raises(Interrupted):
+        run(Probe(), Means(interrupt), Items(), checkpoint_every=1, **options)
+    resumed = run(Probe(), Means(), Items(), checkpoint_every=1, resume=True, **options)
+    assert resumed.index == [k for k in range(N_ITEMS) if k != 5]
+    assert resumed.meta["run"]["n_skipped"] == 1
+    assert resumed.meta["run"]["n_images"] == N_ITEMS - 1

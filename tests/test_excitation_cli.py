@@ -76,6 +76,9 @@ def test_excitation_command(image_dir, weights, tmp_path, capsys):
     assert result.class_names == ["ring", "disc"]
     assert result.counts.tolist() == [2, 2]  # the bad files are not counted
     assert result.n_images == 20
+    # --channels 20: evenly spaced channels per site, and the option matters (a wider site)
+    assert all(len(s.channels) == min(20, s.n_channels) for s in result.sites)
+    assert any(s.n_channels > 20 for s in result.sites)
     manifest = json.loads((out / "result" / "manifest.json").read_text())
     assert {r["file"] for r in manifest["skipped"]} == {"disc/broken.png", "ring/empty.jpg"}
     assert manifest["kind"] == "excitation_profile" and manifest["meta"]["run"]["n_images"] == 20

@@ -195,13 +195,20 @@ def run_one(args: argparse.Namespace) -> int:
         output_folder(args.out, [args.images], ANALYSIS) as out,
     ):
         model, config = load_cli_model(args)
-        result = attention_vs_attribution(
+
+        def analyse(model: Any, **options: Any) -> Any:  # the run and its replicates alike
+            return attention_vs_attribution(
+                model,
+                args.images,
+                target=None if args.target == "auto" else args.target,
+                layer=args.layer,
+                sites=sites_argument(args.sites),
+                top_k=args.top_k,
+                **options,
+            )
+
+        result = analyse(
             model,
-            args.images,
-            target=None if args.target == "auto" else args.target,
-            layer=args.layer,
-            sites=sites_argument(args.sites),
-            top_k=args.top_k,
             keep_maps=args.figure_images,
             **run_options(args, out, config, model_fingerprint(args)),
         )
@@ -212,11 +219,8 @@ def run_one(args: argparse.Namespace) -> int:
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
-                lambda models: attention_vs_attribution(
-                    models[args.model], args.images,
-                    target=None if args.target == "auto" else args.target, layer=args.layer,
-                    sites=sites_argument(args.sites), top_k=args.top_k, keep_maps=0,
-                    **replicate_options(args, out, config),
+                lambda models: analyse(
+                    models[args.model], keep_maps=0, **replicate_options(args, out, config)
                 ),
             )  # fmt: skip
 

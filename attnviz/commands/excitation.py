@@ -109,16 +109,20 @@ def run(args: argparse.Namespace) -> int:
         output_folder(args.out, [args.images], ANALYSIS) as out,
     ):
         model, config = load_cli_model(args)
-        result = excitation_profile(
-            model,
-            args.images,
-            classes=args.classes,
-            sites=sites_argument(args.sites),
-            channels=args.channels,
-            permutations=args.permutations,
-            seed=args.seed,
-            **run_options(args, out, config, model_fingerprint(args)),
-        )
+
+        def analyse(model: Any, **options: Any) -> Any:  # the run and its replicates alike
+            return excitation_profile(
+                model,
+                args.images,
+                classes=args.classes,
+                sites=sites_argument(args.sites),
+                channels=args.channels,
+                permutations=args.permutations,
+                seed=args.seed,
+                **options,
+            )
+
+        result = analyse(model, **run_options(args, out, config, model_fingerprint(args)))
 
         def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
             out.save_result(result)
@@ -126,12 +130,7 @@ def run(args: argparse.Namespace) -> int:
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
-                lambda models: excitation_profile(
-                    models[args.model], args.images, classes=args.classes,
-                    sites=sites_argument(args.sites), channels=args.channels,
-                    permutations=args.permutations, seed=args.seed,
-                    **replicate_options(args, out, config),
-                ),
+                lambda models: analyse(models[args.model], **replicate_options(args, out, config)),
             )  # fmt: skip
 
         on_main_rank(main, write)

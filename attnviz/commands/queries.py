@@ -183,16 +183,22 @@ def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
 
     with output_folder(out_path, [args.images], ANALYSIS) as out:
         model, config = load_cli_model(args, spec)
-        sites = sites_argument(args.sites)
-        result = query_independence(
+
+        def analyse(model: Any, **options: Any) -> Any:  # the run and its replicates alike
+            return query_independence(
+                model,
+                args.images,
+                sites=sites_argument(args.sites),
+                model_name=spec,
+                n_queries=args.n_queries,
+                exact=args.exact,
+                seed=args.seed,
+                **options,
+            )
+
+        result = analyse(
             model,
-            args.images,
-            sites=sites,
-            model_name=spec,
-            n_queries=args.n_queries,
             map_images=args.figure_images,
-            exact=args.exact,
-            seed=args.seed,
             **run_options(args, out, config, model_fingerprint(args, spec)),
         )
 
@@ -205,10 +211,8 @@ def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
-                lambda models: query_independence(
-                    models[spec], args.images, sites=sites, model_name=spec,
-                    n_queries=args.n_queries, map_images=0, exact=args.exact, seed=args.seed,
-                    **replicate_options(args, out, config),
+                lambda models: analyse(
+                    models[spec], map_images=0, **replicate_options(args, out, config)
                 ),
                 specs=[spec],
             )  # fmt: skip

@@ -182,13 +182,20 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             images = args.images
-        result = scale_sweep(
+
+        def analyse(model: Any, **options: Any) -> Any:  # the run and its replicates alike
+            return scale_sweep(
+                model,
+                images,
+                scales=args.scales,
+                sites=sites_argument(args.sites),
+                controls=not args.no_control,
+                **options,
+            )
+
+        result = analyse(
             model,
-            images,
-            scales=args.scales,
-            sites=sites_argument(args.sites),
             per_image=args.per_image,
-            controls=not args.no_control,
             **run_options(args, out, config, model_fingerprint(args)),
         )
 
@@ -206,11 +213,7 @@ def run(args: argparse.Namespace) -> int:
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
-                lambda models: scale_sweep(
-                    models[args.model], images, scales=args.scales,
-                    sites=sites_argument(args.sites), controls=not args.no_control,
-                    **replicate_options(args, out, config),
-                ),
+                lambda models: analyse(models[args.model], **replicate_options(args, out, config)),
             )  # fmt: skip
 
         on_main_rank(main, write)
