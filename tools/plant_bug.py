@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HW, IO = "tests/test_bug_classes_hw.py", "tests/test_bug_classes_io.py"
 MANIFEST = "tests/test_capture_manifest.py::test_capture_matches_its_reviewed_manifest"
+RESULTS = "tests/test_result_manifest.py::test_result_matches_its_reviewed_manifest"
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,28 @@ BUGS: dict[str, Bug] = {
         "b_q, b_k = None, None",
         (MANIFEST,),
         "torchvision ViT read ignores the q/k in_proj_bias (zero at initialisation)",
+    ),
+    # (g) keys and messages of results that no analysis test reads
+    "keys-run-meta": Bug(
+        "attnviz/analysis/runner.py",
+        '"n_skipped": len(self.skipped),',
+        '"skipped_n": len(self.skipped),',
+        (RESULTS,),
+        "the run record's n_skipped key renamed",
+    ),
+    "keys-scenes-params": Bug(
+        "attnviz/data/shapes.py",
+        '"scales": list(self.scales),',
+        '"SCALES": list(self.scales),',
+        (RESULTS,),
+        "ShapeScenes.params key renamed",
+    ),
+    "msg-excitation-null": Bug(
+        "attnviz/analysis/excitation.py",
+        'f"null: {self.permutations} label permutations (seed {self.seed})"',
+        'f"null: {self.permutations} label shuffles (seed {self.seed})"',
+        (RESULTS,),
+        "the excitation summary's null line reworded",
     ),
 }
 
