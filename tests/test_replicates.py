@@ -346,3 +346,24 @@ def test_seed_specs_parse_and_refuse_what_they_cannot_be():
     with pytest.raises(ValueError, match="no weights="):
         load_model("sk_tiny", seed=1, weights=assets_dir() / "sk_tiny.safetensors")
     assert load_model("sk_tiny", seed=0)[1].source["spec"] == "sk_tiny"  # seed 0: the bundle
+
+
+def test_cli_seed_replicate_runs_the_model_of_that_seed(cli, tmp_path):
+    """``--seeds 1`` runs the bundled ``se_tiny@seed1`` weights, not the trained model again:
+    its saved result equals the API on that model and differs from the trained run."""
+    from attnviz.analysis.excitation import ExcitationProfileResult, excitation_profile
+    from attnviz.data import ShapesDataset, write_image_folder
+
+    images = write_image_folder(ShapesDataset(1, size=64, seed=10_000), tmp_path / "images")
+    out = tmp_path / "out"
+    res = cli("excitation", "--model", "se_tiny", "--images", images, "--out", out,
+              "--seeds", "1", "--permutations", "10", "--no-progress")  # fmt: skip
+    assert res.code == 0, res.err
+    seed1 = ExcitationProfileResult.load(out / "replicates" / "seed1")
+    trained = ExcitationProfileResult.load(out / "result")
+    model, config = load_model("se_tiny@seed1")
+    direct = excitation_profile(model, images, preprocess=config, permutations=10,
+                                progress=False)  # fmt: skip
+    for a, b, t in zip(direct.sites, seed1.sites, trained.sites):
+        np.testing.assert_allclose(b.class_mean, a.class_mean, atol=1e-6)
+        assert not np.allclose(b.class_mean, t.class_mean, atol=1e-3)

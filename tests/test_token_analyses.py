@@ -489,7 +489,7 @@ def test_cli_queries_and_rollout_on_a_timm_vit(tmp_path, monkeypatch, shapes_fol
     common = ["--model", "python:token_vit_factory:vit", "--input-size", "64", "96"]
     common += ["--images", str(shapes_folder), "--limit", "2", "--no-progress"]
     assert main(["queries", *common, "--out", str(tmp_path / "q"), "--figure-images", "1"]) == 0
-    roll_args = ["--out", str(tmp_path / "r"), "--figure-images", "1", "--residual", "0.5"]
+    roll_args = ["--out", str(tmp_path / "r"), "--figure-images", "1", "--residual", "0.25"]
     assert main(["rollout", *common, *roll_args]) == 0
     qi = load_result(tmp_path / "q" / "result")
     assert {s.get("label") for s in qi.sites} >= {"TOK_4_1a/h0", "TOK_4_1b/mean"}
@@ -499,6 +499,7 @@ def test_cli_queries_and_rollout_on_a_timm_vit(tmp_path, monkeypatch, shapes_fol
     assert viewer.head_maps.shape == (24, 4, 4, 6) and viewer.prefix_names == ["class", "register"]
     roll = load_result(tmp_path / "r" / "result")
     assert isinstance(roll, RolloutResult) and roll.maps.shape == (2, 3, 4, 6)
+    assert roll.residual == 0.25  # the option reaches the analysis (0.5 is the default)
     assert (tmp_path / "r" / "figures" / "rollout.png").stat().st_size > 0
     assert "not a faithful attribution" in (tmp_path / "r" / "summary.txt").read_text()
     page = tmp_path / "report.html"

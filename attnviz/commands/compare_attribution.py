@@ -158,14 +158,20 @@ def run_models(args: argparse.Namespace) -> int:
             models[spec], config = load_cli_model(args, spec)
             configs.append(config)
         fingerprint = {"models": [model_fingerprint(args, spec) for spec in args.model]}
-        options = run_options(args, out, configs[0], fingerprint)
-        result = gradcam_comparison(
+
+        def analyse(models: Any, **options: Any) -> Any:  # the run and its replicates alike
+            return gradcam_comparison(
+                models,
+                args.images,
+                target=None if args.target == "auto" else args.target,
+                layer=args.layer,
+                **options,
+            )
+
+        result = analyse(
             models,
-            args.images,
-            target=None if args.target == "auto" else args.target,
-            layer=args.layer,
             keep_maps=args.figure_images,
-            **options,
+            **run_options(args, out, configs[0], fingerprint),
         )
 
         def write() -> None:  # rank 0 alone, without collectives (on_main_rank)
@@ -174,9 +180,8 @@ def run_models(args: argparse.Namespace) -> int:
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
-                lambda reps: gradcam_comparison(
-                    reps, args.images, target=None if args.target == "auto" else args.target,
-                    layer=args.layer, keep_maps=0, **replicate_options(args, out, configs[0]),
+                lambda reps: analyse(
+                    reps, keep_maps=0, **replicate_options(args, out, configs[0])
                 ),
                 specs=list(args.model),
             )  # fmt: skip

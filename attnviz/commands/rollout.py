@@ -91,14 +91,20 @@ def run(args: argparse.Namespace) -> int:
         output_folder(args.out, [args.images], ANALYSIS) as out,
     ):
         model, config = load_cli_model(args)
-        sites = sites_argument(args.sites)
-        result = rollout(
+
+        def analyse(model: Any, **options: Any) -> Any:  # the run and its replicates alike
+            return rollout(
+                model,
+                args.images,
+                sites=sites_argument(args.sites),
+                residual=args.residual,
+                model_name=args.model,
+                **options,
+            )
+
+        result = analyse(
             model,
-            args.images,
-            sites=sites,
-            residual=args.residual,
             map_images=args.figure_images,
-            model_name=args.model,
             **run_options(args, out, config, model_fingerprint(args)),
         )
 
@@ -108,9 +114,8 @@ def run(args: argparse.Namespace) -> int:
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
-                lambda models: rollout(
-                    models[args.model], args.images, sites=sites, residual=args.residual,
-                    map_images=0, model_name=args.model, **replicate_options(args, out, config),
+                lambda models: analyse(
+                    models[args.model], map_images=0, **replicate_options(args, out, config)
                 ),
             )  # fmt: skip
 
