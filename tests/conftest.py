@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_testing import golden_updates  # noqa: F401  (a fixture: the golden files' regeneration)
 from PIL import Image
 
 torch.set_num_threads(1)

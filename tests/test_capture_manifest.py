@@ -21,9 +21,7 @@ then regenerate:
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from golden_testing import UPDATE, read_golden
 from test_plot_digest import _arr, _diff, _num
 from test_timm_maxxvit_attention import _coatnet, _maxvit
 from timm.layers import get_attn
@@ -454,33 +453,15 @@ def manifest(case: str) -> dict:
     )
 
 
-@functools.cache
-def _golden() -> dict:
-    return json.loads(GOLDEN.read_text(encoding="utf-8")) if GOLDEN.exists() else {}
-
-
 # ----------------------------------------------------------------------------- the tests
-@pytest.fixture(scope="module")
-def updates():
-    """Regeneration (``ATTNVIZ_UPDATE_GOLDEN=1``): collect every case, write once."""
-    got: dict[str, dict] = {}
-    yield got
-    if got:
-        GOLDEN.parent.mkdir(exist_ok=True)
-        merged = {**_golden(), **got}
-        _golden.cache_clear()
-        merged = {k: merged[k] for k in sorted(merged) if k in CASES}
-        GOLDEN.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_capture_matches_its_reviewed_manifest(case, updates):
+def test_capture_matches_its_reviewed_manifest(case, golden_updates):
     got = manifest(case)
     assert got["all rows"], f"{case}: no site captured"
-    if os.environ.get("ATTNVIZ_UPDATE_GOLDEN"):
-        updates[case] = got
+    if UPDATE:
+        golden_updates[case] = got
         return
-    golden = _golden()
+    golden = read_golden(GOLDEN)
     assert case in golden, f"{case}: no golden manifest (regenerate: see the docstring)"
     diffs: list[str] = []
     _diff(golden[case], got, case, diffs)
@@ -491,10 +472,14 @@ def test_capture_matches_its_reviewed_manifest(case, updates):
 
 def test_every_adapter_has_a_case():
     """The golden manifest reads every built-in adapter at least once."""
-    if os.environ.get("ATTNVIZ_UPDATE_GOLDEN"):
+    if UPDATE:
         pytest.skip("the golden is being regenerated; run again to check")
     registry._ensure_builtin_adapters()
     builtin = {k for k, a in registry.registered_adapters().items() if a.family != "user"}
-    seen = {site["adapter"] for case in _golden().values() for site in case["all rows"].values()}
+    seen = {
+        site["adapter"]
+        for case in read_golden(GOLDEN).values()
+        for site in case["all rows"].values()
+    }
     assert builtin - seen == set(), "adapters without a manifest case"
-    assert set(_golden()) == set(CASES)
+    assert set(read_golden(GOLDEN)) == set(CASES)

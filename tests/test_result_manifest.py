@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from golden_testing import UPDATE, read_golden
 from test_capture_manifest import _plain
 from test_notebook_outputs import text_differences
 from test_plot_digest import _arr, _diff
@@ -162,30 +162,13 @@ def manifest(case: str, tmp: Path) -> dict:
     )
 
 
-@functools.cache
-def _golden() -> dict:
-    return json.loads(GOLDEN.read_text(encoding="utf-8")) if GOLDEN.exists() else {}
-
-
-@pytest.fixture(scope="module")
-def updates():
-    """Regeneration (``ATTNVIZ_UPDATE_GOLDEN=1``): collect every case, write once."""
-    got: dict[str, dict] = {}
-    yield got
-    if got:
-        merged = {**_golden(), **got}
-        _golden.cache_clear()
-        merged = {k: merged[k] for k in sorted(merged) if k in CASES}
-        GOLDEN.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_result_matches_its_reviewed_manifest(case, updates, tmp_path):
+def test_result_matches_its_reviewed_manifest(case, golden_updates, tmp_path):
     got = manifest(case, tmp_path)
-    if os.environ.get("ATTNVIZ_UPDATE_GOLDEN"):
-        updates[case] = got
+    if UPDATE:
+        golden_updates[case] = got
         return
-    golden = _golden()
+    golden = read_golden(GOLDEN)
     assert case in golden, f"{case}: no golden manifest (regenerate: see the docstring)"
     want = dict(golden[case])
     diffs = [f"summary: {d}" for d in text_differences(want.pop("summary"), got.pop("summary"))]
