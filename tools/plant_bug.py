@@ -3,7 +3,7 @@
     .venv/bin/python tools/plant_bug.py --list            # the planted bugs and their tests
     .venv/bin/python tools/plant_bug.py hw-tv-crop lock-no-finally
     .venv/bin/python tools/plant_bug.py --all             # every bug, one copy each
-    .venv/bin/python tools/plant_bug.py --mutant <mutmut name> --tests tests/test_x.py::test_y
+    .venv/bin/python tools/plant_bug.py --mutant <name> [<name> ...] --tests tests/test_x.py::test_y
 
 Each bug is one exact text replacement in one file of ``attnviz/`` (it must match exactly
 once, else the entry is stale and reported as ERROR). The working tree is never changed: the
@@ -362,13 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the bugs and their tests")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
     parser.add_argument(
-        "--mutant", action="append", default=[], help="a mutmut mutant name (needs mutants/)"
+        "--mutant", action="extend", nargs="+", default=[], help="mutmut mutant names (mutants/)"
     )
     parser.add_argument("--tests", nargs="+", default=[], help="the tests for --mutant")
     args = parser.parse_args(argv)
     if args.mutant:
         if not args.tests:
             parser.error("--mutant needs --tests")
+        if args.bugs:
+            parser.error(f"--mutant takes mutant names only; planted bug names too: {args.bugs}")
         tests = tuple(args.tests)
         verdicts = [plant(m, args.verbose, bug_of_mutant(m, tests)) for m in args.mutant]
         return 0 if all(v == "RED" for v in verdicts) else 1
