@@ -95,6 +95,12 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise ResultFormatError(f"cannot read {path}: {exc}") from None
 
 
+def wrong_kind(directory: str | os.PathLike, found: object, expected: str) -> str:
+    """The message of a result folder that holds another kind of result than the one asked."""
+    what = f"a result of kind {found!r}" if found else "a result of unknown kind"
+    return f"{directory} holds {what}, not of kind {expected!r}"
+
+
 class Result:
     """Base of every analysis result: ``to_frame()``, ``summary()``, ``save()``, ``load()``.
 
@@ -165,9 +171,7 @@ class Result:
         manifest = read_manifest(directory)
         kind = manifest.get("kind")
         if kind != cls.kind:
-            raise ResultFormatError(
-                f"{directory} holds a {kind or 'unknown'!s} result, not a {cls.kind} result"
-            )
+            raise ResultFormatError(wrong_kind(directory, kind, cls.kind))
         version = int(manifest.get("format_version", 0))
         if version > cls.format_version:
             raise ResultFormatError(

@@ -181,10 +181,9 @@ class QueryViewer:
         scale = "one colour scale for every query"
         if len(self.heads) > 1:
             kh, kw = self.key_grid
-            heads = (
-                f"; {len(self.heads) - 1} heads and their mean (pick one) over the {kh}x{kw} key "
-                "patch grid"
-            )
+            n = len(self.heads) - 1  # the last entry is the mean
+            which_heads = "1 head and its mean" if n == 1 else f"{n} heads and their mean"
+            heads = f"; {which_heads} (pick one) over the {kh}x{kw} key patch grid"
             scale = "one colour scale per head for all its queries"
             if self.prefix_names:
                 heads += (

@@ -115,6 +115,22 @@ def _tv_maxvit() -> nn.Module:
     )  # fmt: skip
 
 
+def _pvt_pooled_to(size: tuple[int, int]) -> nn.Module:
+    """PVT-v2 with linear attention whose pools give a non-square ``size`` (the reduced-layout
+    read of a tuple ``output_size``; timm's own models use an int)."""
+    model = timm.create_model("pvt_v2_b0", linear=True, num_classes=3)
+    for m in model.modules():
+        if getattr(m, "pool", None) is not None:
+            m.pool = nn.AdaptiveAvgPool2d(size)
+    return model
+
+
+def _tv_encoder_block() -> nn.Module:
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    return EncoderBlock(2, 16, 32, dropout=0.0, attention_dropout=0.0)
+
+
 def _tv_vit() -> nn.Module:
     return torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
@@ -231,6 +247,16 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
         (32, 32),
     ),
     "timm_cpubone": (_timm("cpubone_nano", num_classes=3), (112, 176)),
+    # the 2 x 2 reduced variant at stride 4 on 15 x 22: H and W padded by 1 and 2 to 16 x 24
+    # (at timm's stride 2 a pad of -H % 2 equals H % 2, so only stride >= 3 shows its sign)
+    "timm_cpubone_small_kernels_stride4": (
+        lambda: _after_stem(
+            timm.models.cpubone.ConvAttention(
+                C, att_stride=4, small_kernels=True, upsample_mode="nearest"
+            )
+        ),
+        (15, 22),
+    ),
     "timm_crossvit": (_timm("crossvit_tiny_240", num_classes=3), (240, 240)),
     "timm_davit": (
         _timm(
@@ -305,6 +331,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
     "timm_nextvit": (_timm("nextvit_small", depths=(1, 2, 5, 1), num_classes=3), (128, 192)),
     "timm_pvt_v2": (_timm("pvt_v2_b0", num_classes=3), (64, 96)),
     "timm_pvt_v2_linear": (_timm("pvt_v2_b0", linear=True, num_classes=3), (64, 96)),
+    "timm_pvt_v2_linear_pool_3x5": (lambda: _pvt_pooled_to((3, 5)), (64, 96)),
     "timm_sam_vit": (
         _timm(
             "samvit_base_patch16",
@@ -353,6 +380,9 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int]]] = {
     "torchvision_swin_v2": (lambda: _tv_swin(True), (40, 56)),
     "torchvision_maxvit": (_tv_maxvit, (96, 96)),  # its grid partition needs H = W
     "torchvision_vit": (_tv_vit, (32, 32)),
+    # outside a VisionTransformer: the grid fallbacks (4 x 4 + class token; 3 x 5 + class token)
+    "torchvision_vit_block_alone_square": (lambda: _Tokens(_tv_encoder_block()), (32, 32)),
+    "torchvision_vit_block_alone_3x5": (lambda: _Tokens(_tv_encoder_block()), (24, 40)),
     "attnviz_se": (lambda: _after_stem(blocks.SEBlock(C)), (12, 20)),
     "attnviz_sk": (lambda: _after_stem(blocks.SKConv(C, C)), (12, 20)),
     "attnviz_cbam": (lambda: _after_stem(blocks.CBAM(C)), (12, 20)),

@@ -2,8 +2,13 @@
 
 The docs site's command reference (docs/cli.md) is generated from these parsers, so a changed
 help string, metavar, choice or subcommand description is a change users see. The golden file
-``tests/golden/cli_help.txt`` holds every parser's help; after a deliberate change, review the
-diff and regenerate it:
+``tests/golden/cli_help.txt`` holds every parser's help and, after them, a table of every action
+of every parser (the ``attnviz`` command and its subcommands, and the module command lines
+``python -m attnviz.models.train`` / ``.seeds``): option strings, dest, default, type, choices,
+nargs, required, metavar, const and action kind. So the class "a default, type or choice of
+some option changed" (a dropped ``--batch-size`` default, ``int`` for ``float``, a choice
+renamed) fails here, whether or not the help text states the default. After a deliberate
+change, review the diff and regenerate it:
 
     ATTNVIZ_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_cli_help.py
 """
@@ -21,6 +26,7 @@ from attnviz.cli import build_parser
 from attnviz.models import seeds, train
 
 MODULE_MAINS = (train.main, seeds.main)
+MODULE_PARSERS = (train.build_parser, seeds.build_parser)
 
 GOLDEN = Path(__file__).parent / "golden" / "cli_help.txt"
 # "(default 32)", "(default 1.0 1.5 2.0)", "(20000)", "(default 0: in the main process)"
@@ -54,7 +60,40 @@ def _help_text(monkeypatch) -> str:
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
             main(["--help"])
         parts.append(f"==== {main.__module__}\n{out.getvalue()}")
+    # every action of every parser: the defaults, types and choices, stated in the help or not
+    for p in (*_parsers(parser), *(build() for build in MODULE_PARSERS)):
+        parts.append(f"==== actions of {p.prog}\n{_action_table(p)}")
     return "".join(parts)
+
+
+def _shown(value) -> str:
+    """``repr`` of a parser attribute, with this checkout's path (a default under the
+    repository, such as the training's ``--out``) written as ``<repo>``."""
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
+    if isinstance(value, dict):  # a subparsers action's choices: the command names
+        value = list(value)
+    return repr(value).replace(str(train.repo_root()), "<repo>")
+
+
+def _action_table(parser: argparse.ArgumentParser) -> str:
+    """One line per action: how it parses and what it gives when the option is absent."""
+    lines = []
+    for a in parser._actions:
+        fields = {
+            "action": type(a).__name__,
+            "dest": a.dest,
+            "default": a.default,
+            "type": a.type,
+            "choices": a.choices,
+            "nargs": a.nargs,
+            "required": a.required,
+            "metavar": a.metavar,
+            "const": a.const,
+        }
+        name = "/".join(a.option_strings) or a.dest
+        lines.append(f"  {name}: " + "; ".join(f"{k}={_shown(v)}" for k, v in fields.items()))
+    return "\n".join(lines) + "\n"
 
 
 def test_every_parser_help_is_the_reviewed_text(monkeypatch):

@@ -480,7 +480,8 @@ def test_load_checks_kind_and_version_and_save_keeps_other_files(results, tmp_pa
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     with pytest.raises(
-        ResultFormatError, match=f"{tmp_path}.*scale_sweep result, not a excitation_profile"
+        ResultFormatError,
+        match=f"{tmp_path} holds a result of kind 'scale_sweep', not of kind 'excitation_profile'",
     ):
         type(excitation).load(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())

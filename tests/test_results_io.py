@@ -140,7 +140,9 @@ def test_load_refusals_name_the_problem(tmp_path):
     # no kind
     del manifest["kind"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ResultFormatError, match="holds a unknown result, not a tiny result"):
+    with pytest.raises(
+        ResultFormatError, match="holds a result of unknown kind, not of kind 'tiny'"
+    ):
         Tiny.load(folder)
     # unreadable manifest and npz
     (folder / "manifest.json").write_text("{not json")

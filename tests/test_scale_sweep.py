@@ -335,7 +335,9 @@ def test_save_load_roundtrip_and_frames(tmp_path, result):
     with pytest.raises(ResultFormatError, match=f"{out}.*format 99.*newer"):
         ScaleSweepResult.load(out)
     (out / "manifest.json").write_text(json.dumps({**manifest, "kind": "excitation_profile"}))
-    with pytest.raises(ResultFormatError, match="excitation_profile result, not a scale_sweep"):
+    with pytest.raises(
+        ResultFormatError, match="kind 'excitation_profile', not of kind 'scale_sweep'"
+    ):
         ScaleSweepResult.load(out)
     with pytest.raises(ResultFormatError, match="no attnviz result"):
         ScaleSweepResult.load(tmp_path / "nothing")

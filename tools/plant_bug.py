@@ -7,7 +7,8 @@
 
 Each bug is one exact text replacement in one file of ``attnviz/`` (it must match exactly
 once, else the entry is stale and reported as ERROR). The working tree is never changed: the
-package, the tests and the pytest configuration are copied to a temporary folder, the bug is
+package, the tests, the tools, notebooks, docs, benchmarks, the top-level texts and the pytest
+configuration are copied to a temporary folder, the bug is
 applied there, and ``python -m pytest -q -x -p no:randomly <tests>`` runs in that copy (the
 copy's ``attnviz`` is imported first; ``ATTNVIZ_ASSETS`` points at this tree's assets). A bug
 is RED when the tests fail (caught), GREEN when they pass (survived). Exit status 0 when
@@ -275,11 +276,14 @@ BUGS: dict[str, Bug] = {
 
 def _copy_tree(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for name in ("attnviz", "tests", "tools"):
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("pyproject.toml", "setup.cfg"):
+    # everything a test reads besides the assets (notebooks, docs, the top-level texts): a
+    # test that cannot find its file would fail whatever the bug, a false RED
+    for name in ("attnviz", "tests", "tools", "notebooks", "docs", "benchmarks"):
         if (ROOT / name).exists():
-            shutil.copy2(ROOT / name, dest / name)
+            shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    for path in ROOT.glob("*"):
+        if path.is_file() and (path.suffix in (".md", ".toml", ".cfg") or path.name == "Makefile"):
+            shutil.copy2(path, dest / path.name)
 
 
 def bug_of_mutant(name: str, tests: tuple[str, ...]) -> Bug:
@@ -293,15 +297,22 @@ def bug_of_mutant(name: str, tests: tuple[str, ...]) -> Bug:
     body = shown[start + 1 :]
     if any(line.startswith("@@") for line in body):
         raise SystemExit(f"{name}: the diff has more than one hunk; plant it by hand")
-    old = [line[1:] for line in body if not line.startswith("+")]
-    new = [line[1:] for line in body if not line.startswith("-")]
-    # mutmut shows a method one level less indented than it is in its class
     text = (ROOT / file).read_text(encoding="utf-8")
-    for indent in ("", "    ", "        "):
-        shifted = ["\n".join(indent + ln if ln else ln for ln in lines) for lines in (old, new)]
-        if text.count(shifted[0]) == 1:
-            break
-    return Bug(file, shifted[0], shifted[1], tests, f"mutmut mutant {name}")
+    changed = [i for i, line in enumerate(body) if line.startswith(("+", "-"))]
+    # mutmut shows a method one level less indented than it is in its class, but keeps the
+    # lines of a multi-line string at their own indentation: drop context lines from the ends
+    # until the hunk, shifted, occurs exactly once
+    for lo in range(changed[0] + 1):
+        for hi in range(len(body), changed[-1], -1):
+            old = [line[1:] for line in body[lo:hi] if not line.startswith("+")]
+            new = [line[1:] for line in body[lo:hi] if not line.startswith("-")]
+            for indent in ("", "    ", "        "):
+                shifted = [
+                    "\n".join(indent + ln if ln else ln for ln in lines) for lines in (old, new)
+                ]
+                if text.count(shifted[0]) == 1:
+                    return Bug(file, shifted[0], shifted[1], tests, f"mutmut mutant {name}")
+    raise SystemExit(f"{name}: the diff's text does not occur exactly once in {file}")
 
 
 def plant(name: str, verbose: bool = False, bug: Bug | None = None) -> str:

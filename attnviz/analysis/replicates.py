@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ..results import Result, ResultFormatError, read_manifest
+from ..results import Result, ResultFormatError, read_manifest, wrong_kind
 from .runner import Analysis, run
 from .stats import holm, two_sided_p
 
@@ -248,10 +248,7 @@ class ReplicatesResult(Result):
     def load(cls, directory: str | os.PathLike) -> ReplicatesResult:
         manifest = read_manifest(directory)
         if manifest.get("kind") != cls.kind:
-            raise ResultFormatError(
-                f"{directory} holds a {manifest.get('kind') or 'unknown'} result, not a "
-                f"{cls.kind} result"
-            )
+            raise ResultFormatError(wrong_kind(directory, manifest.get("kind"), cls.kind))
         if int(manifest.get("format_version", 0)) > cls.format_version:
             raise ResultFormatError(f"{directory} was written by a newer attnviz; upgrade it")
         member = result_class(manifest["analysis"])

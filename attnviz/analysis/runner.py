@@ -26,7 +26,6 @@ resumed run, a 2-rank run and a 1-process run give the same result.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -199,10 +198,6 @@ class Analysis:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, default=json_default).encode()).hexdigest()
-
-
 def _checkpoint_file(directory: Path, name: str) -> Path:
     return directory / f"{name}-rank{rank()}-of{world_size()}.npz"
 

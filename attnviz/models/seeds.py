@@ -152,14 +152,19 @@ def bundle(sources: list[str | Path], out: str | Path | None = None) -> list[str
     return done
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m attnviz.models.seeds``."""
     p = argparse.ArgumentParser(
         prog="python -m attnviz.models.seeds",
         description="Bundle finished seed trainings (float16) into assets/models/seeds.",
     )
     p.add_argument("sources", nargs="+", help="training output folders (each with manifest.json)")
     p.add_argument("--out", default=None, help="default: assets/models/seeds")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     done = bundle(args.sources, args.out)
     print(f"{len(done)} seed replicates bundled in {args.out or seeds_dir()}: {', '.join(done)}")
     return 0

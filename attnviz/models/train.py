@@ -471,26 +471,20 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``attnviz train ARCH ...`` to an argparse CLI."""
-    p = subparsers.add_parser(
-        "train",
-        help="train a bundled tiny model on generated data (CPU, deterministic)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(p)
-    p.set_defaults(func=_cli)
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m attnviz.models.train`` (``attnviz train`` adds the same
+    arguments through :func:`add_arguments`: see :mod:`attnviz.commands.train`)."""
     p = argparse.ArgumentParser(
         prog="python -m attnviz.models.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
-    return _cli(p.parse_args(argv))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _cli(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
