@@ -17,6 +17,8 @@ its reason. Timeouts and crashes count as killed, "no tests" and "suspicious" as
     python tools/mutation_sample.py report --per-area 40     # markdown table and survivors
     python tools/mutation_sample.py report --per-area 60 --skip 40   # mutants 41-60 only
     python tools/mutation_sample.py run --per-area 80 --skip 60      # run mutants 61-80 only
+    python tools/mutation_sample.py run --names tools/mutation_round5.txt    # a fixed list
+    python tools/mutation_sample.py report --names tools/mutation_round5.txt
 
 ``make mutation-sample`` installs mutmut and runs ``run`` then ``report``.
 """
@@ -132,6 +134,24 @@ def sample(
     return drawn
 
 
+def listed(codes: dict[str, dict[str, int | None]], path: Path) -> dict[str, list[str]]:
+    """The mutants named in ``path`` (one per line, ``#`` comments), by area, in file order.
+
+    A held-out round fixed in advance: the seeded order of :func:`sample` changes when the
+    package gains or loses mutants, so a list drawn before a change keeps later rounds apart
+    from the mutants read earlier. Names that no longer exist are left out and reported."""
+    area_of_name = {name: area for area, names in codes.items() for name in names}
+    drawn: dict[str, list[str]] = {area: [] for area in codes}
+    gone = []
+    for line in path.read_text("utf-8").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            (drawn[area_of_name[name]] if name in area_of_name else gone).append(name)
+    if gone:
+        print(f"mutation_sample: {len(gone)} listed mutants no longer exist: {', '.join(gone)}")
+    return drawn
+
+
 def equivalent() -> dict[str, str]:
     """Mutants judged equivalent: ``name  reason`` lines of ``tools/mutation_equivalent.txt``."""
     if not EQUIVALENT.exists():
@@ -154,11 +174,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (centre - half, centre + half)
 
 
-def report(per_area: int, seed: int, skip: int = 0) -> str:
+def report(per_area: int, seed: int, skip: int = 0, names_file: Path | None = None) -> str:
     """The score table of positions ``skip`` to ``per_area`` of each area's sample (a held-out
-    part when the first ``skip`` were read and their survivors turned into tests)."""
+    part when the first ``skip`` were read and their survivors turned into tests), or of the
+    mutants listed in the file ``names_file``."""
     codes = verdicts()
-    drawn = {area: names[skip:] for area, names in sample(codes, per_area, seed).items()}
+    drawn = (
+        listed(codes, names_file)
+        if names_file
+        else {area: names[skip:] for area, names in sample(codes, per_area, seed).items()}
+    )
     equal = equivalent()
     rows = [
         "| area | mutants | sampled | checked | killed | equivalent | not killed | score "
@@ -199,14 +224,22 @@ def report(per_area: int, seed: int, skip: int = 0) -> str:
     return "\n".join(lines)
 
 
-def run(per_area: int, seed: int, jobs: int, rerun: str | None, skip: int = 0) -> int:
-    """Run the sampled mutants without a verdict (positions ``skip`` to ``per_area``)."""
+def run(
+    per_area: int,
+    seed: int,
+    jobs: int,
+    rerun: str | None,
+    skip: int = 0,
+    names_file: Path | None = None,
+) -> int:
+    """Run the sampled mutants without a verdict (positions ``skip`` to ``per_area``, or the
+    mutants listed in the file ``names_file``)."""
     generate(jobs)
     codes = verdicts()
-    drawn = sample(codes, per_area, seed)
+    drawn = listed(codes, names_file) if names_file else sample(codes, per_area, seed)
     todo = []
     for area, names in drawn.items():
-        for name in names[skip:]:
+        for name in names[0 if names_file else skip :]:
             code = codes[area][name]
             if code in NOT_CHECKED or (
                 rerun == "survived" and code not in KILLED and name not in equivalent()
@@ -232,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip", type=int, default=0, help="run, report: leave out each area's first SKIP mutants"
     )
+    parser.add_argument(
+        "--names",
+        type=Path,
+        help="run, report: the mutants listed in this file instead of a seeded sample",
+    )
     args = parser.parse_args(argv)
     if args.command == "generate":
         generate(args.jobs)
@@ -239,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         drawn = sample(verdicts(), args.per_area, args.seed)
         print("\n".join(n for names in drawn.values() for n in names))
     elif args.command == "run":
-        return run(args.per_area, args.seed, args.jobs, args.rerun, args.skip)
+        return run(args.per_area, args.seed, args.jobs, args.rerun, args.skip, args.names)
     else:
-        print(report(args.per_area, args.seed, args.skip))
+        print(report(args.per_area, args.seed, args.skip, args.names))
     return 0
 
 
