@@ -90,7 +90,8 @@ MUTANTS_CORE := \
 
 mutation: $(STAMP)
 	$(BIN)/python -m pip install -qq --disable-pip-version-check mutmut==$(MUTMUT_VERSION)
-	ATTNVIZ_ASSETS=$(CURDIR)/assets nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	mkdir -p mutants && { [ -d mutants/assets ] || cp -r assets mutants/assets; }  # a mutant may write models
+	ATTNVIZ_ASSETS=$(CURDIR)/mutants/assets nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(BIN)/mutmut results
 
 mutation-sample: $(STAMP)

@@ -59,15 +59,20 @@ def _safe_value(value: str) -> bool:
 
 def _clean(element: ET.Element) -> None:
     """Remove what is not allowed from ``element``'s children and attributes, in place."""
+    kept: ET.Element | None = None  # the last child kept so far
     for child in list(element):
         ns, local = _local(child.tag) if isinstance(child.tag, str) else (None, "")
         if ns not in (SVG_NS, None) or local not in ELEMENTS:
             tail = child.tail
             element.remove(child)
-            if tail and tail.strip():  # keep surrounding text where it was
-                element.text = (element.text or "") + tail
+            if tail and tail.strip():  # keep the text after it where it was: after the kept
+                if kept is None:  # sibling before it, or at the start of the parent's text
+                    element.text = (element.text or "") + tail
+                else:
+                    kept.tail = (kept.tail or "") + tail
             continue
         _clean(child)
+        kept = child
     _, tag = _local(element.tag)
     for name in list(element.attrib):
         ns, local = _local(name)

@@ -19,6 +19,7 @@ import pytest
 import torch
 from golden_testing import golden_updates  # noqa: F401  (a fixture: the golden files' regeneration)
 from PIL import Image
+from torch_state import restore_torch_state  # noqa: F401  (a fixture: state train() changes)
 
 torch.set_num_threads(1)
 

@@ -49,6 +49,7 @@ from golden_testing import UPDATE, read_golden
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch_state import kept_global_state
 
 from attnviz.data import ShapesDataset
 from attnviz.models import create_tiny, load_model, loading, seeds
@@ -97,14 +98,8 @@ CASES = tuple(RUNS)
 def _restore_global_state():
     """train() sets deterministic algorithms and the thread count of its process, and seeds
     the global generators: put the test process's settings back afterwards."""
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    yield
-    torch.use_deterministic_algorithms(det)
-    torch.set_num_threads(threads)
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    torch.set_rng_state(states[2])
+    with kept_global_state():
+        yield
 
 
 @pytest.fixture(scope="module")

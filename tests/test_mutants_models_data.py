@@ -216,16 +216,8 @@ def test_weight_decay_on_conv_and_linear_weights_only():
         assert torch.allclose(p.detach(), expected, atol=1e-7), name
 
 
-@pytest.fixture
-def _restore_torch_state():
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(det)
-    torch.set_num_threads(threads)
-
-
 def test_training_augmentation_draws_from_the_seeded_generator(
-    monkeypatch, tmp_path, _restore_torch_state
+    monkeypatch, tmp_path, restore_torch_state
 ):
     from attnviz.models import train as train_mod
 

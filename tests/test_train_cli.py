@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch_state import kept_global_state
 
 from attnviz.models.tiny import create_tiny
 
@@ -24,10 +25,8 @@ def _sha256(path) -> str:
 def _restore_torch_state():
     """train() sets deterministic algorithms and the thread count for its process: put the
     test process's settings back afterwards."""
-    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(det)
-    torch.set_num_threads(threads)
+    with kept_global_state():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,7 +250,11 @@ def run(
         print("mutation_sample: every sampled mutant has a verdict")
         return 0
     print(f"mutation_sample: running {len(todo)} mutants", flush=True)
-    env = dict(os.environ, ATTNVIZ_ASSETS=str(ROOT / "assets"))
+    # a mutant may write bundled models (the seed bundler): give the run its own copy
+    assets = MUTANTS / "assets"
+    if not assets.exists():
+        shutil.copytree(ROOT / "assets", assets)
+    env = dict(os.environ, ATTNVIZ_ASSETS=str(assets))
     mutmut = Path(sys.executable).with_name("mutmut")
     cmd = ["nice", "-n", "10", str(mutmut), "run", "--max-children", str(jobs), *todo]
     return subprocess.call(cmd, cwd=ROOT, env=env)

@@ -10,7 +10,8 @@ once, else the entry is stale and reported as ERROR). The working tree is never 
 package, the tests, the tools, notebooks, docs, benchmarks, the top-level texts and the pytest
 configuration are copied to a temporary folder, the bug is
 applied there, and ``python -m pytest -q -x -p no:randomly <tests>`` runs in that copy (the
-copy's ``attnviz`` is imported first; ``ATTNVIZ_ASSETS`` points at this tree's assets). A bug
+copy's ``attnviz`` is imported first; ``ATTNVIZ_ASSETS`` points at a copy of this tree's
+assets, so a bug that writes bundled models cannot change the real ones). A bug
 is RED when the tests fail (caught), GREEN when they pass (survived). Exit status 0 when
 every bug asked for is RED. Used for the bug classes of issue 26 (TESTING.md). ``--mutant``
 plants a mutant of ``mutants/`` (``make mutation-sample``) the same way, from ``mutmut show``.
@@ -330,7 +331,8 @@ def plant(name: str, verbose: bool = False, bug: Bug | None = None) -> str:
             )
             return "ERROR"
         target.write_text(text.replace(bug.old, bug.new), encoding="utf-8")
-        env = dict(os.environ, ATTNVIZ_ASSETS=str(ROOT / "assets"), MPLBACKEND="Agg")
+        shutil.copytree(ROOT / "assets", copy / "assets")  # a planted bug may write there
+        env = dict(os.environ, ATTNVIZ_ASSETS=str(copy / "assets"), MPLBACKEND="Agg")
         env["PYTHONPATH"] = str(copy)
         check = subprocess.run(
             [sys.executable, "-c", "import attnviz; print(attnviz.__file__)"],

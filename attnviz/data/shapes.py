@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,6 +177,11 @@ def _background(rng: np.random.Generator, n: int) -> tuple[np.ndarray, float]:
 
 
 # --------------------------------------------------------------------------- dataset
+def _whole(value: Any) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class ShapesDataset(Dataset):
     """Generated multi-scale classification dataset of shapes and textures.
 
@@ -196,8 +202,11 @@ class ShapesDataset(Dataset):
         scale_range: tuple[float, float] = (0.15, 0.75),
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
-        if not 64 <= size <= 96:
-            raise ValueError(f"size must be within 64..96 px, got {size}")
+        if not _whole(n_per_class) or n_per_class < 1:
+            raise ValueError(f"n_per_class must be a whole number >= 1, got {n_per_class!r}")
+        if not _whole(size) or not 64 <= size <= 96:
+            raise ValueError(f"size must be a whole number of pixels within 64..96, got {size!r}")
+        n_per_class, size = int(n_per_class), int(size)
         lo, hi = scale_range
         if not 0.0 < lo <= hi <= 0.9:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi <= 0.9, got {scale_range}")
