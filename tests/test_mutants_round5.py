@@ -564,3 +564,27 @@ def test_hidden_widths_of_the_blocks_without_a_reduction_argument():
     assert B.NonLocalBlock(5).inter_channels == 2
     bam = B.BAMChannel(20, 16)
     assert bam.fc1.out_features == bam.bn_hidden.num_features == bam.fc2.in_features == 1
+
+
+def test_a_rollout_of_no_images_has_empty_figures_not_a_key_error():
+    """``effects()`` of a result with zero images raised ``KeyError: 'token'`` (the per-image
+    frame had no columns); now every token has n = 0 and NaN figures, and the tables keep
+    their columns."""
+    from attnviz.analysis.rollout import RolloutResult
+
+    result = RolloutResult(
+        model="vit", sites=[{"alias": "TOK_1"}], tokens=["class", "reg0"],
+        maps=np.zeros((0, 2, 2, 3), np.float32), prefix_mass=np.zeros((0, 2), np.float32),
+        query_grid=[2, 3],
+    )  # fmt: skip
+    frame = result.per_image()
+    assert frame.empty and list(frame.columns) == [
+        "image", "id", "token", "prefix_mass", "patch_mass", "entropy_norm", "max_share",
+        "argmax_y", "argmax_x",
+    ]  # fmt: skip
+    effects = result.effects()
+    assert list(effects["site"]) == ["class"] * 3 + ["reg0"] * 3
+    assert (effects["n"] == 0).all() and effects[["effect", "se"]].isna().all().all()
+    table = result.to_frame()
+    assert list(table["token"]) == ["class", "reg0"] and (table["n_images"] == 0).all()
+    assert "0 images (0 skipped)" in result.summary()

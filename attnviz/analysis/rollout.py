@@ -137,7 +137,8 @@ class RolloutResult(Result):
                         "argmax_x": int(x),
                     }
                 )
-        return pd.DataFrame(rows)
+        columns = ["image", "id", "token", "prefix_mass", "patch_mass", "entropy_norm"]
+        return pd.DataFrame(rows, columns=[*columns, "max_share", "argmax_y", "argmax_x"])
 
     def to_frame(self) -> pd.DataFrame:
         """One row per token: mean and std (ddof=0) over images of the :meth:`per_image`
