@@ -577,8 +577,9 @@ class ShapeScenes(Dataset):
             raise ValueError(
                 f"content controls must be distinct names of {list(names)}, got {list(controls)}"
             )
-        if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
+        if not _whole(n_scenes) or n_scenes < 1:
             raise ValueError(f"n_scenes must be a whole number >= 1, got {n_scenes!r}")
+        n_scenes = int(n_scenes)
         scales = tuple(float(s) for s in scales)
         if not scales or any(not (math.isfinite(s) and s >= 1.0) for s in scales):
             raise ValueError(f"scene scales must be finite numbers >= 1.0, got {list(scales)}")
