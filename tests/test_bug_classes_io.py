@@ -183,7 +183,7 @@ class _Stop(Exception):
     pass
 
 
-def test_records_of_a_two_rank_split_follow_their_item(monkeypatch):
+def test_records_of_a_split_over_2_ranks_follow_their_item(monkeypatch):
     """Rank r takes positions r, r + 2, ...; the merged records are those of one process."""
     items = Items()
     perm = np.random.default_rng(3).permutation(N_ITEMS).tolist()
@@ -208,6 +208,7 @@ def test_records_of_a_two_rank_split_follow_their_item(monkeypatch):
     merged = _probe(data, batch_size=2)
     _check(merged, lambda k: perm[k], items)
     assert merged.index == single.index and merged.labels == single.labels
+    assert merged.meta["run"]["world_size"] == 2 and single.meta["run"]["world_size"] == 1
     np.testing.assert_array_equal(merged.out, single.out)
 
 

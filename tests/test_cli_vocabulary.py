@@ -302,6 +302,7 @@ def test_debug_shows_the_traceback(cli, shapes_folder, tmp_path):
         cli(*argv, "--debug")  # the exception propagates: Python prints its traceback
 
 
+@pytest.mark.subprocess
 def test_a_closed_pipe_is_not_a_traceback():
     """``attnviz sites --json | head -c 0``: the reader is gone before the output comes."""
     proc = subprocess.Popen(

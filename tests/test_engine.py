@@ -234,6 +234,7 @@ def test_a_checkpoint_without_max_pixels_resumes_at_the_default(models, shapes_f
     pd.testing.assert_frame_equal(resumed.to_frame(), full.to_frame())
 
 
+@pytest.mark.subprocess
 def test_sigkill_then_resume_equals_uninterrupted(shapes_folder, tmp_path, cli):
     """A real ``kill -9`` of ``attnviz sweep``; ``--resume`` finishes it with equal numbers."""
     exe = [
@@ -286,6 +287,7 @@ def test_sigkill_then_resume_equals_uninterrupted(shapes_folder, tmp_path, cli):
     assert_same_result(a, b)
 
 
+@pytest.mark.subprocess
 def test_two_rank_torchrun_equals_one_process(shapes_folder, tmp_path, cli):
     """``torchrun --nproc_per_node 2`` (gloo) of ``attnviz excitation`` equals one process;
     the runner shards and merges the same way for every analysis."""

@@ -138,6 +138,7 @@ def test_torchvision_and_python_specs(tmp_path, monkeypatch) -> None:
         load_model("nonsense_model")
 
 
+@pytest.mark.subprocess
 def test_pretrained_offline_fails_fast_with_hint(tmp_path) -> None:
     """With HF_HUB_OFFLINE set, pretrained=True fails with a hint and never touches the network."""
     code = textwrap.dedent(

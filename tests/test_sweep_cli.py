@@ -220,6 +220,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.subprocess
 def test_resume_after_sigkill_equals_uninterrupted_run(setup, tmp_path, capsys):
     weights, _, _ = setup
     images = _images(tmp_path / "imgs", 3, bad=False)  # 30 images, 15 batches of 2
@@ -279,6 +280,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(setup, tmp_path, capsys):
         np.testing.assert_allclose(resumed.excess_se[u], full.excess_se[u], atol=1e-6)
 
 
+@pytest.mark.subprocess
 def test_torchrun_two_ranks_equals_single_process(setup, tmp_path):
     weights, images, _ = setup
     torchrun = BIN / "torchrun"

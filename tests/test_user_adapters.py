@@ -203,6 +203,7 @@ def _imported_by_siblings() -> list[str]:
     return sorted({m for f in folder.glob("*.py") for m in pattern.findall(f.read_text())})
 
 
+@pytest.mark.subprocess
 def test_any_adapter_module_can_be_imported_first():
     """Importing a built-in adapter module before anything else loads every family once: a
     family registering itself does not import the others while it is half imported."""

@@ -113,7 +113,7 @@ BUGS: dict[str, Bug] = {
         "attnviz/data/sources.py",
         "return i, x, label, None, image if self.keep_images else None",
         "return k, x, label, None, image if self.keep_images else None",
-        (f"{IO}::test_records_of_a_two_rank_split_follow_their_item",),
+        (f"{IO}::test_records_of_a_split_over_2_ranks_follow_their_item",),
         "records indexed by position in the shard's list, not the source",
     ),
     "rec-dataloader-order": Bug(
