@@ -111,7 +111,7 @@ def runs(tmp_path_factory):
     done = {}
     for case, (arch, options) in RUNS.items():
         root = tmp_path_factory.mktemp(case.replace(" ", "_"))
-        out = root / "out"
+        out = root / "out" if "sgd" in case else root / "new" / "out"  # parents made too
         cache = root / "cache" if "sgd" in case else None
         extra = ["--cache-dir", str(cache)] if cache else []
         stdout, stderr = io.StringIO(), io.StringIO()

@@ -427,3 +427,47 @@ def test_feature_stages_skip_nested_modules_of_a_flat_model():
         "features",
         [(1, 1), (6, 3), (9, 5)],
     )
+
+
+# ----------------------------------------------------------------------------- gap hunt
+# (this session's 120 mutants of positions 1-130, drawn outside the held-out rounds)
+@pytest.mark.parametrize("code", [0, None, 1, 3])
+def test_main_returns_the_commands_own_exit_code(monkeypatch, code):
+    import attnviz.commands.sites as sites
+
+    monkeypatch.setattr(sites, "run", lambda args: code)
+    assert main(["sites", "se_tiny"]) == (code or 0)
+
+
+def test_an_untrained_baseline_of_a_sized_timm_model_is_built_for_the_input_size(cli, tmp_path):
+    """``--input-size`` reaches the untrained replicates too: a ViT built for 32 x 48 has 2 x 3
+    patches, and its fresh copies must have them as well (built at 224 they would not run)."""
+    images = tmp_path / "images"
+    assert cli("data", "make-shapes", images, "--n-per-class", "1", "--size", "64").code == 0
+    r = cli(
+        "rollout", "--model", "vit_tiny_patch16_224", "--input-size", "32", "48", "--images",
+        images, "--out", tmp_path / "out", "--limit", "2", "--figure-images", "1",
+        "--no-progress", "--baseline", "untrained:1",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    meta = json.loads((tmp_path / "out" / "result" / "manifest.json").read_text())
+    assert meta["meta"]["run"]["preprocess"]["input_size"] == [3, 32, 48]
+    assert (tmp_path / "out" / "replicates").is_dir()
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    """Its storages say ``cuda:0``: read with ``map_location="cpu"`` on a machine without
+    CUDA (here: the location tag written as a GPU run would write it)."""
+    import torch.serialization as ser
+
+    from attnviz.models.loading import load_weights_file
+
+    path = tmp_path / "gpu.pth"
+    with monkeypatch.context() as m:
+        m.setattr(ser, "location_tag", lambda storage: "cuda:0")
+        torch.save({"w": torch.arange(3.0)}, path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # the file is what a GPU run writes
+    got = load_weights_file(path)
+    assert got["w"].device.type == "cpu" and torch.equal(got["w"], torch.arange(3.0))
