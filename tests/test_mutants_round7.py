@@ -127,6 +127,21 @@ def test_the_stage3_block_factory_gives_ten_classes_by_default():
     assert model.fc.out_features == 10
 
 
+def test_the_attention_options_of_a_tiny_sk_network_reach_its_sk_convolutions():
+    """``attn_kwargs`` configure every SK unit (three paths and 4 groups here)."""
+    from attnviz.models.tiny import SKConv, TinyResNet
+
+    model = TinyResNet("sk", num_classes=3, attn_kwargs={"num_paths": 3, "groups": 4}).eval()
+    sk = [m for m in model.modules() if isinstance(m, SKConv)]
+    assert len(sk) == 8
+    reference = SKConv(16, 16, num_paths=3, groups=4)
+    assert [tuple(p.shape) for p in sk[0].parameters()] == [
+        tuple(p.shape) for p in reference.parameters()
+    ]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
 def test_training_records_the_cpu_time_of_the_run_alone(tmp_path):
     """``train_cpu_time_s`` is the CPU time of this training, not the process's total."""
     from torch_state import kept_global_state
