@@ -44,6 +44,35 @@ def test_swiftformer_attention_normalising_other_than_three_times_is_one_clear_e
     assert str(err.value) == "EfficientAdditiveAttention normalised 2 times, not 3"
 
 
+def test_the_builtin_adapters_load_every_module_of_their_package(monkeypatch):
+    """Afresh (the flag is set once per process, before any mutant could act): each public
+    module of ``attnviz.capture.adapters`` is imported, in name order."""
+    import importlib
+    import pkgutil
+    import sys
+
+    from attnviz.capture import registry
+
+    package = importlib.import_module("attnviz.capture.adapters")
+    names = sorted(i.name for i in pkgutil.iter_modules(package.__path__))
+    public = [n for n in names if not n.startswith("_")]
+    imported = []
+    real = importlib.import_module
+    monkeypatch.setattr(registry, "_BUILTINS_LOADED", False)
+    monkeypatch.setattr(
+        registry.importlib, "import_module", lambda name: imported.append(name) or real(name)
+    )
+    registry._ensure_builtin_adapters()
+    assert registry._BUILTINS_LOADED is True
+    assert imported == [
+        "attnviz.capture.adapters",
+        *(f"attnviz.capture.adapters.{n}" for n in public),
+    ]
+    assert len(public) > 40 and all(f"attnviz.capture.adapters.{n}" in sys.modules for n in public)
+    registry._ensure_builtin_adapters()  # once only
+    assert len(imported) == 1 + len(public)
+
+
 # ----------------------------------------------------------------------------- runner
 @pytest.mark.parametrize("name", ["a\0b", "\0", "x.csv\0.png"])
 def test_a_file_name_with_a_nul_byte_is_not_a_plain_name(name):
