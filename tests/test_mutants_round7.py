@@ -284,3 +284,28 @@ def test_every_lazy_name_of_the_package_imports_on_first_use(monkeypatch):
     for name, module in attnviz._LAZY.items():
         monkeypatch.delitem(vars(attnviz), name, raising=False)
         assert getattr(attnviz, name) is getattr(importlib.import_module(module), name), name
+
+
+# ----------------------------------------------------------------------------- found by make test
+def test_a_finished_run_removes_the_temporary_checkpoint_a_killed_run_left(tmp_path):
+    """A SIGKILL during the atomic write of a checkpoint leaves ``.<name>.tmp-XXXX`` beside it
+    (the kill skips the clean-up). The resumed run, once finished, removes its own checkpoint
+    files and those temporaries; another analysis's files and the user's stay."""
+    from attnviz.commands._common import OutputFolder
+
+    out = OutputFolder(tmp_path)
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    mine = ["scale_sweep-rank0-of1.npz", ".scale_sweep-rank0-of1.npz.tmp-k1x2_9",
+            ".scale_sweep-rank1-of2.npz.tmp-abc"]  # fmt: skip
+    kept = ["excitation-rank0-of1.npz", ".excitation-rank0-of1.npz.tmp-z", "notes.txt",
+            ".scale_sweep.tmp-x", "scale_sweep-rank0-of1.npz.bak"]  # fmt: skip
+    for name in mine + kept:
+        (folder / name).write_bytes(b"x")
+    out.remove_checkpoint("scale_sweep")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
+    for name in kept:
+        (folder / name).unlink()
+    (folder / mine[1]).write_bytes(b"x")  # only a temporary left: the folder goes too
+    out.remove_checkpoint("scale_sweep")
+    assert not folder.exists()

@@ -664,11 +664,13 @@ class OutputFolder:
         return atomic_write_text(self.root / SUMMARY_FILE, text.rstrip() + "\n")
 
     def remove_checkpoint(self, analysis: str) -> None:
-        """Remove this command's own checkpoint files (and the folder if left empty)."""
+        """Remove this command's own checkpoint files, with the temporary files of their atomic
+        writes that a killed run left (``.<name>.tmp-*``), and the folder if left empty."""
         folder = self.checkpoint
         if not folder.is_dir():
             return
-        for f in folder.glob(f"{analysis}-rank*-of*.npz"):
+        own = f"{analysis}-rank*-of*.npz"
+        for f in [*folder.glob(own), *folder.glob(f".{own}.tmp-*")]:
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
         with contextlib.suppress(OSError):
