@@ -169,3 +169,33 @@ def test_rollout_keeps_as_many_display_images_as_it_draws(cli, tmp_path):
     assert r.code == 0, r.err
     result = RolloutResult.load(out / "result")
     assert len(result.ids) == 4 and result.images.shape[0] == 1  # the analysis default: 3
+
+
+def test_a_compiled_model_lists_its_sites_with_the_whole_warning():
+    model = nn.Sequential(attnviz.blocks.SEBlock(8))
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    with pytest.warns(UserWarning) as record:
+        sites = attnviz.find_sites(compiled)
+    assert [s.name for s in sites] == ["0"]
+    assert str(record[0].message) == (
+        "this is a torch.compile'd model: its sites are listed from the original module "
+        "model._orig_mod (names are relative to it); capture needs the original module, "
+        "run eagerly: `with capture(model._orig_mod) as cache: model._orig_mod(x)`"
+    )
+
+
+def test_the_output_lock_names_its_holder_from_the_first_byte(tmp_path):
+    """The lock file holds "pid N: attnviz COMMAND" from offset 0, which a second writer's
+    refusal quotes."""
+    import os
+    import sys
+
+    from attnviz.commands._common import output_folder
+    from attnviz.errors import OutputError
+
+    with output_folder(tmp_path / "out"):
+        holder = f"pid {os.getpid()}: attnviz {' '.join(sys.argv[1:2])}\n"
+        assert (tmp_path / "out" / ".attnviz.lock").read_bytes() == holder.encode()
+        with pytest.raises(OutputError) as err, output_folder(tmp_path / "out"):
+            pass
+        assert f"({holder.strip()})" in str(err.value)
