@@ -153,9 +153,9 @@ def _check_unchanged(stash: dict[str, Any], site: Site) -> None:
         if t._version != version:
             stash.clear()
             raise RuntimeError(
-                f"{site.name}: the output of {key} was modified in place later in the forward, "
-                "so the attention the module used can no longer be read; use an adapter that "
-                "reads it before the change (a submodule tap is copied when it runs)"
+                f"{site.alias} ({site.name}): the output of {key} was modified in place later "
+                "in the forward, so the attention the module used can no longer be read; use an "
+                "adapter that reads it before the change (a submodule tap is copied when it runs)"
             )
 
 
@@ -769,7 +769,8 @@ class Capture:
                 stash.clear()
                 raise RuntimeError(
                     f"attnviz adapter for {adapter.module_type} expected outputs of {missing} "
-                    f"in {site.name}, but they did not run; the adapter does not fit this module"
+                    f"in {site.alias} ({site.name}), but they did not run; the adapter does not "
+                    "fit this module"
                 )
             taps = {
                 p: (tuple(v) if every_call or p.endswith("()") else v[-1]) for p, v in stash.items()

@@ -84,7 +84,7 @@ class Intervention:
                 if policy.needs == "reference" and _lookup(reference, site) is None:
                     raise PolicyError(
                         f"policy 'mean' at {site.alias} needs reference={{site: mean "
-                        "attention}}; attnviz.analysis.ablation.reference_means computes it"
+                        "attention}; attnviz.analysis.ablation.reference_means computes it"
                     )
                 if policy.needs == "source" and _lookup(source, site) is None:
                     raise PolicyError(

@@ -113,7 +113,8 @@ def _number(text: str, spec: str, cast: Callable[[str], float | int]) -> float |
     try:
         return cast(text)
     except ValueError:
-        raise PolicyError(f"policy {spec!r}: {text!r} is not a {cast.__name__}") from None
+        what = "a whole number" if cast is int else "a number"
+        raise PolicyError(f"policy {spec!r}: {text!r} is not {what}") from None
 
 
 def get_policy(spec: str | Policy) -> Policy:
