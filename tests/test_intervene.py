@@ -278,7 +278,7 @@ def test_bad_policies_sites_and_kinds_are_refused_in_one_line():
         attnviz.intervene(model, {"all": "mean"})
     with pytest.raises(PolicyError, match="needs source"):
         attnviz.intervene(model, {"all": "patch"})
-    with pytest.raises(PolicyError, match="not a int"):
+    with pytest.raises(PolicyError, match="'x' is not a whole number"):
         get_policy("branch:x")
     sk, _ = attnviz.load_model("sk_tiny")
     with pytest.raises(PolicyError, match="has 2 branches"):
