@@ -13,3 +13,11 @@ def test_all_public_names_resolve():
 
 def test_lazy_names_are_listed_in_all():
     assert set(attnviz._LAZY) <= set(attnviz.__all__)
+
+
+def test_plot_all_lists_every_figure_function_it_exports():
+    import attnviz.plot as plot
+
+    exported = {n for n, v in vars(plot).items() if callable(v) and not n.startswith("_")}
+    assert set(plot.__all__) == exported and len(plot.__all__) == len(set(plot.__all__))
+    assert {"plot_stage_bars", "overlay", "statistics_table_html"} <= set(plot.__all__)

@@ -20,7 +20,14 @@ from torch import nn
 import attnviz
 
 TESTS = Path(__file__).resolve().parent
-MODULES = ["attnviz", "attnviz.capture", "attnviz.data", "attnviz.models", "attnviz.analysis"]
+MODULES = [
+    "attnviz",
+    "attnviz.capture",
+    "attnviz.data",
+    "attnviz.models",
+    "attnviz.analysis",
+    "attnviz.plot",
+]
 # options of commands whose tests land with their own issue (issue 15: the report command)
 NOT_YET_TESTED = {("report", "--title")}
 
