@@ -87,7 +87,9 @@ class _CallMode(TorchFunctionMode):
 class _InterceptionPoint:
     """The torch-function interception of one site module, shared by every capture and
     intervene context on it: one pre-hook enters a :class:`_CallMode` while the module runs,
-    one post-hook (also run when the forward raises) leaves it."""
+    one post-hook (also run when the forward raises) leaves it. The pre-hook comes after the
+    module's pre-hooks registered before it and the post-hook before every forward hook, so
+    torch calls of those hooks are not taken for the module's own."""
 
     _points: ClassVar[dict[int, _InterceptionPoint]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
@@ -96,7 +98,7 @@ class _InterceptionPoint:
         self.listeners: list[CallListener] = []
         self.modes: dict[int, list[_CallMode]] = {}  # per thread: entered, not yet left
         self._handles = [
-            module.register_forward_pre_hook(self._enter, prepend=True),
+            module.register_forward_pre_hook(self._enter),
             module.register_forward_hook(self._leave, prepend=True, always_call=True),
         ]
 
