@@ -82,5 +82,7 @@ def test_report_counts_killed_equivalent_and_survivors_per_area(tool, tmp_path, 
     assert "| plot | 1 | 1 | 1 | 0 | 0 | 1 | 0.0 % |" in text
     assert "`c.x_f__mutmut_4` (33)" in text and "`p.x_g__mutmut_1` (0)" in text
     assert "c.x_f__mutmut_3`" not in text
+    # areas the sample does not draw from (no mutants here) have no row, not a row of NaNs
+    assert "nan" not in text and "| blocks |" not in text and "| data |" not in text
     # the package estimate weights areas by their mutants: (2/3 * 5 + 0 * 1) / 6
     assert f"**{100 * (2 / 3 * 5) / 6:.1f} %**" in text

@@ -209,6 +209,8 @@ def report(per_area: int, seed: int, skip: int = 0, names_file: Path | None = No
             weight += len(codes[area])
         for i, v in enumerate((len(codes[area]), len(names), len(checked), len(killed), len(same))):
             totals[i] += v
+        if not names:  # an area this sample or list does not draw from
+            continue
         rows.append(
             f"| {area} | {len(codes[area])} | {len(names)} | {len(checked)} | {len(killed)} | "
             f"{len(same)} | {len(left)} | {100 * score:.1f} % | {100 * lo:.0f}-{100 * hi:.0f} % |"
