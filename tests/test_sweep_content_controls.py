@@ -284,3 +284,27 @@ def test_bad_boxes_get_a_one_line_error(model):
     m, config = model
     with pytest.raises(ValueError, match=r"the box of 0 must be \(x0, y0, x1, y1\)"):
         scale_sweep(m, ShapesDataset(1), preprocess=config, boxes={0: (5, 5, 2)}, progress=False)
+
+
+def test_contrast_matching_that_clipping_makes_diverge_keeps_its_nearest_step():
+    """A dark view matched to a bright, low-contrast one: under clipping the refinement
+    oscillates and its last step was all 255 (mean 255 for a target of 231.85). The result is
+    now no farther from the target than the first step, computed here by hand."""
+    from attnviz.data.scene_controls import _contrast_matched
+
+    view_1 = np.zeros((6, 9, 3), np.uint8)
+    view_1[0, 0] = 255
+    view_1[1, :4] = 40
+    view_s = np.full((6, 9, 3), 230, np.uint8)
+    view_s[2:, 5:] = 250
+    view_s[0, :2] = 120
+    a, b = view_1.astype(float), view_s.astype(float)
+    first = np.clip(np.rint((a - a.mean()) / a.std() * b.std() + b.mean()), 0, 255)
+
+    def error(v):
+        return abs(v.mean() - b.mean()) + abs(v.std() - b.std())
+
+    out = _contrast_matched(view_1, view_s).astype(float)
+    assert out.std() > 0 and out.max() == 255 and out.min() < 255
+    assert error(out) <= error(first) + 1e-9
+    assert error(out) < 19.0  # the last step's error was |255 - 231.85| + 23.73 = 46.9

@@ -116,17 +116,24 @@ def _contrast_matched(view_1: np.ndarray, view_s: np.ndarray) -> np.ndarray:
     """``view_1`` with its global mean and std (all pixels and channels) set to ``view_s``'s:
     an affine map of its values, clipped to 0..255 and rounded; gain and offset are refined
     (40 steps) until the clipped, rounded result has the target mean and std as far as the
-    clipping allows."""
+    clipping allows. The last step is kept unless the clipping made the refinement diverge: a
+    step more than half a grey level (|mean error| + |std error|) nearer the target then wins."""
     a, b = view_1.astype(np.float64), view_s.astype(np.float64)
     sa = a.std()
     z = (a - a.mean()) / sa if sa > 0 else a - a.mean()
     gain, offset = b.std(), b.mean()
-    for _ in range(40):
+    best, best_error = None, math.inf
+    for step in range(41):
         out = np.clip(np.rint(z * gain + offset), 0, 255)
+        error = abs(out.mean() - b.mean()) + abs(out.std() - b.std())
+        if error < best_error:
+            best, best_error = out, error
+        if step == 40:
+            break
         if out.std() > 0:
             gain *= b.std() / out.std()
         offset += b.mean() - out.mean()
-    return np.clip(np.rint(z * gain + offset), 0, 255).astype(np.uint8)
+    return (best if error > best_error + 0.5 else out).astype(np.uint8)
 
 
 def _background_swap(ds: ShapesDataset, index: int, d: SceneDraws) -> ControlView:
