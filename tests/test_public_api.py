@@ -18,6 +18,10 @@ def test_lazy_names_are_listed_in_all():
 def test_plot_all_lists_every_figure_function_it_exports():
     import attnviz.plot as plot
 
-    exported = {n for n, v in vars(plot).items() if callable(v) and not n.startswith("_")}
+    exported = {
+        n
+        for n, v in vars(plot).items()
+        if callable(v) and getattr(v, "__module__", "").startswith("attnviz.plot.")
+    }
     assert set(plot.__all__) == exported and len(plot.__all__) == len(set(plot.__all__))
     assert {"plot_stage_bars", "overlay", "statistics_table_html"} <= set(plot.__all__)
