@@ -1,0 +1,114 @@
+"""Tests for survivors of the eleventh held-out round of the sampled mutation run (every area;
+TESTING.md, "Whole package by sampling"): the full-map size warning given once, the cache's
+byte count, an intervention writing before a capture of the same site reads, a written
+attention in the module's own dtype, the sweep command's refusal of two sources."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_mutants_round10 import PositionSoftmax, _as_map, _first_softmax
+from torch import nn
+
+import attnviz
+from attnviz.capture import Intercepted, register_adapter, unregister_adapter
+from attnviz.capture import core as capture_core
+from attnviz.capture.policies import Policy
+from attnviz.capture.registry import Written
+
+
+def test_the_full_map_size_warning_is_given_once_per_capture(monkeypatch):
+    monkeypatch.setattr(capture_core, "FULL_MAP_WARN_BYTES", 100)
+    model, _ = attnviz.load_model("nl_tiny")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with attnviz.capture(model) as cache, torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(1, 3, 32, 32))
+    assert len(cache) > 0
+    assert [w.category for w in caught].count(ResourceWarning) == 1
+
+
+def test_the_cache_counts_its_bytes_exactly():
+    model, _ = attnviz.load_model("se_tiny")
+    with attnviz.capture(model, io=True) as cache, torch.no_grad():
+        model(torch.randn(2, 3, 20, 12))
+    want = sum(cache[n].numel() * 4 for n in cache)
+    want += sum(cache.inputs(n).numel() * 4 + cache.outputs(n).numel() * 4 for n in cache)
+    assert cache.nbytes() == want > 0
+
+
+@pytest.fixture()
+def adapter():
+    register_adapter(
+        PositionSoftmax,
+        kind="gc",
+        read=Intercepted(("softmax",), _first_softmax),
+        write=Written("softmax()", view=_as_map),
+    )
+    yield
+    unregister_adapter(PositionSoftmax)
+
+
+def test_a_capture_entered_before_an_intervention_reads_what_was_written(adapter):
+    """Both listen to the same softmax call: the intervention writes first (order 0), the
+    capture reads after (order 1), whichever context was entered first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), PositionSoftmax(4)).eval()
+    x = torch.randn(2, 3, 5, 7)
+    with torch.no_grad(), attnviz.capture(model) as cache:
+        with attnviz.intervene(model, {"all": "uniform"}):
+            model(x)
+    (name,) = list(cache)
+    torch.testing.assert_close(cache[name], torch.full((2, 5, 7), 1 / 35))
+
+
+class _OnesInFloat32(Policy):
+    name = "ones_float32"
+
+    def apply(self, att, ctx):
+        return torch.ones(att.shape, dtype=torch.float32)
+
+
+def test_written_attention_takes_the_modules_dtype():
+    """A bfloat16 model given a float32 replacement: the module goes on in bfloat16."""
+    model, _ = attnviz.load_model("se_tiny")
+    model = model.to(torch.bfloat16)  # a copy of its own: load_model builds a new one
+    x = torch.randn(2, 3, 24, 16, dtype=torch.bfloat16)
+    with torch.no_grad(), attnviz.intervene(model, {"all": _OnesInFloat32()}):
+        y = model(x)
+    assert y.dtype == torch.bfloat16
+
+
+def test_sweep_refuses_two_sources_with_its_whole_message(cli, tmp_path):
+    r = cli("sweep", "--model", "sk_tiny", "--images", tmp_path, "--shapes", "4",
+            "--out", tmp_path / "o")  # fmt: skip
+    assert r.code == 2
+    assert r.err.strip().splitlines()[-1] == (
+        "attnviz sweep: error: give exactly one of --images DIR and --shapes N"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+class _RaisesAfterSoftmax(PositionSoftmax):
+    def forward(self, x):
+        super().forward(x)
+        raise RuntimeError("after the softmax")
+
+
+def test_a_forward_that_raises_leaves_the_interception_at_once(adapter):
+    """The post-hook that leaves a site's torch-function mode runs when the forward raises
+    too: the mode is gone at once, not only when the context exits."""
+    register_adapter(_RaisesAfterSoftmax, kind="gc", read=Intercepted(("softmax",), _first_softmax))
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 4, 1), _RaisesAfterSoftmax(4)).eval()
+        with attnviz.capture(model):
+            with pytest.raises(RuntimeError, match="after the softmax"):
+                model(torch.randn(1, 3, 4, 4))
+            assert torch._C._len_torch_function_stack() == 0
+            assert torch.softmax(torch.zeros(3), 0).sum() == 1  # plain torch again
+    finally:
+        unregister_adapter(_RaisesAfterSoftmax)
+    assert torch._C._len_torch_function_stack() == 0
