@@ -112,3 +112,68 @@ def test_a_forward_that_raises_leaves_the_interception_at_once(adapter):
     finally:
         unregister_adapter(_RaisesAfterSoftmax)
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_a_process_group_the_user_started_is_not_attnvizs_to_start_or_end(monkeypatch, tmp_path):
+    """Under torchrun with the group already initialised (by the user's own script),
+    ``init_from_env`` reports that it started nothing, so attnviz does not destroy it."""
+    import torch.distributed as dist
+
+    from attnviz.distributed import init_from_env
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        assert init_from_env() is False
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_from_env() is False and not dist.is_initialized()
+
+
+def test_sampled_jsd_without_control_is_the_plain_mean_and_standard_error():
+    """``_sampled_pairs(control=False)``: the mean JSD of the seeded pairs and its standard
+    error s / sqrt(pairs) with the n - 1 sample deviation, against NumPy by hand."""
+    import math
+
+    import numpy as np
+
+    from attnviz.analysis.stats import _sampled_pairs
+
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(7, 5, generator=g), dim=1)
+    h = -(p * p.log()).sum(1)
+    mean, se = _sampled_pairs(p, h, 40, False, 3, control=False)
+    rng = np.random.default_rng(3)
+    i = rng.integers(0, 7, 40)
+    j = (i + rng.integers(1, 7, 40)) % 7
+    q = p.double().numpy()
+
+    def entropy(r):
+        return -(r * np.log(r)).sum(-1)
+
+    jsd = entropy((q[i] + q[j]) / 2) - (entropy(q[i]) + entropy(q[j])) / 2
+    assert mean == pytest.approx(jsd.mean(), rel=1e-5)
+    assert se == pytest.approx(jsd.std(ddof=1) / math.sqrt(40), rel=1e-4)
+
+
+def test_query_maps_saved_before_prefix_tokens_existed_load_with_none(tmp_path):
+    """A manifest without ``prefix_names`` (written before token sites had prefix rows) loads
+    as a result with no prefix tokens, everything else as saved."""
+    import json
+
+    import numpy as np
+
+    from attnviz.analysis.query_maps import QueryMapsResult, query_maps
+
+    model, _ = attnviz.load_model("nl_tiny")
+    res = query_maps(model, torch.rand(3, 32, 48), queries=[(1, 2), (3, 0)])
+    folder = res.save(tmp_path / "maps")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest.pop("prefix_names") == []
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    back = QueryMapsResult.load(folder)
+    assert back.prefix_names == []
+    np.testing.assert_array_equal(back.maps, res.maps)
