@@ -20,6 +20,14 @@ def read_golden(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def assert_matches_golden(path: Path, got: dict, what: str = "cases") -> None:
+    """Every case of ``got`` equals the golden file's, and no golden case is missing."""
+    want = read_golden(path)
+    diffs = [f"{k}:\n  want {want.get(k)!r}\n  got  {got.get(k)!r}"
+             for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]  # fmt: skip
+    assert not diffs, f"{len(diffs)} {what} differ (review, then regenerate):\n" + "\n".join(diffs)
+
+
 def write_golden(path: Path, got: dict, cases: Iterable[str]) -> None:
     """Merge the regenerated cases ``got`` into the golden file, keeping only ``cases``."""
     keep = set(cases)

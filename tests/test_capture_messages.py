@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 import torch
-from golden_testing import UPDATE, read_golden
+from golden_testing import UPDATE, assert_matches_golden
+from test_inplace_capture import MutatesItsSoftmax
+from test_mutants_round10 import PositionSoftmax
 from torch import nn
 
 import attnviz
@@ -98,12 +100,8 @@ class AdditiveMap(Gate):
     """Registered as kind ``additive``: a map of role 'other' that is not a distribution."""
 
 
-class SoftmaxTwice(nn.Module):
+class SoftmaxTwice(PositionSoftmax):
     """Calls softmax twice in one forward: its attention is not one call."""
-
-    def __init__(self, c: int = 4):
-        super().__init__()
-        self.logits = nn.Conv2d(c, 1, 1)
 
     def forward(self, x):
         b, c, h, w = x.shape
@@ -112,15 +110,7 @@ class SoftmaxTwice(nn.Module):
         return x + (x.reshape(b, c, -1) * p[:, None]).sum(-1)[:, :, None, None]
 
 
-class SoftmaxChangedInPlace(SoftmaxTwice):
-    """Changes its softmax's output in place after using it."""
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        p = self.logits(x).reshape(b, h * w).softmax(-1)
-        y = x + (x.reshape(b, c, -1) * p[:, None]).sum(-1)[:, :, None, None]
-        p.mul_(2.0)
-        return y
+SoftmaxChangedInPlace = MutatesItsSoftmax  # changes its softmax's output in place after use
 
 
 class UnreadAttention(nn.Module):
@@ -248,7 +238,7 @@ def _messages(monkeypatch) -> dict[str, Callable[[], Any]]:
         # -- adapters that do not fit ---------------------------------------------------------
         "hook: a tap that did not run": lambda: _captured(_wrap(SkipsItsGate())),
         "hook: an intercepted output changed in place": lambda: _captured(
-            _wrap(SoftmaxChangedInPlace())
+            _wrap(SoftmaxChangedInPlace(4))
         ),
         "registry: read of another type": lambda: register_adapter(Gate, kind="se", read=3),
         "registry: unknown kind": lambda: register_adapter(Gate, kind="squeeze", read="gate"),
@@ -357,12 +347,7 @@ def test_every_error_message_of_the_capture_layer_is_pinned_whole(
     if UPDATE:
         golden_updates.update(got)
         return
-    want = read_golden(GOLDEN)
-    diffs = [f"{k}:\n  want {want.get(k)!r}\n  got  {got.get(k)!r}"
-             for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]  # fmt: skip
-    assert not diffs, f"{len(diffs)} messages differ (review, then regenerate):\n" + "\n".join(
-        diffs
-    )
+    assert_matches_golden(GOLDEN, got, "messages")
 
 
 def test_no_case_leaves_a_hook_or_an_adapter_behind(adapters, monkeypatch):

@@ -4,6 +4,8 @@ begins, relative to the module's other forward pre-hooks."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -36,16 +38,25 @@ def _as_map(m, raw, inputs):
     return raw.reshape(x.shape[0], *x.shape[-2:])
 
 
-@pytest.fixture()
-def adapter():
+@contextlib.contextmanager
+def position_softmax_adapter():
+    """PositionSoftmax read and written at its one softmax call, for the block."""
     register_adapter(
         PositionSoftmax,
         kind="gc",
         read=Intercepted(("softmax",), _first_softmax),
         write=Written("softmax()", view=_as_map),
     )
-    yield
-    unregister_adapter(PositionSoftmax)
+    try:
+        yield
+    finally:
+        unregister_adapter(PositionSoftmax)
+
+
+@pytest.fixture()
+def adapter():
+    with position_softmax_adapter():
+        yield
 
 
 def _by_hand(block: PositionSoftmax, x: torch.Tensor) -> torch.Tensor:

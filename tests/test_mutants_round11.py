@@ -9,14 +9,13 @@ import warnings
 
 import pytest
 import torch
-from test_mutants_round10 import PositionSoftmax, _as_map, _first_softmax
+from test_mutants_round10 import PositionSoftmax, _first_softmax, position_softmax_adapter
 from torch import nn
 
 import attnviz
 from attnviz.capture import Intercepted, register_adapter, unregister_adapter
 from attnviz.capture import core as capture_core
 from attnviz.capture.policies import Policy
-from attnviz.capture.registry import Written
 
 
 def test_the_full_map_size_warning_is_given_once_per_capture(monkeypatch):
@@ -42,14 +41,8 @@ def test_the_cache_counts_its_bytes_exactly():
 
 @pytest.fixture()
 def adapter():
-    register_adapter(
-        PositionSoftmax,
-        kind="gc",
-        read=Intercepted(("softmax",), _first_softmax),
-        write=Written("softmax()", view=_as_map),
-    )
-    yield
-    unregister_adapter(PositionSoftmax)
+    with position_softmax_adapter():
+        yield
 
 
 def test_a_capture_entered_before_an_intervention_reads_what_was_written(adapter):

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from golden_testing import UPDATE, read_golden
+from golden_testing import UPDATE, assert_matches_golden
 from PIL import Image
 from torch import nn
 
@@ -428,12 +428,7 @@ def test_every_error_message_of_the_analysis_layer_is_pinned_whole(tmp_path, gol
     if UPDATE:
         golden_updates.update(got)
         return
-    want = read_golden(GOLDEN)
-    diffs = [f"{k}:\n  want {want.get(k)!r}\n  got  {got.get(k)!r}"
-             for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]  # fmt: skip
-    assert not diffs, f"{len(diffs)} messages differ (review, then regenerate):\n" + "\n".join(
-        diffs
-    )
+    assert_matches_golden(GOLDEN, got, "messages")
     assert not [k for k, v in got.items() if v == "no exception"]
 
 
