@@ -1,7 +1,9 @@
 """Tests for survivors of the eleventh held-out round of the sampled mutation run (every area;
 TESTING.md, "Whole package by sampling"): the full-map size warning given once, the cache's
-byte count, an intervention writing before a capture of the same site reads, a written
-attention in the module's own dtype, the sweep command's refusal of two sources."""
+byte count, a capture of an intervened site reading what was written, a written attention in
+the module's own dtype, the sweep command's refusal of two sources, the interception left at
+once when a forward raises, a process group the user started, the sampled JSD's plain standard
+error, and query maps saved before prefix tokens existed."""
 
 from __future__ import annotations
 
@@ -46,8 +48,8 @@ def adapter():
 
 
 def test_a_capture_entered_before_an_intervention_reads_what_was_written(adapter):
-    """Both listen to the same softmax call: the intervention writes first (order 0), the
-    capture reads after (order 1), whichever context was entered first."""
+    """A capture entered outside an intervention records the attention the intervention wrote
+    (uniform 1 / HW), not the softmax the module computed."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), PositionSoftmax(4)).eval()
     x = torch.randn(2, 3, 5, 7)
@@ -91,7 +93,7 @@ class _RaisesAfterSoftmax(PositionSoftmax):
         raise RuntimeError("after the softmax")
 
 
-def test_a_forward_that_raises_leaves_the_interception_at_once(adapter):
+def test_a_forward_that_raises_leaves_the_interception_at_once():
     """The post-hook that leaves a site's torch-function mode runs when the forward raises
     too: the mode is gone at once, not only when the context exits."""
     register_adapter(_RaisesAfterSoftmax, kind="gc", read=Intercepted(("softmax",), _first_softmax))
