@@ -40,7 +40,7 @@ from .analysis.query_maps import (
     upsample,
 )
 from .capture import capture, query_kinds
-from .plot._style import colorbar, draw_overlay, shared_norm
+from .plot._style import OVERLAY_ALPHA, SEQUENTIAL, colorbar, draw_overlay, shared_norm
 from .plot.queries import MARKER
 
 
@@ -59,12 +59,13 @@ class QueryState:
 class QueryInspector:
     """Interactive per-query attention maps of one Non-local site for one image.
 
-    ``QueryInspector(model, image, site=None, top_k=5, preprocess=None)``; display it in a
-    notebook (``inspector`` as the cell's last expression, or ``inspector.widget``). Use
-    :meth:`update` to choose a query from code. ``site``: name or alias (default: the first
+    ``QueryInspector(model, image, site=None, top_k=5, preprocess=None, alpha=0.55,
+    colormap="viridis")``; display it in a notebook (``inspector`` as the cell's last
+    expression, or ``inspector.widget``). Use :meth:`update` to choose a query from code. ``site``: name or alias (default: the first
     Non-local site). ``image``: a PIL image or array, prepared by
     :func:`attnviz.data.preprocess.preprocess_for` ``(preprocess)`` (default: the model's own,
     as every analysis) and shown as the view the model sees, or a prepared (3, H, W) tensor.
+    ``alpha`` / ``colormap``: the opacity and matplotlib colour map of the attention overlay.
     """
 
     def __init__(
@@ -75,8 +76,8 @@ class QueryInspector:
         *,
         top_k: int = 5,
         preprocess: Any = None,
-        alpha: float = 0.5,
-        colormap: str = "viridis",
+        alpha: float = OVERLAY_ALPHA,
+        colormap: str = SEQUENTIAL,
     ) -> None:
         site_obj = pick_site(model, site, kinds=query_kinds())
         self.site = site_record(site_obj)
@@ -250,10 +251,11 @@ class QueryInspector:
         assert st is not None and self.figure is not None
         py, px = cell_centre(st.cell, self.query_grid, self.size)
         if not self._drawn:  # first draw: images, marker and the one colour bar
-            im = draw_overlay(self._ax_map, self.image, st.map, self.norm)
+            style = {"cmap": self.colormap, "alpha": self.alpha}
+            im = draw_overlay(self._ax_map, self.image, st.map, self.norm, **style)
             (marker,) = self._ax_map.plot([px], [py], **MARKER)
             mean_up = upsample(self.mean_map.reshape(self.key_grid), self.size)
-            draw_overlay(self._ax_mean, self.image, mean_up, self.norm)
+            draw_overlay(self._ax_mean, self.image, mean_up, self.norm, **style)
             self._ax_mean.set_title("mean map over all queries", fontsize=9)
             colorbar(self.figure, im, [self._ax_map, self._ax_mean], label="attention")
             text = self.figure.text(0.01, 0.01, "", fontsize=8, va="bottom")

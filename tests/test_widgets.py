@@ -64,6 +64,26 @@ def test_update_callback_matches_the_attention_rows():
     assert "(2, 5)" in insp.info.value and f"{st.cos_to_mean:.4f}" in insp.info.value
 
 
+def test_the_overlay_takes_the_given_opacity_and_colour_map():
+    """``alpha`` and ``colormap`` reach both overlays (the query's and the mean map) and the
+    colour bar; the defaults are the house style of every other overlay."""
+    from matplotlib.collections import QuadMesh
+
+    from attnviz.plot._style import OVERLAY_ALPHA, SEQUENTIAL
+
+    model = _nl_model()
+    x = torch.randn(3, 16, 16)
+    plain = QueryInspector(model, x)
+    styled = QueryInspector(model, x, alpha=0.3, colormap="magma")
+    for insp, (alpha, cmap) in ((plain, (OVERLAY_ALPHA, SEQUENTIAL)), (styled, (0.3, "magma"))):
+        for ax in (insp._ax_map, insp._ax_mean):
+            assert ax.images[1].get_alpha() == alpha
+            assert ax.images[1].get_cmap().name == cmap
+        bar = insp.figure.axes[-1]  # the one colour bar: its mesh is drawn with the map's cmap
+        (mesh,) = [c for c in bar.collections if isinstance(c, QuadMesh)]
+        assert bar.get_ylabel() == "attention" and mesh.get_cmap().name == cmap
+
+
 def test_sliders_and_clicks_choose_the_query():
     pytest.importorskip("ipywidgets")
     model = _nl_model()
