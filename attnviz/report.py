@@ -275,7 +275,8 @@ def build_report(paths: Sequence[str | os.PathLike], title: str = "attnviz repor
     bases = [Path(p) for p in paths]
     sections, toc = [], []
     for i, folder in enumerate(folders):
-        base = next((b for b in bases if b == folder or b in folder.parents), folder.parent)
+        # the path it was found under (find_analyses walks each path: the folder lies below)
+        base = next(b for b in bases if b == folder or b in folder.parents)
         sections.append(_section(folder, base, i))
         label = folder.relative_to(base).as_posix() if folder != base else folder.name
         toc.append(f'<li><a href="#a{i}">{html.escape(label)}</a></li>')

@@ -61,11 +61,12 @@ class QueryInspector:
 
     ``QueryInspector(model, image, site=None, top_k=5, preprocess=None, alpha=0.55,
     colormap="viridis")``; display it in a notebook (``inspector`` as the cell's last
-    expression, or ``inspector.widget``). Use :meth:`update` to choose a query from code. ``site``: name or alias (default: the first
-    Non-local site). ``image``: a PIL image or array, prepared by
-    :func:`attnviz.data.preprocess.preprocess_for` ``(preprocess)`` (default: the model's own,
-    as every analysis) and shown as the view the model sees, or a prepared (3, H, W) tensor.
-    ``alpha`` / ``colormap``: the opacity and matplotlib colour map of the attention overlay.
+    expression, or ``inspector.widget``). Use :meth:`update` to choose a query from code.
+    ``site``: name or alias (default: the first Non-local site). ``image``: a PIL image or
+    array, prepared by :func:`attnviz.data.preprocess.preprocess_for` ``(preprocess)``
+    (default: the model's own, as every analysis) and shown as the view the model sees, or a
+    prepared (3, H, W) tensor. ``alpha`` / ``colormap``: the opacity and matplotlib colour map
+    of the attention overlays.
     """
 
     def __init__(

@@ -558,7 +558,7 @@ def test_6_a_malformed_or_entity_svg_is_left_out_in_one_line(received):
 # --------------------------------------------------------------- 7. smaller things
 def test_7_a_non_utf8_first_image_still_gets_its_viewer(tmp_path):
     from attnviz.analysis import query_independence
-    from attnviz.commands.queries import save_viewer
+    from attnviz.commands.queries import save_viewer, viewer_result
     from attnviz.models import load_model
 
     folder = tmp_path / "images" / "disc"
@@ -572,7 +572,7 @@ def test_7_a_non_utf8_first_image_still_gets_its_viewer(tmp_path):
         model, tmp_path / "images", map_images=1, preprocess=cfg, progress=False
     )
     assert result.ids[0] == "disc/a_\\xff.png"
-    path = save_viewer(tmp_path / "out", model, tmp_path / "images", result, cfg)
+    path = save_viewer(tmp_path / "out", viewer_result(model, tmp_path / "images", result, cfg))
     assert path is not None and (path / "manifest.json").is_file()
 
 

@@ -272,6 +272,12 @@ def test_queries_demo_prints_each_metric(tmp_path, monkeypatch, capsys):
         f"{m}=n/a" if pd.isna(row[m]) else f"{m}={row[m]:.3f}" for m in queries_metrics()
     )
     assert f"  {row['model']:<16} {row['instantiation']:<18} {want}" in text.splitlines()
+    # each model's query viewer, where the report finds it (one place: save_viewer)
+    from attnviz.analysis.query_maps import QueryMapsResult
+    from attnviz.report import VIEWER_DIR
+
+    viewer = QueryMapsResult.load(tmp_path / "demo" / "nl_tiny" / VIEWER_DIR)
+    assert viewer.meta["model"] == "nl_tiny" and len(viewer.maps) == len(viewer.query_cells) > 1
 
 
 def queries_metrics() -> tuple[str, ...]:

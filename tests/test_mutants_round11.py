@@ -7,6 +7,7 @@ error, and query maps saved before prefix tokens existed."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -172,3 +173,101 @@ def test_query_maps_saved_before_prefix_tokens_existed_load_with_none(tmp_path):
     back = QueryMapsResult.load(folder)
     assert back.prefix_names == []
     np.testing.assert_array_equal(back.maps, res.maps)
+
+
+def test_class_folders_the_model_does_not_know_keep_their_labels_with_a_warning():
+    """A folder ``zebra`` that is not among the model's classes: the labels stay in the
+    folders' order (no remapping is possible) and the warning names the unknown folder."""
+    from types import SimpleNamespace
+
+    from attnviz.analysis.runner import _match_classes
+
+    source = SimpleNamespace(class_names=["disc", "zebra"], labels=[1, 0, 1])
+    with pytest.warns(UserWarning, match=r"class folders \['zebra'\] are not among"):
+        _match_classes(source, SimpleNamespace(classes=["ring", "disc", "square"]))
+    assert source.labels == [1, 0, 1] and source.class_names == ["disc", "zebra"]
+
+
+def test_the_demo_writes_its_image_set_once_and_reuses_it(tmp_path, monkeypatch):
+    """A second ``demo_images`` call returns the folder the first wrote, without rendering
+    (the image set is deterministic, and rendering it again could not replace the folder)."""
+    import attnviz.data
+    from attnviz.commands.demo import demo_images
+
+    first = demo_images(tmp_path, 1, 7)
+    listing = sorted(p.relative_to(first) for p in first.rglob("*"))
+    assert first.name == "shapes-1x10-seed7" and (first / "records.csv").is_file()
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(attnviz.data, "write_image_folder", no_render)
+    assert demo_images(tmp_path, 1, 7) == first
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == listing
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary folder left
+
+
+@pytest.mark.parametrize("key", ["fingerprint", "position", "skipped", "seconds"])
+def test_a_checkpoint_lacking_a_key_is_refused_in_one_line(key, shapes_folder, tmp_path):
+    """Every runner writes the four keys of ``CHECKPOINT_KEYS``; a checkpoint without one
+    (damaged, or not the runner's) is refused by name, not read with a made-up default."""
+    import numpy as np
+
+    from attnviz.analysis.excitation import excitation_profile
+    from attnviz.analysis.runner import CHECKPOINT_KEYS, read_checkpoint
+    from attnviz.errors import CheckpointError, Interrupted
+
+    assert key in CHECKPOINT_KEYS
+    model, cfg = attnviz.load_model("se_tiny")
+    opts = dict(
+        preprocess=cfg, batch_size=4, progress=False, checkpoint=tmp_path, checkpoint_every=1
+    )
+    calls = []
+
+    def stop(module, inputs, output):  # a Ctrl-C at the third batch
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_hook(stop)
+    try:
+        with pytest.raises(Interrupted):
+            excitation_profile(model, shapes_folder, **opts)
+    finally:
+        handle.remove()
+    (ckpt,) = tmp_path.glob("*.npz")
+    meta, _ = read_checkpoint(ckpt)
+    assert sorted(meta) == sorted(CHECKPOINT_KEYS) and meta["position"] == 8  # two batches of 4
+    with np.load(ckpt, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    del meta[key]
+    arrays["checkpoint"] = np.asarray(json.dumps(meta))
+    np.savez(ckpt, **arrays)
+    with pytest.raises(CheckpointError) as err:
+        excitation_profile(model, shapes_folder, resume=True, **opts)
+    assert str(err.value) == (
+        f"cannot resume from {ckpt}: it lacks {key}; run with --overwrite to start over"
+    )
+
+
+def test_the_report_labels_each_analysis_by_its_path_below_the_folder_given(tmp_path, monkeypatch):
+    """Folders given as ``.``, ``b/..`` or an absolute path: each analysis is labelled by
+    its path below the folder it was found under (the folder's own name when it is one)."""
+    import re
+
+    from attnviz.analysis.query_independence import query_independence
+    from attnviz.report import build_report
+
+    model, _ = attnviz.load_model("nl_tiny")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = query_independence(model, x, progress=False)
+    for sub in ("a/one", "a/two", "b"):
+        result.save(tmp_path / sub / "result")
+    monkeypatch.chdir(tmp_path)
+
+    def labels(*paths: str) -> list[str]:
+        return re.findall(r'<li><a href="#a\d+">([^<]*)</a></li>', build_report(paths))
+
+    assert labels(".") == ["a/one", "a/two", "b"]
+    assert labels("b/../a", "b") == ["one", "two", "b"]
+    assert labels(str(tmp_path / "a" / "two")) == ["two"]

@@ -198,6 +198,10 @@ class Analysis:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+#: what a run's checkpoint holds beside the state (the runner has always written all four)
+CHECKPOINT_KEYS = ("fingerprint", "position", "skipped", "seconds")
+
+
 def _checkpoint_file(directory: Path, name: str) -> Path:
     return directory / f"{name}-rank{rank()}-of{world_size()}.npz"
 
@@ -326,14 +330,17 @@ def run(
         ckpt = _checkpoint_file(Path(checkpoint), analysis.name)
         if ckpt.exists() and resume:
             meta, state = read_checkpoint(ckpt)
-            why = _mismatch(meta.get("fingerprint", {}), fp)
+            lacking = [key for key in CHECKPOINT_KEYS if key not in meta]
+            why = (
+                f"it lacks {', '.join(lacking)}" if lacking else _mismatch(meta["fingerprint"], fp)
+            )
             if why is not None:
                 raise CheckpointError(
                     f"cannot resume from {ckpt}: {why}; run with --overwrite to start over"
                 )
             position = int(meta["position"])
-            skipped = [tuple(s) for s in meta.get("skipped", [])]
-            earlier_seconds = float(meta.get("seconds", 0.0))
+            skipped = [tuple(s) for s in meta["skipped"]]
+            earlier_seconds = float(meta["seconds"])
         elif ckpt.exists() and not overwrite:
             done = _checkpoint_position(ckpt)
             raise CheckpointError(

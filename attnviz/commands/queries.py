@@ -142,27 +142,21 @@ def _image_file(images: Any, ident: str, exclude: Sequence[Any] = ()) -> Path | 
     return path if path.is_file() else None
 
 
-def save_viewer(
-    out: Path,
-    model: Any,
-    images: Any,
-    result: Any,
-    preprocess: Any,
-    *,
-    exclude: Sequence[Any] = (),
-) -> Path | None:
-    """The maps of every query cell of the first image at the figure's site, for the HTML
-    query viewer of ``attnviz report`` (``OUT/viewer/``); None without a per-query site, or
-    (saying why in one line on stderr) when the first image is not a file under ``images``."""
-    maps = viewer_result(model, images, result, preprocess, exclude=exclude)
-    return None if maps is None else maps.save(out / "viewer")
+def save_viewer(root: Path, maps: Any) -> Path | None:
+    """Save ``maps`` (:func:`viewer_result`) where ``attnviz report`` finds its HTML query
+    viewer (``root/viewer/``); None when there are no maps."""
+    from ..report import VIEWER_DIR
+
+    return None if maps is None else maps.save(root / VIEWER_DIR)
 
 
 def viewer_result(
     model: Any, images: Any, result: Any, preprocess: Any, *, exclude: Sequence[Any] = ()
 ) -> Any:
-    """The :class:`~attnviz.analysis.query_maps.QueryMapsResult` that :func:`save_viewer`
-    writes (runs the model once), or None (see there)."""
+    """The maps of every query cell of the first image at the figure's site
+    (:class:`~attnviz.analysis.query_maps.QueryMapsResult`, one forward), for the query viewer;
+    None without a per-query site, or (saying why in one line on stderr) when the first image
+    is not a file under ``images``."""
     from ..capture import is_query_kind
     from ..viewer import viewer_maps
 
@@ -206,8 +200,7 @@ def _one(args: argparse.Namespace, spec: str, out_path: Path) -> Any:
             out.save_result(result)
             viewer = viewer_result(model, args.images, result, config, exclude=[out.path])
             out.save_figures(query_figures(result, viewer))
-            if viewer is not None:
-                viewer.save(out.root / "viewer")
+            save_viewer(out.root, viewer)
             report(out, result, result.summary())
             run_replicates_cli(
                 args, out, result,
@@ -300,8 +293,9 @@ def demo(out_dir: Path, images: Path) -> str:
                 model, images, preprocess=config, model_name=name, map_images=3, progress=False
             )
             out.save_result(result)
-            out.save_figures(query_figures(result))
-            save_viewer(out.path, model, images, result, config)
+            viewer = viewer_result(model, images, result, config)
+            out.save_figures(query_figures(result, viewer))
+            save_viewer(out.root, viewer)
             out.save_summary(result.summary())
         results.append(result)
     table = statistics_table(results)
