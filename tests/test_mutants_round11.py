@@ -3,7 +3,10 @@ TESTING.md, "Whole package by sampling"): the full-map size warning given once, 
 byte count, a capture of an intervened site reading what was written, a written attention in
 the module's own dtype, the sweep command's refusal of two sources, the interception left at
 once when a forward raises, a process group the user started, the sampled JSD's plain standard
-error, and query maps saved before prefix tokens existed."""
+error, query maps saved before prefix tokens existed; read after the round: class folders the
+model does not know, the demo's image set reused, a checkpoint lacking one of its keys, and the
+report's labels of folders given as relative paths. (The query inspector's overlay style is in
+``tests/test_widgets.py``, the analyses that keep no maps in ``tests/test_keep_no_maps.py``.)"""
 
 from __future__ import annotations
 

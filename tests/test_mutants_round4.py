@@ -1159,9 +1159,10 @@ def test_progress_bar_counts_images_and_the_closing_line(bars, capsys):
     assert len(bars) == 1  # no bar without progress
 
 
-def _interrupted_checkpoint(tmp: Path, *, seconds: float | None) -> Path:
+def _interrupted_checkpoint(tmp: Path, *, seconds: float) -> Path:
     """Stop a run in its third batch (two batches checkpointed), then give the checkpoint
-    ``seconds`` of earlier work (None: a checkpoint without the key, as older versions wrote)."""
+    ``seconds`` of earlier work. (Every runner writes the key; a checkpoint without it is
+    refused: ``tests/test_mutants_round11.py``.)"""
     from attnviz.analysis.runner import _checkpoint_file, _save_checkpoint
     from attnviz.errors import Interrupted
 
@@ -1170,22 +1171,19 @@ def _interrupted_checkpoint(tmp: Path, *, seconds: float | None) -> Path:
     path = _checkpoint_file(tmp, "probe")
     meta, state = read_checkpoint(path)
     assert meta["position"] == 4
-    meta.pop("seconds")
-    if seconds is not None:
-        meta["seconds"] = seconds
+    meta["seconds"] = seconds
     _save_checkpoint(path, meta, state)
     return path
 
 
-@pytest.mark.parametrize("seconds", [None, 2.5])
-def test_a_resumed_run_counts_the_earlier_time_and_starts_its_bar_there(bars, tmp_path, seconds):
-    path = _interrupted_checkpoint(tmp_path, seconds=seconds)
+def test_a_resumed_run_counts_the_earlier_time_and_starts_its_bar_there(bars, tmp_path):
+    path = _interrupted_checkpoint(tmp_path, seconds=2.5)
     bars.clear()
     result = _probe(progress=True, batch_size=2, checkpoint=tmp_path, resume=True)
     (bar,) = bars
     assert bar.kwargs == {"total": 7, "initial": 4, "unit": "img", "desc": "probe", "leave": False}
     assert bar.updates == [2, 1] and bar.closed
-    assert result.meta["run"]["seconds"] == (0.0 if seconds is None else 2.5)
+    assert result.meta["run"]["seconds"] == 2.5
     assert result.positions == list(range(7)) and not path.exists()
     np.testing.assert_array_equal(result.values, _probe().values)  # as an uninterrupted run
 

@@ -339,6 +339,17 @@ def _all_digests() -> dict:
     return json.loads(json.dumps(out))
 
 
+def _same_digits(a: float, b: float) -> bool:
+    """Two digest numbers (4 significant digits, :func:`_num`) agree: equal within 1e-4, or
+    neighbours in the 4th digit (a value on a rounding boundary, computed in another order or
+    thread count, rounds to either side: 0.03730 or 0.03729)."""
+    if math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6):
+        return True
+    top = max(abs(a), abs(b))
+    unit = 10.0 ** (math.floor(math.log10(top)) - 3)
+    return abs(a - b) <= unit * (1 + 1e-9)
+
+
 def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
@@ -356,7 +367,7 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
             isinstance(a, bool)
             or isinstance(b, bool)
             or not (isinstance(a, (int, float)) and isinstance(b, (int, float)))
-            or not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+            or not _same_digits(a, b)
         ):
             out.append(f"{path}: {a!r} -> {b!r}")
     elif a != b:

@@ -27,6 +27,7 @@ MODULES = [
     "attnviz.models",
     "attnviz.analysis",
     "attnviz.plot",
+    "attnviz.blocks",
 ]
 # options of commands whose tests land with their own issue (issue 15: the report command)
 NOT_YET_TESTED = {("report", "--title")}
