@@ -249,6 +249,10 @@ def test_demo_parts_run_both_analyses(tmp_path):
         res = AttentionVsAttributionResult.load(folder / "result")
         assert len(res.ids) == 10 and np.isfinite(res.spearman).any()
         assert res.meta["model"] == name and res.target_source == "label"
+        # labelled in the model's class order (its manifest), not the folders' alphabetical one
+        classes = list(load_model(name)[1].classes)
+        assert classes != sorted(classes) and res.class_names == classes
+        assert res.labels.tolist() == [classes.index(i.split("/")[0]) for i in res.ids]
         assert (folder / "figures" / "agreement.png").stat().st_size
         assert (folder / "summary.txt").read_text() == res.summary() + "\n"
 

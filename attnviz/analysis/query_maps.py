@@ -458,7 +458,7 @@ class QueryMaps(Analysis):
         _, display = state.stacked("display")
         g = grid_maps[0]
         size = display[0].shape[:2]
-        cells = np.asarray(state.info.get("cells", []), dtype=np.int64).reshape(-1, 2)
+        cells = np.asarray(state.info["cells"], dtype=np.int64).reshape(-1, 2)  # set by step()
         if self.site.kind == "gc":
             pixels = np.zeros((0, 2), dtype=np.float64)
         elif self.query_space == "pixel":

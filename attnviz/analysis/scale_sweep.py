@@ -1112,7 +1112,7 @@ class ScaleSweep(Analysis):
             shape = state.info.get("shape::" + a)
             if shape is None:
                 raise ValueError(f"SK site {a} ({site.name}) did not run in a forward")
-            kernels, split = self._kernels.get(a, ((), None))
+            kernels, split = self._kernels[a]  # read for every site by sites()
             swept.append(
                 SweepSite(
                     a,
