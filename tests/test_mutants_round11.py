@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from test_engine import _StopAfter
 from test_mutants_round10 import PositionSoftmax, _first_softmax, position_softmax_adapter
 from torch import nn
 
@@ -210,6 +212,22 @@ def test_the_demo_writes_its_image_set_once_and_reuses_it(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary folder left
 
 
+def interrupted_checkpoint(model, images, *, stop_at: int, **options) -> Path:
+    """The checkpoint an excitation run of ``model`` leaves when a Ctrl-C comes in its
+    ``stop_at``-th forward (``options``: the runner's, with ``checkpoint=`` a folder)."""
+    from attnviz.analysis.excitation import excitation_profile
+    from attnviz.errors import Interrupted
+
+    handle = model.register_forward_hook(_StopAfter(stop_at))
+    try:
+        with pytest.raises(Interrupted):
+            excitation_profile(model, images, **options)
+    finally:
+        handle.remove()
+    (ckpt,) = Path(options["checkpoint"]).glob("*.npz")
+    return ckpt
+
+
 @pytest.mark.parametrize("key", ["fingerprint", "position", "skipped", "seconds"])
 def test_a_checkpoint_lacking_a_key_is_refused_in_one_line(key, shapes_folder, tmp_path):
     """Every runner writes the four keys of ``CHECKPOINT_KEYS``; a checkpoint without one
@@ -218,27 +236,14 @@ def test_a_checkpoint_lacking_a_key_is_refused_in_one_line(key, shapes_folder, t
 
     from attnviz.analysis.excitation import excitation_profile
     from attnviz.analysis.runner import CHECKPOINT_KEYS, read_checkpoint
-    from attnviz.errors import CheckpointError, Interrupted
+    from attnviz.errors import CheckpointError
 
     assert key in CHECKPOINT_KEYS
     model, cfg = attnviz.load_model("se_tiny")
     opts = dict(
         preprocess=cfg, batch_size=4, progress=False, checkpoint=tmp_path, checkpoint_every=1
     )
-    calls = []
-
-    def stop(module, inputs, output):  # a Ctrl-C at the third batch
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_hook(stop)
-    try:
-        with pytest.raises(Interrupted):
-            excitation_profile(model, shapes_folder, **opts)
-    finally:
-        handle.remove()
-    (ckpt,) = tmp_path.glob("*.npz")
+    ckpt = interrupted_checkpoint(model, shapes_folder, stop_at=3, **opts)
     meta, _ = read_checkpoint(ckpt)
     assert sorted(meta) == sorted(CHECKPOINT_KEYS) and meta["position"] == 8  # two batches of 4
     with np.load(ckpt, allow_pickle=False) as z:

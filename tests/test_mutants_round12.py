@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_mutants_round11 import interrupted_checkpoint
 from torch import nn
 
 import attnviz
@@ -114,28 +115,12 @@ def test_a_checkpoint_keeps_numpy_values_of_the_state_info_and_its_elapsed_time(
 
     clock = iter(range(1000))
     monkeypatch.setattr(runner.time, "perf_counter", lambda: float(next(clock)))
-    from attnviz.analysis.excitation import excitation_profile
-    from attnviz.errors import Interrupted
-
     model, cfg = attnviz.load_model("se_tiny")
-    calls = []
-
-    def stop(module, inputs, output):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
-    images = [torch.rand(3, 32, 32) for _ in range(6)]
-    handle = model.register_forward_hook(stop)
-    try:
-        with pytest.raises(Interrupted):
-            excitation_profile(
-                model, [_pil(x) for x in images], preprocess=cfg, batch_size=2,
-                progress=False, checkpoint=tmp_path, checkpoint_every=1,
-            )  # fmt: skip
-    finally:
-        handle.remove()
-    (ckpt,) = tmp_path.glob("*.npz")
+    images = [_pil(torch.rand(3, 32, 32)) for _ in range(6)]
+    ckpt = interrupted_checkpoint(
+        model, images, stop_at=3, preprocess=cfg, batch_size=2, progress=False,
+        checkpoint=tmp_path, checkpoint_every=1,
+    )  # fmt: skip
     meta, _ = read_checkpoint(ckpt)
     assert 0 < meta["seconds"] < 1000
 

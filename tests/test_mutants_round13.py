@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_mutants_round11 import interrupted_checkpoint
 
 import attnviz
 
@@ -31,28 +32,13 @@ def test_the_runner_reads_16_images_per_batch_by_default():
 def test_a_checkpoint_fingerprint_names_the_analysis_by_its_key(shapes_folder, tmp_path):
     """The fingerprint a checkpoint holds is a file format: ``analysis``, ``params``,
     ``sites`` ... by these names, so that a later version resumes it."""
-    from attnviz.analysis.excitation import excitation_profile
     from attnviz.analysis.runner import read_checkpoint
-    from attnviz.errors import Interrupted
 
     model, cfg = attnviz.load_model("se_tiny")
-    calls = []
-
-    def stop(module, inputs, output):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    handle = model.register_forward_hook(stop)
-    try:
-        with pytest.raises(Interrupted):
-            excitation_profile(
-                model, shapes_folder, preprocess=cfg, batch_size=4, progress=False,
-                checkpoint=tmp_path, checkpoint_every=1,
-            )  # fmt: skip
-    finally:
-        handle.remove()
-    (ckpt,) = tmp_path.glob("*.npz")
+    ckpt = interrupted_checkpoint(
+        model, shapes_folder, stop_at=2, preprocess=cfg, batch_size=4, progress=False,
+        checkpoint=tmp_path, checkpoint_every=1,
+    )  # fmt: skip
     fingerprint = read_checkpoint(ckpt)[0]["fingerprint"]
     assert fingerprint["analysis"] == "excitation_profile"
     assert {"params", "sites", "world_size", "rank", "items"} <= set(fingerprint)
