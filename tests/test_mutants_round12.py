@@ -102,10 +102,11 @@ def test_a_checkpoint_keeps_numpy_values_of_the_state_info_and_its_elapsed_time(
     tmp_path, monkeypatch
 ):
     """``State.arrays`` writes ``info`` as JSON with the results' encoder (NumPy integers,
-    arrays); the checkpoint's ``seconds`` are the time the run has taken (a clock that moves
-    1 s per call: positive, growing)."""
+    arrays); the checkpoint's ``seconds`` are the time the run has taken (a fake clock that
+    moves 1 s per call: positive, not the negative of a sign slip)."""
     from attnviz.analysis import runner
     from attnviz.analysis.runner import State, read_checkpoint
+    from attnviz.data.sources import to_pil
 
     state = State()
     state.info["grid"] = (np.int64(3), np.int64(4))
@@ -116,19 +117,13 @@ def test_a_checkpoint_keeps_numpy_values_of_the_state_info_and_its_elapsed_time(
     clock = iter(range(1000))
     monkeypatch.setattr(runner.time, "perf_counter", lambda: float(next(clock)))
     model, cfg = attnviz.load_model("se_tiny")
-    images = [_pil(torch.rand(3, 32, 32)) for _ in range(6)]
+    images = [to_pil(torch.rand(3, 32, 32)) for _ in range(6)]
     ckpt = interrupted_checkpoint(
         model, images, stop_at=3, preprocess=cfg, batch_size=2, progress=False,
         checkpoint=tmp_path, checkpoint_every=1,
     )  # fmt: skip
     meta, _ = read_checkpoint(ckpt)
     assert 0 < meta["seconds"] < 1000
-
-
-def _pil(x: torch.Tensor):
-    from PIL import Image
-
-    return Image.fromarray((x.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
 
 
 def test_supported_module_types_of_given_adapters():
